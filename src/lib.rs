@@ -1,0 +1,4 @@
+//! csgate: a caching, validating gateway for the Genesys Context Services API.
+#![forbid(unsafe_code)]
+
+pub mod query;

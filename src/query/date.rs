@@ -1,0 +1,1 @@
+//! ISO 8601 date-times: the strict parameter grammar and the lenient upstream reader.

@@ -1,0 +1,1 @@
+//! The post-filter: makes an upstream Service[] satisfy a `ServiceQuery`.

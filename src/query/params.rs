@@ -1,0 +1,1 @@
+//! Query-string and path-parameter validation and normalisation.
