@@ -1,0 +1,229 @@
+//! Errors the gateway answers itself, and the one place that turns them into
+//! responses: `{"message": "...", "exception": "..."}`, the same two keys GMS uses, so
+//! clients written against GMS read them unchanged.
+//!
+//! Blame decides the status: the client's mistakes are 4xx, the upstream's failures
+//! 502/503/504, our own bugs 500 with a generic message. Messages never carry internal
+//! detail (upstream addresses, stack traces); that goes to the log, once, at the edge.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::httputil::{full, json_content_type};
+use crate::server::Body;
+
+/// Something the gateway answers without a usable upstream answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// A query or path parameter broke a rule; the message names it and quotes it.
+    #[error("{0}")]
+    InvalidParameter(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method {method} is not allowed on this resource; allowed: {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
+    #[error("query string is {len} bytes; the limit is {max}")]
+    QueryTooLong { len: usize, max: usize },
+    #[error("request headers are {len} bytes; the limit is {max}")]
+    HeadersTooLarge { len: usize, max: usize },
+    #[error("request body is larger than the limit of {max} bytes")]
+    PayloadTooLarge { max: usize },
+    /// Connection refused, reset, or the upstream closed mid-answer.
+    #[error("the Context Services upstream is unavailable")]
+    UpstreamUnavailable,
+    /// Every upstream is ejected (or none is configured).
+    #[error("no healthy Context Services upstream is available")]
+    NoHealthyUpstream,
+    #[error("the Context Services upstream did not answer in time")]
+    UpstreamTimeout,
+    /// The upstream answered 2xx with a body the gateway cannot use.
+    #[error("the Context Services upstream sent an invalid response: {0}")]
+    UpstreamInvalidResponse(String),
+    #[error("the gateway is overloaded; retry later")]
+    Overloaded,
+    /// Our own bug. The detail is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// The status and the stable `exception` kind. Exhaustive on purpose: a new variant
+    /// must decide both.
+    pub fn status_and_kind(&self) -> (StatusCode, &'static str) {
+        match self {
+            GatewayError::InvalidParameter(_) => (StatusCode::BAD_REQUEST, "InvalidParameter"),
+            GatewayError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
+            GatewayError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
+            }
+            GatewayError::QueryTooLong { .. } => (StatusCode::URI_TOO_LONG, "PayloadTooLarge"),
+            GatewayError::HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "PayloadTooLarge",
+            ),
+            GatewayError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge")
+            }
+            GatewayError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
+            GatewayError::NoHealthyUpstream => {
+                (StatusCode::SERVICE_UNAVAILABLE, "UpstreamUnavailable")
+            }
+            GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
+            GatewayError::UpstreamInvalidResponse(_) => {
+                (StatusCode::BAD_GATEWAY, "UpstreamInvalidResponse")
+            }
+            GatewayError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
+            GatewayError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
+        }
+    }
+
+    /// Whose fault it is, for logging: client mistakes are not logged as errors.
+    pub fn blame(&self) -> Blame {
+        match self {
+            GatewayError::InvalidParameter(_)
+            | GatewayError::NotFound(_)
+            | GatewayError::MethodNotAllowed { .. }
+            | GatewayError::QueryTooLong { .. }
+            | GatewayError::HeadersTooLarge { .. }
+            | GatewayError::PayloadTooLarge { .. } => Blame::Downstream,
+            GatewayError::UpstreamUnavailable
+            | GatewayError::NoHealthyUpstream
+            | GatewayError::UpstreamTimeout
+            | GatewayError::UpstreamInvalidResponse(_) => Blame::Upstream,
+            GatewayError::Overloaded | GatewayError::Internal(_) => Blame::Internal,
+        }
+    }
+
+    /// The response: CS error shape, JSON.
+    pub fn into_response(self) -> Response<Body> {
+        let (status, kind) = self.status_and_kind();
+        let body = error_body(&self.to_string(), kind);
+        let mut response = Response::new(full(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, json_content_type());
+        if let GatewayError::MethodNotAllowed { allow, .. } = &self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if matches!(
+            self,
+            GatewayError::Overloaded | GatewayError::NoHealthyUpstream
+        ) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// `{"message": ..., "exception": ...}` as bytes.
+pub fn error_body(message: &str, exception: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "message": message, "exception": exception }))
+        .expect("a map of two strings serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn render(e: GatewayError) -> (u16, Option<String>, serde_json::Value) {
+        let response = e.into_response();
+        let status = response.status().as_u16();
+        let allow = response
+            .headers()
+            .get(header::ALLOW)
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("full body")
+            .to_bytes();
+        (status, allow, serde_json::from_slice(&bytes).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn every_kind_maps_to_its_status_and_shape() {
+        use serde_json::json;
+        let cases = [
+            (
+                GatewayError::InvalidParameter("parameter 'x': 'y' is bad".into()),
+                400,
+                json!({"message": "parameter 'x': 'y' is bad", "exception": "InvalidParameter"}),
+            ),
+            (
+                GatewayError::NotFound("no route for /x".into()),
+                404,
+                json!({"message": "no route for /x", "exception": "NotFound"}),
+            ),
+            (
+                GatewayError::QueryTooLong {
+                    len: 9000,
+                    max: 8192,
+                },
+                414,
+                json!({"message": "query string is 9000 bytes; the limit is 8192", "exception": "PayloadTooLarge"}),
+            ),
+            (
+                GatewayError::HeadersTooLarge {
+                    len: 20000,
+                    max: 16384,
+                },
+                431,
+                json!({"message": "request headers are 20000 bytes; the limit is 16384", "exception": "PayloadTooLarge"}),
+            ),
+            (
+                GatewayError::PayloadTooLarge { max: 10 },
+                413,
+                json!({"message": "request body is larger than the limit of 10 bytes", "exception": "PayloadTooLarge"}),
+            ),
+            (
+                GatewayError::UpstreamUnavailable,
+                502,
+                json!({"message": "the Context Services upstream is unavailable", "exception": "UpstreamUnavailable"}),
+            ),
+            (
+                GatewayError::NoHealthyUpstream,
+                503,
+                json!({"message": "no healthy Context Services upstream is available", "exception": "UpstreamUnavailable"}),
+            ),
+            (
+                GatewayError::UpstreamTimeout,
+                504,
+                json!({"message": "the Context Services upstream did not answer in time", "exception": "UpstreamTimeout"}),
+            ),
+            (
+                GatewayError::UpstreamInvalidResponse("not a JSON array".into()),
+                502,
+                json!({"message": "the Context Services upstream sent an invalid response: not a JSON array", "exception": "UpstreamInvalidResponse"}),
+            ),
+            (
+                GatewayError::Overloaded,
+                503,
+                json!({"message": "the gateway is overloaded; retry later", "exception": "Overloaded"}),
+            ),
+            (
+                GatewayError::Internal("secret detail 10.0.0.7".into()),
+                500,
+                json!({"message": "internal error", "exception": "Internal"}),
+            ),
+        ];
+        for (error, status, body) in cases {
+            assert_eq!(render(error).await, (status, None, body));
+        }
+        let (status, allow, _) = render(GatewayError::MethodNotAllowed {
+            method: "POST".into(),
+            allow: "GET, HEAD",
+        })
+        .await;
+        assert_eq!((status, allow.as_deref()), (405, Some("GET, HEAD")));
+    }
+}

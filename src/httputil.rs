@@ -1,0 +1,131 @@
+//! Small HTTP helpers shared by the gateway, the admin listener and the store:
+//! body constructors, hop-by-hop header handling, request ids.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Empty, Full};
+
+use crate::server::Body;
+
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// RFC 9211 `Cache-Status`.
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+/// Tenant header (GMS spells it `ContactCenterId`; header names are case-insensitive).
+pub static CONTACT_CENTER_ID: HeaderName = HeaderName::from_static("contactcenterid");
+/// Business-unit header.
+pub static GROUP_ID: HeaderName = HeaderName::from_static("groupid");
+/// W3C trace context.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// A complete body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// `application/json`.
+pub fn json_content_type() -> HeaderValue {
+    HeaderValue::from_static("application/json")
+}
+
+/// The hop-by-hop headers of RFC 9110 §7.6.1, plus those listed in `Connection`.
+/// These describe one connection and are never forwarded, in either direction.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// The client's `X-Request-Id` when it is a sane token (1..=128 visible ASCII), else a
+/// fresh UUID. A hostile id must not be able to forge log lines.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .expect("a UUID is a valid header value")
+        })
+}
+
+/// Bytes the request head's header fields take on the wire (`name: value\r\n`).
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_listed_ones_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("contactcenterid", HeaderValue::from_static("t1"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic eA=="),
+        );
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["contactcenterid", "authorization"]);
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_replaced_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let generated = request_id(&h);
+        assert_eq!(generated.len(), 36, "a UUID replaces {generated:?}");
+        assert_ne!(generated, "has space");
+    }
+}
