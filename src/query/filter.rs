@@ -125,6 +125,7 @@ pub fn matches(service: &Service, q: &ServiceQuery, types: &TypeMap) -> Match {
 /// A query with its service types resolved through the map, ready to test many services.
 struct Matcher<'q> {
     q: &'q ServiceQuery,
+    types: &'q TypeMap,
     /// Every DB ID a listed type stands for (listed IDs, and the IDs of listed names).
     type_ids: Vec<i64>,
     /// Every name a listed type stands for (listed names, and the names of listed IDs).
@@ -149,6 +150,7 @@ impl<'q> Matcher<'q> {
         }
         Matcher {
             q,
+            types,
             type_ids,
             type_names,
         }
@@ -202,8 +204,10 @@ impl<'q> Matcher<'q> {
                 .iter()
                 .any(|&id| number_eq_int(n, i128::from(id))),
             Some(Value::String(s)) => {
+                // Resolving the service's name too covers several names mapped to one ID.
+                let id = type_id_text(s).or_else(|| self.types.id_of(s));
                 self.type_names.contains(&s.as_str())
-                    || type_id_text(s).is_some_and(|id| self.type_ids.contains(&id))
+                    || id.is_some_and(|id| self.type_ids.contains(&id))
             }
             _ => false,
         }
@@ -674,6 +678,10 @@ mod tests {
             ("Offering".to_owned(), 5),
         ]);
         let none = TypeMap::default();
+        let alias = TypeMap::new([
+            ("DeliveringService".to_owned(), 8),
+            ("Unmapped".to_owned(), 8),
+        ]);
         let id = ServiceType::Id;
         let name = |n: &str| ServiceType::Name(n.to_owned());
         let cases: Vec<(Vec<ServiceType>, &TypeMap, &[&str])> = vec![
@@ -696,6 +704,7 @@ mod tests {
                 &["n8", "s8", "name8", "f8", "n5", "name5"],
             ),
             (vec![id(3)], &map, &[]),
+            (vec![id(8)], &alias, &["n8", "s8", "name8", "f8", "unknown"]),
             (vec![id(8)], &none, &["n8", "s8", "f8"]),
             (vec![name("DeliveringService")], &none, &["name8"]),
             (vec![name("Unmapped"), id(5)], &none, &["n5", "unknown"]),
