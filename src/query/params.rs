@@ -228,7 +228,7 @@ impl ServiceQuery {
         ];
         for (name, bound) in DATE_PARAMS.iter().zip(bounds) {
             if let Some(t) = bound {
-                out.push(format!("{name}={}", encode(&date::format_canonical(t))));
+                out.push(format!("{name}={}", date::format_canonical(t)));
             }
         }
         if !self.service_types.is_empty() {
@@ -679,40 +679,40 @@ mod tests {
             (
                 "started_from=2009-05-07T14:05:20%2B02:00",
                 ALL,
-                "started_from=2009-05-07T12%3A05%3A20.000Z",
+                "started_from=2009-05-07T12:05:20.000Z",
             ),
             (
                 "started_to=2009-05-07T12:05:20.1234567Z",
                 ACTIVE,
-                "started_to=2009-05-07T12%3A05%3A20.123Z",
+                "started_to=2009-05-07T12:05:20.123Z",
             ),
             (
                 "started_to=2009-05-07T12:05:20&started_from=2009-05-07T12:05:19",
                 ALL,
-                "started_from=2009-05-07T12%3A05%3A19.000Z&started_to=2009-05-07T12%3A05%3A20.000Z",
+                "started_from=2009-05-07T12:05:19.000Z&started_to=2009-05-07T12:05:20.000Z",
             ),
             // from == to is an empty window, not an error.
             (
                 "started_from=2023-01-01T00:00:00Z&started_to=2023-01-01T00:00:00Z",
                 ALL,
-                "started_from=2023-01-01T00%3A00%3A00.000Z&started_to=2023-01-01T00%3A00%3A00.000Z",
+                "started_from=2023-01-01T00:00:00.000Z&started_to=2023-01-01T00:00:00.000Z",
             ),
             // Compared after truncation to millis: equal, so accepted.
             (
                 "started_from=2023-01-01T00:00:00.0009Z&started_to=2023-01-01T00:00:00.0001Z",
                 ALL,
-                "started_from=2023-01-01T00%3A00%3A00.000Z&started_to=2023-01-01T00%3A00%3A00.000Z",
+                "started_from=2023-01-01T00:00:00.000Z&started_to=2023-01-01T00:00:00.000Z",
             ),
             // Same instant written with different offsets.
             (
                 "completed_from=2023-01-01T01:00:00%2B01:00&completed_to=2023-01-01T00:00:00Z",
                 ALL,
-                "completed_from=2023-01-01T00%3A00%3A00.000Z&completed_to=2023-01-01T00%3A00%3A00.000Z",
+                "completed_from=2023-01-01T00:00:00.000Z&completed_to=2023-01-01T00:00:00.000Z",
             ),
             (
                 "completed_to=2023-01-01T00:00:00Z",
                 COMPLETED,
-                "completed_to=2023-01-01T00%3A00%3A00.000Z",
+                "completed_to=2023-01-01T00:00:00.000Z",
             ),
             // service_types: merged, trimmed, integers canonical, deduplicated, sorted.
             (
@@ -784,8 +784,8 @@ mod tests {
                  &completed_to=2023-01-02T00:00:00Z&completed_from=2023-01-01T00:00:00Z\
                  &started_to=2022-01-02T00:00:00Z&started_from=2022-01-01T00:00:00Z",
                 ALL,
-                "started_from=2022-01-01T00%3A00%3A00.000Z&started_to=2022-01-02T00%3A00%3A00.000Z\
-                 &completed_from=2023-01-01T00%3A00%3A00.000Z&completed_to=2023-01-02T00%3A00%3A00.000Z\
+                "started_from=2022-01-01T00:00:00.000Z&started_to=2022-01-02T00:00:00.000Z\
+                 &completed_from=2023-01-01T00:00:00.000Z&completed_to=2023-01-02T00:00:00.000Z\
                  &service_types=1,2&active_states=true&completed_states=true&active_tasks=true\
                  &completed_tasks=true&extensions=x,z&z=%7B%22a%22%3A1%7D",
             ),
