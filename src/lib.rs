@@ -8,4 +8,5 @@ pub mod logging;
 pub mod query;
 pub mod routes;
 pub mod server;
+pub mod store;
 pub mod upstream;
