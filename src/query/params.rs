@@ -1,1 +1,1661 @@
-//! Query-string and path-parameter validation and normalisation.
+//! Query-string and path-parameter validation and normalisation (section 2.1 of the
+//! gateway contract).
+//!
+//! [`parse_service_query`] turns the raw query string of a Query Services route into a
+//! [`ServiceQuery`]; [`ServiceQuery::upstream_query`] writes it back in one canonical
+//! form, so equal queries are sent (and cached) identically. Parsing the canonical form
+//! gives the same `ServiceQuery` again.
+//!
+//! Every refusal is a [`ParamError`] whose `Display` is the client-facing message.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::Value;
+
+use super::date::{self, DateError};
+use super::{
+    ExtensionFilter, Extensions, Include, Lifecycle, ServiceQuery, ServiceType, TypeMap, Window,
+};
+
+/// How much of a client's text an error message echoes back.
+const MAX_ECHO_CHARS: usize = 200;
+
+/// RFC 3986 unreserved characters: the only bytes written literally upstream.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+const STARTED_FROM: &str = "started_from";
+const STARTED_TO: &str = "started_to";
+const COMPLETED_FROM: &str = "completed_from";
+const COMPLETED_TO: &str = "completed_to";
+/// In the order they are written upstream.
+const DATE_PARAMS: [&str; 4] = [STARTED_FROM, STARTED_TO, COMPLETED_FROM, COMPLETED_TO];
+/// In the order they are written upstream.
+const FLAG_PARAMS: [&str; 4] = [
+    "active_states",
+    "completed_states",
+    "active_tasks",
+    "completed_tasks",
+];
+const SERVICE_TYPES: &str = "service_types";
+const EXTENSIONS: &str = "extensions";
+
+/// Top-level Service fields: filtering on them is not an attached-data filter. The four
+/// include flags are parsed as flags before this list is consulted.
+const RESERVED_FIELDS: [&str; 14] = [
+    "service_id",
+    "service_type",
+    "customer_id",
+    "contact_key",
+    "started",
+    "completed",
+    "est_duration",
+    "duration",
+    "disposition",
+    "disposition_desc",
+    "active_states",
+    "completed_states",
+    "active_tasks",
+    "completed_tasks",
+];
+
+/// Why a parameter was refused. Display is the whole client-facing message: it names the
+/// parameter and quotes the bad value, e.g.
+///   parameter 'started_from': '2023-02-30T00:00:00Z' is not a valid date-time: no such date or time
+///
+/// Quoted client text is cut to 200 characters (then `…`) and control characters in it
+/// are escaped, so a message is always short and printable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    /// A parameter name that is not valid percent-encoded UTF-8 (quoted as written).
+    #[error("parameter name '{key}' {problem}")]
+    KeyEncoding {
+        key: String,
+        problem: EncodingProblem,
+    },
+    /// A value (query or path) that is not valid percent-encoded UTF-8 (quoted as written).
+    #[error("parameter '{name}': '{value}' {problem}")]
+    Encoding {
+        name: String,
+        value: String,
+        problem: EncodingProblem,
+    },
+    /// A parameter that may appear once appeared again.
+    #[error("parameter '{name}' is given more than once")]
+    Repeated { name: String },
+    #[error("parameter '{name}': '{value}' is not a valid date-time: {reason}")]
+    InvalidDate {
+        name: String,
+        value: String,
+        reason: DateError,
+    },
+    /// `*_from` later than `*_to`.
+    #[error("parameter '{from_name}': '{from}' is later than parameter '{to_name}': '{to}'")]
+    InvertedWindow {
+        from_name: String,
+        from: String,
+        to_name: String,
+        to: String,
+    },
+    /// `completed_from`/`completed_to` on an `/active` route.
+    #[error(
+        "parameter '{name}' only applies to service history and is not accepted on an /active route"
+    )]
+    HistoryOnly { name: String },
+    #[error("parameter 'service_types': '{value}' has an empty item")]
+    EmptyServiceType { value: String },
+    #[error("parameter 'service_types': '{item}' is not a configured service type name")]
+    UnknownServiceType { item: String },
+    #[error("parameter '{name}': '{value}' is not a boolean (true, false, 1 or 0)")]
+    InvalidFlag { name: String, value: String },
+    #[error(
+        "parameter '{name}': '{value}' cannot be used as an extension filter: '{name}' is a Service field"
+    )]
+    ReservedFilter { name: String, value: String },
+    #[error("parameter '': an empty parameter name is not allowed (value '{value}')")]
+    EmptyKey { value: String },
+    #[error("parameter '{name}': too many extension filters (at most {max} are allowed)")]
+    TooManyFilters { name: String, max: usize },
+    /// An empty path parameter.
+    #[error("parameter '{name}' is empty")]
+    EmptyPath { name: String },
+    /// A path parameter over the configured byte limit (decoded length).
+    #[error("parameter '{name}': '{value}' is {len} bytes long; at most {max} are allowed")]
+    TooLong {
+        name: String,
+        value: String,
+        len: usize,
+        max: usize,
+    },
+    /// A path parameter that decodes to a control character (Unicode Cc).
+    #[error("parameter '{name}': '{value}' contains a control character")]
+    ControlChar { name: String, value: String },
+}
+
+/// What is wrong with percent-encoded text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodingProblem {
+    /// `%` not followed by two hex digits.
+    BadEscape,
+    /// The decoded bytes are not UTF-8.
+    NotUtf8,
+}
+
+impl fmt::Display for EncodingProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EncodingProblem::BadEscape => "has a malformed percent escape",
+            EncodingProblem::NotUtf8 => "is not UTF-8 once percent-decoded",
+        })
+    }
+}
+
+/// Limits that come from config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest `contact_key`/`customer_id`, in decoded bytes.
+    pub max_key_bytes: usize,
+    /// Most extension filters in one query.
+    pub max_filters: usize,
+}
+
+impl Default for Limits {
+    /// The contract's values: 256-byte keys, 32 filters.
+    fn default() -> Limits {
+        Limits {
+            max_key_bytes: 256,
+            max_filters: 32,
+        }
+    }
+}
+
+/// Validate + normalise the raw (still percent-encoded) query string of one of the six
+/// Query Services routes. The first problem found, in query order, is reported; the
+/// `from <= to` checks come after every pair has been read.
+pub fn parse_service_query(
+    raw_query: Option<&str>,
+    lifecycle: Lifecycle,
+    anonymous: bool,
+    types: &TypeMap,
+    limits: &Limits,
+) -> Result<ServiceQuery, ParamError> {
+    let mut q = QueryBuilder {
+        lifecycle,
+        types,
+        limits,
+        dates: Default::default(),
+        service_types: BTreeSet::new(),
+        include: Include::default(),
+        flags_seen: [false; 4],
+        extensions_all: false,
+        extension_names: BTreeSet::new(),
+        filters: Vec::new(),
+    };
+    for (raw_key, raw_value) in pairs(raw_query.unwrap_or("")) {
+        let key = decode(raw_key, true).map_err(|problem| ParamError::KeyEncoding {
+            key: shown(raw_key),
+            problem,
+        })?;
+        let value = raw_value
+            .map(|raw| {
+                decode(raw, true).map_err(|problem| ParamError::Encoding {
+                    name: shown(&key),
+                    value: shown(raw),
+                    problem,
+                })
+            })
+            .transpose()?;
+        q.add(key, value)?;
+    }
+    q.finish(anonymous)
+}
+
+impl ServiceQuery {
+    /// The normalised query string to send upstream (no leading '?'; "" when nothing).
+    pub fn upstream_query(&self) -> String {
+        let mut out: Vec<String> = Vec::new();
+        let bounds = [
+            self.started.from,
+            self.started.to,
+            self.completed.from,
+            self.completed.to,
+        ];
+        for (name, bound) in DATE_PARAMS.iter().zip(bounds) {
+            if let Some(t) = bound {
+                out.push(format!("{name}={}", encode(&date::format_canonical(t))));
+            }
+        }
+        if !self.service_types.is_empty() {
+            let items: Vec<String> = self
+                .service_types
+                .iter()
+                .map(|t| match t {
+                    ServiceType::Id(id) => id.to_string(),
+                    ServiceType::Name(name) => encode(name),
+                })
+                .collect();
+            out.push(format!("{SERVICE_TYPES}={}", items.join(",")));
+        }
+        for (name, on) in FLAG_PARAMS.iter().zip(flags(&self.include)) {
+            if on {
+                out.push(format!("{name}=true"));
+            }
+        }
+        match &self.extensions {
+            Extensions::None => {}
+            Extensions::All => out.push(format!("{EXTENSIONS}=*")),
+            Extensions::Names(names) if names.is_empty() => {}
+            Extensions::Names(names) => {
+                let items: Vec<String> = names.iter().map(|n| encode(n)).collect();
+                out.push(format!("{EXTENSIONS}={}", items.join(",")));
+            }
+        }
+        for filter in &self.filters {
+            out.push(format!("{}={}", encode(&filter.key), encode(&filter.raw)));
+        }
+        out.join("&")
+    }
+}
+
+/// For `GET /services/{service_id}`: validate and normalise only the four include flags;
+/// every other pair is forwarded as the client wrote it (raw, in order).
+/// Returns the flags and the normalised query string to send upstream: the true flags
+/// first (canonical order), then the other pairs.
+pub fn parse_include_flags(raw_query: Option<&str>) -> Result<(Include, String), ParamError> {
+    let mut include = Include::default();
+    let mut seen = [false; 4];
+    let mut others: Vec<&str> = Vec::new();
+    for piece in raw_query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (raw_key, raw_value) = split_pair(piece);
+        // A key that does not decode cannot be a flag name; it is not ours to judge.
+        let flag = decode(raw_key, true)
+            .ok()
+            .and_then(|key| FLAG_PARAMS.iter().position(|f| *f == key));
+        match flag {
+            Some(i) => {
+                let value = raw_value
+                    .map(|raw| {
+                        decode(raw, true).map_err(|problem| ParamError::Encoding {
+                            name: FLAG_PARAMS[i].to_owned(),
+                            value: shown(raw),
+                            problem,
+                        })
+                    })
+                    .transpose()?;
+                set_flag(&mut include, &mut seen, i, value.as_deref())?;
+            }
+            None => others.push(piece),
+        }
+    }
+    let query = FLAG_PARAMS
+        .iter()
+        .zip(flags(&include))
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| format!("{name}=true"))
+        .chain(others.into_iter().map(str::to_owned))
+        .collect::<Vec<_>>()
+        .join("&");
+    Ok((include, query))
+}
+
+/// A path parameter (`contact_key`, `customer_id`): percent-decode the raw segment to UTF-8.
+/// `name` is used in the message. Reject: empty, over max_bytes (decoded bytes), any control
+/// character (Unicode Cc), invalid UTF-8, malformed percent escapes (e.g. `%G1`, `%4`).
+/// Note '+' in a path is a literal plus, not a space. Messages quote the raw segment.
+pub fn decode_path_param(
+    name: &str,
+    raw_segment: &str,
+    max_bytes: usize,
+) -> Result<String, ParamError> {
+    if raw_segment.is_empty() {
+        return Err(ParamError::EmptyPath {
+            name: name.to_owned(),
+        });
+    }
+    let value = decode(raw_segment, false).map_err(|problem| ParamError::Encoding {
+        name: name.to_owned(),
+        value: shown(raw_segment),
+        problem,
+    })?;
+    if value.len() > max_bytes {
+        return Err(ParamError::TooLong {
+            name: name.to_owned(),
+            value: shown(raw_segment),
+            len: value.len(),
+            max: max_bytes,
+        });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ParamError::ControlChar {
+            name: name.to_owned(),
+            value: shown(raw_segment),
+        });
+    }
+    Ok(value)
+}
+
+/// Canonical percent-encoding of a path parameter: every byte except ALPHA / DIGIT / - . _ ~ is %XX (uppercase hex).
+pub fn encode_path_param(value: &str) -> String {
+    encode(value)
+}
+
+/// The state of one query while its pairs are read.
+struct QueryBuilder<'a> {
+    lifecycle: Lifecycle,
+    types: &'a TypeMap,
+    limits: &'a Limits,
+    /// Indexed like `DATE_PARAMS`: the instant and the decoded text the client wrote.
+    dates: [Option<(DateTime<Utc>, String)>; 4],
+    service_types: BTreeSet<ServiceType>,
+    include: Include,
+    flags_seen: [bool; 4],
+    extensions_all: bool,
+    extension_names: BTreeSet<String>,
+    filters: Vec<ExtensionFilter>,
+}
+
+impl QueryBuilder<'_> {
+    /// One decoded pair; `value` is `None` for a bare key.
+    fn add(&mut self, key: String, value: Option<String>) -> Result<(), ParamError> {
+        if let Some(i) = DATE_PARAMS.iter().position(|p| *p == key) {
+            return self.add_date(i, value);
+        }
+        if let Some(i) = FLAG_PARAMS.iter().position(|p| *p == key) {
+            return set_flag(&mut self.include, &mut self.flags_seen, i, value.as_deref());
+        }
+        match key.as_str() {
+            SERVICE_TYPES => self.add_service_types(value.as_deref().unwrap_or("")),
+            EXTENSIONS => {
+                self.add_extension_names(value.as_deref().unwrap_or(""));
+                Ok(())
+            }
+            _ => self.add_filter(key, value.unwrap_or_default()),
+        }
+    }
+
+    fn add_date(&mut self, i: usize, value: Option<String>) -> Result<(), ParamError> {
+        let name = DATE_PARAMS[i];
+        if self.lifecycle == Lifecycle::Active && name.starts_with("completed_") {
+            return Err(ParamError::HistoryOnly {
+                name: name.to_owned(),
+            });
+        }
+        if self.dates[i].is_some() {
+            return Err(ParamError::Repeated {
+                name: name.to_owned(),
+            });
+        }
+        let text = value.unwrap_or_default();
+        let instant = date::parse_param(&text).map_err(|reason| ParamError::InvalidDate {
+            name: name.to_owned(),
+            value: shown(&text),
+            reason,
+        })?;
+        self.dates[i] = Some((instant, text));
+        Ok(())
+    }
+
+    fn add_service_types(&mut self, value: &str) -> Result<(), ParamError> {
+        for item in value.split(',') {
+            let item = item.trim_matches(|c: char| c.is_ascii_whitespace());
+            if item.is_empty() {
+                return Err(ParamError::EmptyServiceType {
+                    value: shown(value),
+                });
+            }
+            let service_type = match parse_id(item) {
+                Some(id) => ServiceType::Id(id),
+                None if !self.types.is_empty() && self.types.id_of(item).is_none() => {
+                    return Err(ParamError::UnknownServiceType { item: shown(item) });
+                }
+                None => ServiceType::Name(item.to_owned()),
+            };
+            self.service_types.insert(service_type);
+        }
+        Ok(())
+    }
+
+    /// Names as the upstream reads them: comma-separated, empty items ignored, `*` is all.
+    fn add_extension_names(&mut self, list: &str) {
+        for name in list.split(',').filter(|n| !n.is_empty()) {
+            if name == "*" {
+                self.extensions_all = true;
+            } else {
+                self.extension_names.insert(name.to_owned());
+            }
+        }
+    }
+
+    fn add_filter(&mut self, key: String, raw: String) -> Result<(), ParamError> {
+        if key.is_empty() {
+            return Err(ParamError::EmptyKey { value: shown(&raw) });
+        }
+        if RESERVED_FIELDS.contains(&key.as_str()) {
+            return Err(ParamError::ReservedFilter {
+                name: key,
+                value: shown(&raw),
+            });
+        }
+        if self.filters.len() >= self.limits.max_filters {
+            return Err(ParamError::TooManyFilters {
+                name: shown(&key),
+                max: self.limits.max_filters,
+            });
+        }
+        // The upstream must return the filtered extension, and it reads `extensions` as a
+        // comma list: widen with the key exactly as the upstream will read it.
+        self.add_extension_names(&key);
+        let value =
+            serde_json::from_str::<Value>(&raw).unwrap_or_else(|_| Value::String(raw.clone()));
+        self.filters.push(ExtensionFilter { key, value, raw });
+        Ok(())
+    }
+
+    fn finish(self, anonymous: bool) -> Result<ServiceQuery, ParamError> {
+        let [started_from, started_to, completed_from, completed_to] = self.dates;
+        let started = window(STARTED_FROM, started_from, STARTED_TO, started_to)?;
+        let completed = window(COMPLETED_FROM, completed_from, COMPLETED_TO, completed_to)?;
+        let extensions = if self.extensions_all {
+            Extensions::All
+        } else if self.extension_names.is_empty() {
+            Extensions::None
+        } else {
+            Extensions::Names(self.extension_names.into_iter().collect())
+        };
+        Ok(ServiceQuery {
+            lifecycle: self.lifecycle,
+            anonymous,
+            started,
+            completed,
+            service_types: self.service_types.into_iter().collect(),
+            include: self.include,
+            extensions,
+            filters: self.filters,
+        })
+    }
+}
+
+/// `from == to` is a valid (empty) window; `from > to` is a client mistake.
+fn window(
+    from_name: &str,
+    from: Option<(DateTime<Utc>, String)>,
+    to_name: &str,
+    to: Option<(DateTime<Utc>, String)>,
+) -> Result<Window, ParamError> {
+    if let (Some((f, f_text)), Some((t, t_text))) = (&from, &to) {
+        if f > t {
+            return Err(ParamError::InvertedWindow {
+                from_name: from_name.to_owned(),
+                from: shown(f_text),
+                to_name: to_name.to_owned(),
+                to: shown(t_text),
+            });
+        }
+    }
+    Ok(Window {
+        from: from.map(|(t, _)| t),
+        to: to.map(|(t, _)| t),
+    })
+}
+
+/// Sets include flag `i` from its decoded value (`None`: a bare key, meaning true).
+fn set_flag(
+    include: &mut Include,
+    seen: &mut [bool; 4],
+    i: usize,
+    value: Option<&str>,
+) -> Result<(), ParamError> {
+    let name = FLAG_PARAMS[i];
+    if seen[i] {
+        return Err(ParamError::Repeated {
+            name: name.to_owned(),
+        });
+    }
+    seen[i] = true;
+    let on = match value {
+        None => true,
+        Some(v) if v == "1" || v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v == "0" || v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(ParamError::InvalidFlag {
+                name: name.to_owned(),
+                value: shown(v),
+            })
+        }
+    };
+    let slot = match i {
+        0 => &mut include.active_states,
+        1 => &mut include.completed_states,
+        2 => &mut include.active_tasks,
+        _ => &mut include.completed_tasks,
+    };
+    *slot = on;
+    Ok(())
+}
+
+/// The flags in `FLAG_PARAMS` order.
+fn flags(include: &Include) -> [bool; 4] {
+    [
+        include.active_states,
+        include.completed_states,
+        include.active_tasks,
+        include.completed_tasks,
+    ]
+}
+
+/// An optional `-` then ASCII digits, within `i64`. (`str::parse` alone would also take `+7`.)
+fn parse_id(item: &str) -> Option<i64> {
+    let digits = item.strip_prefix('-').unwrap_or(item);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    item.parse().ok()
+}
+
+/// The raw `(key, value)` pairs of a query string; `None` is a bare key.
+fn pairs(query: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    query
+        .split('&')
+        .filter(|piece| !piece.is_empty())
+        .map(split_pair)
+}
+
+fn split_pair(piece: &str) -> (&str, Option<&str>) {
+    match piece.split_once('=') {
+        Some((key, value)) => (key, Some(value)),
+        None => (piece, None),
+    }
+}
+
+/// Strict percent-decoding: `%` must start a two-hex-digit escape, and the result must be
+/// UTF-8. With `plus_is_space` (query strings, form encoding) `+` is a space.
+fn decode(raw: &str, plus_is_space: bool) -> Result<String, EncodingProblem> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hi = bytes.get(i + 1).and_then(|c| hex_value(*c));
+                let lo = bytes.get(i + 2).and_then(|c| hex_value(*c));
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => out.push(hi << 4 | lo),
+                    _ => return Err(EncodingProblem::BadEscape),
+                }
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| EncodingProblem::NotUtf8)
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+fn encode(text: &str) -> String {
+    utf8_percent_encode(text, UNRESERVED).to_string()
+}
+
+/// Client text as an error message quotes it: at most `MAX_ECHO_CHARS` characters, then
+/// `…`; control characters escaped so the message stays one printable line.
+fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == MAX_ECHO_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const ALL: Lifecycle = Lifecycle::All;
+    const ACTIVE: Lifecycle = Lifecycle::Active;
+    const COMPLETED: Lifecycle = Lifecycle::Completed;
+
+    fn type_map() -> TypeMap {
+        TypeMap::new([("Billing".to_owned(), 1), ("Sales".to_owned(), 2)])
+    }
+
+    fn parse_with(
+        query: &str,
+        lifecycle: Lifecycle,
+        types: &TypeMap,
+        limits: &Limits,
+    ) -> Result<ServiceQuery, ParamError> {
+        parse_service_query(Some(query), lifecycle, false, types, limits)
+    }
+
+    fn parse(query: &str, lifecycle: Lifecycle) -> Result<ServiceQuery, ParamError> {
+        parse_with(query, lifecycle, &TypeMap::default(), &Limits::default())
+    }
+
+    fn normalised(query: &str, lifecycle: Lifecycle) -> Result<String, String> {
+        parse(query, lifecycle)
+            .map(|q| q.upstream_query())
+            .map_err(|e| e.to_string())
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .expect("test date is RFC 3339")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn accepted_queries_normalise_exactly() {
+        let cases: &[(&str, Lifecycle, &str)] = &[
+            // Nothing, or only empty pieces.
+            ("", ALL, ""),
+            ("&&&", ACTIVE, ""),
+            // Dates: canonical UTC millis, ':' percent-encoded like every reserved byte.
+            (
+                "started_from=2009-05-07T14:05:20%2B02:00",
+                ALL,
+                "started_from=2009-05-07T12%3A05%3A20.000Z",
+            ),
+            (
+                "started_to=2009-05-07T12:05:20.1234567Z",
+                ACTIVE,
+                "started_to=2009-05-07T12%3A05%3A20.123Z",
+            ),
+            (
+                "started_to=2009-05-07T12:05:20&started_from=2009-05-07T12:05:19",
+                ALL,
+                "started_from=2009-05-07T12%3A05%3A19.000Z&started_to=2009-05-07T12%3A05%3A20.000Z",
+            ),
+            // from == to is an empty window, not an error.
+            (
+                "started_from=2023-01-01T00:00:00Z&started_to=2023-01-01T00:00:00Z",
+                ALL,
+                "started_from=2023-01-01T00%3A00%3A00.000Z&started_to=2023-01-01T00%3A00%3A00.000Z",
+            ),
+            // Compared after truncation to millis: equal, so accepted.
+            (
+                "started_from=2023-01-01T00:00:00.0009Z&started_to=2023-01-01T00:00:00.0001Z",
+                ALL,
+                "started_from=2023-01-01T00%3A00%3A00.000Z&started_to=2023-01-01T00%3A00%3A00.000Z",
+            ),
+            // Same instant written with different offsets.
+            (
+                "completed_from=2023-01-01T01:00:00%2B01:00&completed_to=2023-01-01T00:00:00Z",
+                ALL,
+                "completed_from=2023-01-01T00%3A00%3A00.000Z&completed_to=2023-01-01T00%3A00%3A00.000Z",
+            ),
+            (
+                "completed_to=2023-01-01T00:00:00Z",
+                COMPLETED,
+                "completed_to=2023-01-01T00%3A00%3A00.000Z",
+            ),
+            // service_types: merged, trimmed, integers canonical, deduplicated, sorted.
+            (
+                "service_types=3,1,%20Billing%20,1&service_types=007,-2",
+                ALL,
+                "service_types=-2,1,3,7,Billing",
+            ),
+            ("service_types=+2+,-0", ALL, "service_types=0,2"),
+            ("service_types=1%2C2", ALL, "service_types=1,2"),
+            ("service_types=b,a,b,%09a", ALL, "service_types=a,b"),
+            (
+                "service_types=a%20b,%2B5",
+                ALL,
+                "service_types=%2B5,a%20b",
+            ),
+            // Too big for i64: a name (accepted as such when no map is configured).
+            (
+                "service_types=99999999999999999999",
+                ALL,
+                "service_types=99999999999999999999",
+            ),
+            // Include flags.
+            ("active_states", ALL, "active_states=true"),
+            (
+                "active_states=TRUE&completed_states=1&active_tasks=False&completed_tasks=0",
+                ALL,
+                "active_states=true&completed_states=true",
+            ),
+            (
+                "completed_tasks=tRuE&active_tasks",
+                ALL,
+                "active_tasks=true&completed_tasks=true",
+            ),
+            ("active_states=false", ALL, ""),
+            // extensions: merged, empty items ignored, sorted, deduplicated.
+            ("extensions=b,a,,b", ALL, "extensions=a,b"),
+            ("extensions=a&extensions=c,b", ALL, "extensions=a,b,c"),
+            ("extensions=a,*", ALL, "extensions=*"),
+            ("extensions=&extensions", ALL, ""),
+            ("extensions=,,", ALL, ""),
+            ("extensions=a%20b", ALL, "extensions=a%20b"),
+            // Filters widen extensions, unless `*`.
+            ("score=85", ALL, "extensions=score&score=85"),
+            (
+                "extensions=a&z=1&b=2",
+                ALL,
+                "extensions=a,b,z&z=1&b=2",
+            ),
+            ("extensions=*&score=85", ALL, "extensions=*&score=85"),
+            ("k=1&k=2", ALL, "extensions=k&k=1&k=2"),
+            ("name=%22Bob%22", ALL, "extensions=name&name=%22Bob%22"),
+            ("note=hello+world", ALL, "extensions=note&note=hello%20world"),
+            ("flag", ALL, "extensions=flag&flag="),
+            ("list=1,2", ALL, "extensions=list&list=1%2C2"),
+            // A key is widened as the upstream reads an `extensions` list.
+            ("a%2Cb=1", ALL, "extensions=a,b&a%2Cb=1"),
+            ("*=1", ALL, "extensions=*&%2A=1"),
+            (",=1", ALL, "%2C=1"),
+            // Keys are case-sensitive: these are filters, not parameters.
+            (
+                "Service_ID=5&Active_States=true",
+                ALL,
+                "extensions=Active_States,Service_ID&Service_ID=5&Active_States=true",
+            ),
+            // Everything at once, given in reverse order.
+            (
+                "z=%7B%22a%22%3A1%7D&extensions=x&completed_tasks&active_tasks=1\
+                 &completed_states=true&active_states=1&service_types=2,1\
+                 &completed_to=2023-01-02T00:00:00Z&completed_from=2023-01-01T00:00:00Z\
+                 &started_to=2022-01-02T00:00:00Z&started_from=2022-01-01T00:00:00Z",
+                ALL,
+                "started_from=2022-01-01T00%3A00%3A00.000Z&started_to=2022-01-02T00%3A00%3A00.000Z\
+                 &completed_from=2023-01-01T00%3A00%3A00.000Z&completed_to=2023-01-02T00%3A00%3A00.000Z\
+                 &service_types=1,2&active_states=true&completed_states=true&active_tasks=true\
+                 &completed_tasks=true&extensions=x,z&z=%7B%22a%22%3A1%7D",
+            ),
+        ];
+        for (query, lifecycle, expected) in cases {
+            assert_eq!(
+                normalised(query, *lifecycle).as_deref(),
+                Ok(*expected),
+                "query {query:?} on {lifecycle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refused_queries_say_exactly_why() {
+        let long = "x".repeat(300);
+        let long_query = format!("active_states={long}");
+        let long_message = format!(
+            "parameter 'active_states': '{}…' is not a boolean (true, false, 1 or 0)",
+            "x".repeat(200)
+        );
+        let cases: &[(&str, Lifecycle, &str)] = &[
+            // Dates.
+            (
+                "started_from=2023-02-30T00:00:00Z",
+                ALL,
+                "parameter 'started_from': '2023-02-30T00:00:00Z' is not a valid date-time: no such date or time",
+            ),
+            (
+                "started_to=yesterday",
+                ALL,
+                "parameter 'started_to': 'yesterday' is not a valid date-time: expected YYYY-MM-DDTHH:mm:ss[.fff][Z|±hh:mm]",
+            ),
+            (
+                "started_from",
+                ALL,
+                "parameter 'started_from': '' is not a valid date-time: expected YYYY-MM-DDTHH:mm:ss[.fff][Z|±hh:mm]",
+            ),
+            (
+                "completed_to=",
+                COMPLETED,
+                "parameter 'completed_to': '' is not a valid date-time: expected YYYY-MM-DDTHH:mm:ss[.fff][Z|±hh:mm]",
+            ),
+            // A literal '+' is a space in a query string.
+            (
+                "started_from=2009-05-07T14:05:20+02:00",
+                ALL,
+                "parameter 'started_from': '2009-05-07T14:05:20 02:00' is not a valid date-time: expected YYYY-MM-DDTHH:mm:ss[.fff][Z|±hh:mm]",
+            ),
+            (
+                "started_from=9999-12-31T23:00:00-01:00",
+                ALL,
+                "parameter 'started_from': '9999-12-31T23:00:00-01:00' is not a valid date-time: out of the supported range (years 0000-9999 in UTC)",
+            ),
+            (
+                "started_from=2023-01-01T00:00:00Z&started_from=2023-01-01T00:00:00Z",
+                ALL,
+                "parameter 'started_from' is given more than once",
+            ),
+            (
+                "completed_to=2023-01-01T00:00:00Z&completed_to=x",
+                ALL,
+                "parameter 'completed_to' is given more than once",
+            ),
+            (
+                "started_from=2023-02-01T00:00:00Z&started_to=2023-01-01T00:00:00Z",
+                ALL,
+                "parameter 'started_from': '2023-02-01T00:00:00Z' is later than parameter 'started_to': '2023-01-01T00:00:00Z'",
+            ),
+            (
+                "started_to=2023-01-01T01:00:00%2B01:00&started_from=2023-01-01T00:00:00.001Z",
+                ALL,
+                "parameter 'started_from': '2023-01-01T00:00:00.001Z' is later than parameter 'started_to': '2023-01-01T01:00:00+01:00'",
+            ),
+            (
+                "completed_from=2023-01-02T00:00:00Z&completed_to=2023-01-01T00:00:00Z",
+                COMPLETED,
+                "parameter 'completed_from': '2023-01-02T00:00:00Z' is later than parameter 'completed_to': '2023-01-01T00:00:00Z'",
+            ),
+            // History-only parameters on /active, whatever their value.
+            (
+                "completed_from=2023-01-01T00:00:00Z",
+                ACTIVE,
+                "parameter 'completed_from' only applies to service history and is not accepted on an /active route",
+            ),
+            (
+                "completed_to=garbage",
+                ACTIVE,
+                "parameter 'completed_to' only applies to service history and is not accepted on an /active route",
+            ),
+            // service_types.
+            ("service_types=1,,2", ALL, "parameter 'service_types': '1,,2' has an empty item"),
+            ("service_types=", ALL, "parameter 'service_types': '' has an empty item"),
+            ("service_types", ALL, "parameter 'service_types': '' has an empty item"),
+            ("service_types=1,", ALL, "parameter 'service_types': '1,' has an empty item"),
+            ("service_types=1,+", ALL, "parameter 'service_types': '1, ' has an empty item"),
+            (
+                "service_types=1&service_types=",
+                ALL,
+                "parameter 'service_types': '' has an empty item",
+            ),
+            // Include flags.
+            (
+                "active_states=",
+                ALL,
+                "parameter 'active_states': '' is not a boolean (true, false, 1 or 0)",
+            ),
+            (
+                "completed_states=yes",
+                ALL,
+                "parameter 'completed_states': 'yes' is not a boolean (true, false, 1 or 0)",
+            ),
+            (
+                "active_tasks=2",
+                ALL,
+                "parameter 'active_tasks': '2' is not a boolean (true, false, 1 or 0)",
+            ),
+            (
+                "completed_tasks=+true",
+                ALL,
+                "parameter 'completed_tasks': ' true' is not a boolean (true, false, 1 or 0)",
+            ),
+            (
+                "active_states&active_states=false",
+                ALL,
+                "parameter 'active_states' is given more than once",
+            ),
+            // Control characters are escaped, long values cut.
+            (
+                "active_states=%0A",
+                ALL,
+                "parameter 'active_states': '\\n' is not a boolean (true, false, 1 or 0)",
+            ),
+            (&long_query, ALL, &long_message),
+            // Filters.
+            (
+                "service_id=5",
+                ALL,
+                "parameter 'service_id': '5' cannot be used as an extension filter: 'service_id' is a Service field",
+            ),
+            (
+                "disposition_desc",
+                ALL,
+                "parameter 'disposition_desc': '' cannot be used as an extension filter: 'disposition_desc' is a Service field",
+            ),
+            (
+                "=x",
+                ALL,
+                "parameter '': an empty parameter name is not allowed (value 'x')",
+            ),
+            ("=", ALL, "parameter '': an empty parameter name is not allowed (value '')"),
+            // Encoding, of keys and of values.
+            ("a%G1=1", ALL, "parameter name 'a%G1' has a malformed percent escape"),
+            ("%FF=1", ALL, "parameter name '%FF' is not UTF-8 once percent-decoded"),
+            ("k=%4", ALL, "parameter 'k': '%4' has a malformed percent escape"),
+            ("k=%", ALL, "parameter 'k': '%' has a malformed percent escape"),
+            ("k=%C3%28", ALL, "parameter 'k': '%C3%28' is not UTF-8 once percent-decoded"),
+            (
+                "started_from=2023%",
+                ALL,
+                "parameter 'started_from': '2023%' has a malformed percent escape",
+            ),
+            // The first problem in query order wins.
+            (
+                "active_states=yes&started_from=bad",
+                ALL,
+                "parameter 'active_states': 'yes' is not a boolean (true, false, 1 or 0)",
+            ),
+        ];
+        for (query, lifecycle, expected) in cases {
+            assert_eq!(
+                normalised(query, *lifecycle),
+                Err(expected.to_string()),
+                "query {query:?} on {lifecycle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_reserved_field_is_refused_as_a_filter() {
+        for field in RESERVED_FIELDS {
+            let query = format!("{field}=1");
+            let result = normalised(&query, ALL);
+            if FLAG_PARAMS.contains(&field) {
+                // The flags are parsed as flags and never reach the filter check.
+                assert_eq!(result, Ok(format!("{field}=true")), "{field}");
+            } else {
+                assert_eq!(
+                    result,
+                    Err(format!(
+                        "parameter '{field}': '1' cannot be used as an extension filter: \
+                         '{field}' is a Service field"
+                    )),
+                    "{field}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn service_type_names_are_checked_against_a_configured_map() {
+        let types = type_map();
+        let limits = Limits::default();
+        let ok = parse_with("service_types=Sales,Billing,2,7", ALL, &types, &limits)
+            .expect("known names and any ID");
+        // Names are kept as names, not translated to IDs.
+        assert_eq!(
+            ok.service_types,
+            vec![
+                ServiceType::Id(2),
+                ServiceType::Id(7),
+                ServiceType::Name("Billing".to_owned()),
+                ServiceType::Name("Sales".to_owned()),
+            ]
+        );
+        assert_eq!(ok.upstream_query(), "service_types=2,7,Billing,Sales");
+        let refused = [
+            (
+                "service_types=1,Marketing",
+                "parameter 'service_types': 'Marketing' is not a configured service type name",
+            ),
+            (
+                "service_types=billing",
+                "parameter 'service_types': 'billing' is not a configured service type name",
+            ),
+            (
+                "service_types=99999999999999999999",
+                "parameter 'service_types': '99999999999999999999' is not a configured service type name",
+            ),
+        ];
+        for (query, message) in refused {
+            assert_eq!(
+                parse_with(query, ALL, &types, &limits).map_err(|e| e.to_string()),
+                Err(message.to_owned()),
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn filter_values_are_json_literals_or_strings() {
+        let cases = [
+            ("score=85", json!(85), "85"),
+            ("score=-1.5", json!(-1.5), "-1.5"),
+            (
+                "id=9007199254740993",
+                json!(9_007_199_254_740_993u64),
+                "9007199254740993",
+            ),
+            ("vip=true", json!(true), "true"),
+            ("gone=null", json!(null), "null"),
+            ("name=%22Bob%22", json!("Bob"), "\"Bob\""),
+            (
+                "obj=%7B%22a%22%3A%5B1%5D%7D",
+                json!({"a": [1]}),
+                "{\"a\":[1]}",
+            ),
+            ("padded=+85+", json!(85), " 85 "),
+            ("word=Bob", json!("Bob"), "Bob"),
+            ("list=1,2", json!("1,2"), "1,2"),
+            ("huge=1e400", json!("1e400"), "1e400"),
+            ("bare", json!(""), ""),
+            ("empty=", json!(""), ""),
+        ];
+        for (query, value, raw) in cases {
+            let q = parse(query, ALL).expect("valid filter");
+            let key = query.split(['=']).next().expect("split yields one piece");
+            assert_eq!(
+                q.filters,
+                vec![ExtensionFilter {
+                    key: key.to_owned(),
+                    value,
+                    raw: raw.to_owned(),
+                }],
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn parsed_fields_carry_exact_values() {
+        let q = parse_service_query(
+            Some(
+                "started_from=2009-05-07T14:05:20.1579%2B02:00&completed_to=2010-01-01T00:00:00Z\
+                 &service_types=b,2&active_tasks&extensions=x&k=1&j=%22v%22",
+            ),
+            COMPLETED,
+            true,
+            &TypeMap::default(),
+            &Limits::default(),
+        )
+        .expect("valid query");
+        assert_eq!(
+            q,
+            ServiceQuery {
+                lifecycle: COMPLETED,
+                anonymous: true,
+                started: Window {
+                    from: Some(utc("2009-05-07T12:05:20.157Z")),
+                    to: None,
+                },
+                completed: Window {
+                    from: None,
+                    to: Some(utc("2010-01-01T00:00:00Z")),
+                },
+                service_types: vec![ServiceType::Id(2), ServiceType::Name("b".to_owned())],
+                include: Include {
+                    active_tasks: true,
+                    ..Include::default()
+                },
+                extensions: Extensions::Names(vec!["j".into(), "k".into(), "x".into()]),
+                filters: vec![
+                    ExtensionFilter {
+                        key: "k".into(),
+                        value: json!(1),
+                        raw: "1".into(),
+                    },
+                    ExtensionFilter {
+                        key: "j".into(),
+                        value: json!("v"),
+                        raw: "\"v\"".into(),
+                    },
+                ],
+            }
+        );
+        let none =
+            parse_service_query(None, ACTIVE, false, &TypeMap::default(), &Limits::default())
+                .expect("no query is valid");
+        assert_eq!(
+            none,
+            ServiceQuery {
+                lifecycle: ACTIVE,
+                anonymous: false,
+                started: Window::default(),
+                completed: Window::default(),
+                service_types: vec![],
+                include: Include::default(),
+                extensions: Extensions::None,
+                filters: vec![],
+            }
+        );
+        assert_eq!(none.upstream_query(), "");
+    }
+
+    #[test]
+    fn filter_count_is_limited() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_filters, 32);
+        assert_eq!(limits.max_key_bytes, 256);
+        let at_limit: Vec<String> = (0..32).map(|i| format!("k{i}=1")).collect();
+        let q = parse(&at_limit.join("&"), ALL).expect("32 filters are allowed");
+        assert_eq!(q.filters.len(), 32);
+        // Other parameters do not count.
+        let with_others = format!("{}&extensions=a&active_states", at_limit.join("&"));
+        assert!(parse(&with_others, ALL).is_ok());
+        let over = format!("{}&k32=1", at_limit.join("&"));
+        assert_eq!(
+            normalised(&over, ALL),
+            Err("parameter 'k32': too many extension filters (at most 32 are allowed)".into())
+        );
+        // A repeated key counts each time.
+        let small = Limits {
+            max_filters: 2,
+            ..Limits::default()
+        };
+        assert_eq!(
+            parse_with("a=1&a=2&a=3", ALL, &TypeMap::default(), &small).map_err(|e| e.to_string()),
+            Err("parameter 'a': too many extension filters (at most 2 are allowed)".into())
+        );
+    }
+
+    #[test]
+    fn include_flags_for_service_by_id() {
+        let accepted: &[(Option<&str>, Include, &str)] = &[
+            (None, Include::default(), ""),
+            (Some("&&a=1&&"), Include::default(), "a=1"),
+            (
+                Some("foo=a%20b&active_states&bar"),
+                Include {
+                    active_states: true,
+                    ..Include::default()
+                },
+                "active_states=true&foo=a%20b&bar",
+            ),
+            (
+                Some("x=1&completed_tasks=TRUE&active_states=0&y=%G1&%FF"),
+                Include {
+                    completed_tasks: true,
+                    ..Include::default()
+                },
+                "completed_tasks=true&x=1&y=%G1&%FF",
+            ),
+            (
+                Some("active%5Fstates=1&completed_states=true&active_tasks=1&completed_tasks"),
+                Include::ALL,
+                "active_states=true&completed_states=true&active_tasks=true&completed_tasks=true",
+            ),
+        ];
+        for (query, include, normal) in accepted {
+            assert_eq!(
+                parse_include_flags(*query),
+                Ok((*include, normal.to_string())),
+                "{query:?}"
+            );
+        }
+        let refused = [
+            (
+                "active_states=yes",
+                "parameter 'active_states': 'yes' is not a boolean (true, false, 1 or 0)",
+            ),
+            (
+                "active_tasks=1&active_tasks=1",
+                "parameter 'active_tasks' is given more than once",
+            ),
+            (
+                "completed_states=%G",
+                "parameter 'completed_states': '%G' has a malformed percent escape",
+            ),
+        ];
+        for (query, message) in refused {
+            assert_eq!(
+                parse_include_flags(Some(query)).map_err(|e| e.to_string()),
+                Err(message.to_owned()),
+                "{query}"
+            );
+        }
+    }
+
+    #[test]
+    fn path_parameters_decode_strictly() {
+        let exact_limit = "x".repeat(256);
+        let accepted = [
+            ("abc", "abc"),
+            ("a%20b", "a b"),
+            ("a+b", "a+b"),
+            ("caf%C3%A9", "café"),
+            ("%e2%82%ac", "€"),
+            ("361-a3", "361-a3"),
+            (exact_limit.as_str(), exact_limit.as_str()),
+        ];
+        for (raw, decoded) in accepted {
+            assert_eq!(
+                decode_path_param("contact_key", raw, 256).as_deref(),
+                Ok(decoded),
+                "{raw}"
+            );
+        }
+        let over_limit = "x".repeat(257);
+        let over_limit_message = format!(
+            "parameter 'contact_key': '{}…' is 257 bytes long; at most 256 are allowed",
+            "x".repeat(200)
+        );
+        let refused = [
+            ("", 256, "parameter 'contact_key' is empty".to_owned()),
+            (
+                "%G1",
+                256,
+                "parameter 'contact_key': '%G1' has a malformed percent escape".to_owned(),
+            ),
+            (
+                "ab%4",
+                256,
+                "parameter 'contact_key': 'ab%4' has a malformed percent escape".to_owned(),
+            ),
+            (
+                "%FF",
+                256,
+                "parameter 'contact_key': '%FF' is not UTF-8 once percent-decoded".to_owned(),
+            ),
+            (
+                "a%0Ab",
+                256,
+                "parameter 'contact_key': 'a%0Ab' contains a control character".to_owned(),
+            ),
+            (
+                "%7F",
+                256,
+                "parameter 'contact_key': '%7F' contains a control character".to_owned(),
+            ),
+            (
+                "%C2%85",
+                256,
+                "parameter 'contact_key': '%C2%85' contains a control character".to_owned(),
+            ),
+            (
+                "%E2%82%AC%E2%82%AC",
+                5,
+                "parameter 'contact_key': '%E2%82%AC%E2%82%AC' is 6 bytes long; at most 5 are allowed"
+                    .to_owned(),
+            ),
+            (over_limit.as_str(), 256, over_limit_message),
+        ];
+        for (raw, max, message) in refused {
+            assert_eq!(
+                decode_path_param("contact_key", raw, max).map_err(|e| e.to_string()),
+                Err(message),
+                "{raw}"
+            );
+        }
+        assert_eq!(
+            decode_path_param("customer_id", "", 256).map_err(|e| e.to_string()),
+            Err("parameter 'customer_id' is empty".to_owned())
+        );
+    }
+
+    #[test]
+    fn path_parameters_encode_canonically() {
+        let cases = [
+            ("AZaz09-._~", "AZaz09-._~"),
+            ("a b", "a%20b"),
+            ("a+b", "a%2Bb"),
+            ("/?#%&=,*", "%2F%3F%23%25%26%3D%2C%2A"),
+            ("€", "%E2%82%AC"),
+        ];
+        for (value, encoded) in cases {
+            assert_eq!(encode_path_param(value), encoded, "{value}");
+        }
+    }
+
+    // ---- properties ----
+
+    fn lifecycle() -> impl Strategy<Value = Lifecycle> {
+        prop_oneof![Just(ALL), Just(ACTIVE), Just(COMPLETED)]
+    }
+
+    fn types() -> impl Strategy<Value = TypeMap> {
+        prop_oneof![Just(TypeMap::default()), Just(type_map())]
+    }
+
+    /// Query-shaped text: mostly plausible pairs for each kind of key, some garbage
+    /// (odd keys, bad escapes, impossible dates) so refusals are exercised too.
+    fn query_text() -> impl Strategy<Value = String> {
+        let date_key = prop_oneof![
+            Just("started_from"),
+            Just("started_to"),
+            Just("completed_from"),
+            Just("completed_to"),
+        ];
+        let date = "20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,4})?(Z|%2B0[0-9]:[0-5][0-9]|-0[0-9]:30)?";
+        let flag_key = prop_oneof![
+            Just("active_states"),
+            Just("completed_states"),
+            Just("active_tasks"),
+            Just("completed_tasks"),
+        ];
+        let flag_value = prop_oneof![
+            Just("=true"),
+            Just("=FALSE"),
+            Just("=1"),
+            Just("=0"),
+            Just(""),
+            Just("=yes"),
+        ];
+        let any_key = prop_oneof![
+            Just("service_id".to_owned()),
+            Just("extensions".to_owned()),
+            Just("started_from".to_owned()),
+            "[a-c%2C*+,]{0,4}",
+        ];
+        let piece = prop_oneof![
+            3 => (date_key, date).prop_map(|(k, v)| format!("{k}={v}")),
+            3 => "[0-9a-c +,-]{1,6}|Billing,Sales,2|%2B5,007|Billing%2CSales"
+                .prop_map(|v| format!("service_types={v}")),
+            3 => (flag_key, flag_value).prop_map(|(k, v)| format!("{k}{v}")),
+            2 => "[a-c*,+]{0,5}|a%2Cb".prop_map(|v| format!("extensions={v}")),
+            3 => ("[a-c%2C*+,]{1,4}", "[0-9a-c,%+* \"-]{0,8}")
+                .prop_map(|(k, v)| format!("{k}={v}")),
+            1 => (any_key, proptest::option::of("[0-9a-c,%+* \"-]{0,8}|(%[0-9A-Fa-f]{2}){1,3}"))
+                .prop_map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => k,
+                }),
+        ];
+        proptest::collection::vec(piece, 0..7).prop_map(|pieces| pieces.join("&"))
+    }
+
+    fn check_idempotent(
+        query: &str,
+        lifecycle: Lifecycle,
+        types: &TypeMap,
+    ) -> Result<(), TestCaseError> {
+        let limits = Limits::default();
+        match parse_service_query(Some(query), lifecycle, true, types, &limits) {
+            Ok(first) => {
+                let upstream = first.upstream_query();
+                let second = parse_service_query(Some(&upstream), lifecycle, true, types, &limits);
+                prop_assert_eq!(second.as_ref(), Ok(&first), "upstream {}", upstream);
+                prop_assert_eq!(second.map(|q| q.upstream_query()), Ok(upstream));
+            }
+            Err(e) => {
+                // At most three quoted client texts of 200 characters each (escaped).
+                prop_assert!(e.to_string().chars().count() < 3 * 4 * 201 + 200);
+            }
+        }
+        if let Ok((include, upstream)) = parse_include_flags(Some(query)) {
+            prop_assert_eq!(
+                parse_include_flags(Some(&upstream)),
+                Ok((include, upstream))
+            );
+        }
+        Ok(())
+    }
+
+    /// An optional instant: milliseconds since the epoch and the offset it is written with.
+    type Bound = Option<(i64, i32)>;
+
+    /// Model of a valid query, written in one of many equivalent spellings.
+    #[derive(Debug, Clone)]
+    struct Model {
+        lifecycle: Lifecycle,
+        started: (Bound, Bound),
+        completed: (Bound, Bound),
+        ids: Vec<i64>,
+        names: Vec<String>,
+        types_repeated: bool,
+        flags: [Option<(bool, usize)>; 4],
+        extensions: Vec<String>,
+        star: bool,
+        filters: Vec<(String, FilterValue)>,
+        reverse: bool,
+    }
+
+    #[derive(Debug, Clone)]
+    enum FilterValue {
+        Int(i64),
+        Quoted(String),
+        Word(String),
+    }
+
+    /// Milliseconds since the epoch up to 2096, and an offset in minutes.
+    fn instant() -> impl Strategy<Value = (i64, i32)> {
+        (0i64..4_000_000_000_000, -(14 * 60)..=(14 * 60))
+    }
+
+    fn bounds() -> impl Strategy<Value = (Bound, Bound)> {
+        (
+            proptest::option::of(instant()),
+            proptest::option::of(instant()),
+        )
+            .prop_map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) if a.0 > b.0 => (Some(b), Some(a)),
+                other => other,
+            })
+    }
+
+    fn model() -> impl Strategy<Value = Model> {
+        let filter_value = prop_oneof![
+            any::<i64>().prop_map(FilterValue::Int),
+            "[a-z ]{0,5}".prop_map(FilterValue::Quoted),
+            "w[a-z]{0,4}".prop_map(FilterValue::Word),
+        ];
+        let flag = proptest::option::of((any::<bool>(), 0usize..4));
+        (
+            lifecycle(),
+            bounds(),
+            bounds(),
+            proptest::collection::vec(any::<i64>(), 0..4),
+            proptest::collection::vec("[A-Za-z]([A-Za-z _+]{0,5}[A-Za-z])?", 0..4),
+            any::<bool>(),
+            [flag.clone(), flag.clone(), flag.clone(), flag],
+            proptest::collection::vec("[a-z][a-z0-9_ ]{0,5}", 0..3),
+            proptest::bool::weighted(0.2),
+            proptest::collection::vec(("x[a-z0-9_]{0,5}", filter_value), 0..4),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(
+                    lifecycle,
+                    started,
+                    completed,
+                    ids,
+                    names,
+                    types_repeated,
+                    flags,
+                    extensions,
+                    star,
+                    filters,
+                    reverse,
+                )| Model {
+                    completed: if lifecycle == ACTIVE {
+                        (None, None)
+                    } else {
+                        completed
+                    },
+                    lifecycle,
+                    started,
+                    ids,
+                    names,
+                    types_repeated,
+                    flags,
+                    extensions,
+                    star,
+                    filters,
+                    reverse,
+                },
+            )
+    }
+
+    fn date_text((millis, offset_min): (i64, i32)) -> String {
+        let t = Utc.timestamp_millis_opt(millis).single().expect("in range");
+        let local = t.naive_utc() + Duration::minutes(i64::from(offset_min));
+        let offset = if offset_min == 0 {
+            "Z".to_owned()
+        } else {
+            let sign = if offset_min < 0 { "-" } else { "%2B" };
+            format!(
+                "{sign}{:02}:{:02}",
+                offset_min.abs() / 60,
+                offset_min.abs() % 60
+            )
+        };
+        format!("{}{offset}", local.format("%Y-%m-%dT%H:%M:%S%.3f"))
+    }
+
+    impl Model {
+        fn query(&self) -> String {
+            let mut pieces: Vec<String> = Vec::new();
+            let dates = [
+                self.started.0,
+                self.started.1,
+                self.completed.0,
+                self.completed.1,
+            ];
+            for (name, bound) in DATE_PARAMS.iter().zip(dates) {
+                if let Some(b) = bound {
+                    pieces.push(format!("{name}={}", date_text(b)));
+                }
+            }
+            let items: Vec<String> = self
+                .ids
+                .iter()
+                .map(|id| format!("+{id}"))
+                .chain(self.names.iter().map(|n| encode(n)))
+                .collect();
+            if !items.is_empty() {
+                if self.types_repeated {
+                    pieces.extend(items.iter().map(|i| format!("service_types={i}")));
+                } else {
+                    pieces.push(format!("service_types={}", items.join("%2C")));
+                }
+            }
+            const TRUE: [&str; 4] = ["true", "TRUE", "1", ""];
+            const FALSE: [&str; 4] = ["false", "False", "0", "FALSE"];
+            for (name, flag) in FLAG_PARAMS.iter().zip(self.flags) {
+                match flag {
+                    Some((true, 3)) => pieces.push((*name).to_owned()),
+                    Some((true, i)) => pieces.push(format!("{name}={}", TRUE[i])),
+                    Some((false, i)) => pieces.push(format!("{name}={}", FALSE[i])),
+                    None => {}
+                }
+            }
+            let mut names: Vec<String> = self.extensions.iter().map(|n| encode(n)).collect();
+            if self.star {
+                names.push("*".to_owned());
+            }
+            if !names.is_empty() {
+                pieces.push(format!("extensions=,{}", names.join(",")));
+            }
+            if self.reverse {
+                pieces.reverse();
+            }
+            for (key, value) in &self.filters {
+                let raw = match value {
+                    FilterValue::Int(n) => n.to_string(),
+                    FilterValue::Quoted(s) => format!("%22{}%22", s.replace(' ', "+")),
+                    FilterValue::Word(w) => w.clone(),
+                };
+                pieces.push(format!("{key}={raw}"));
+            }
+            pieces.join("&")
+        }
+
+        fn expected(&self) -> ServiceQuery {
+            let at = |b: Option<(i64, i32)>| {
+                b.map(|(ms, _)| Utc.timestamp_millis_opt(ms).single().expect("in range"))
+            };
+            let mut types: BTreeSet<ServiceType> =
+                self.ids.iter().map(|id| ServiceType::Id(*id)).collect();
+            types.extend(self.names.iter().map(|n| ServiceType::Name(n.clone())));
+            let flag = |i: usize| matches!(self.flags[i], Some((true, _)));
+            let mut names: BTreeSet<String> = self.extensions.iter().cloned().collect();
+            names.extend(self.filters.iter().map(|(k, _)| k.clone()));
+            let extensions = if self.star {
+                Extensions::All
+            } else if names.is_empty() {
+                Extensions::None
+            } else {
+                Extensions::Names(names.into_iter().collect())
+            };
+            ServiceQuery {
+                lifecycle: self.lifecycle,
+                anonymous: false,
+                started: Window {
+                    from: at(self.started.0),
+                    to: at(self.started.1),
+                },
+                completed: Window {
+                    from: at(self.completed.0),
+                    to: at(self.completed.1),
+                },
+                service_types: types.into_iter().collect(),
+                include: Include {
+                    active_states: flag(0),
+                    completed_states: flag(1),
+                    active_tasks: flag(2),
+                    completed_tasks: flag(3),
+                },
+                extensions,
+                filters: self
+                    .filters
+                    .iter()
+                    .map(|(key, value)| {
+                        let (value, raw) = match value {
+                            FilterValue::Int(n) => (json!(n), n.to_string()),
+                            FilterValue::Quoted(s) => (json!(s), format!("\"{s}\"")),
+                            FilterValue::Word(w) => (json!(w), w.clone()),
+                        };
+                        ExtensionFilter {
+                            key: key.clone(),
+                            value,
+                            raw,
+                        }
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary text never panics any entry point.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,80}|[%&=+,a-f0-9]{0,40}", lc in lifecycle()) {
+            let _ = parse_service_query(Some(&text), lc, false, &type_map(), &Limits::default());
+            let _ = parse_include_flags(Some(&text));
+            let _ = decode_path_param("contact_key", &text, 16);
+            let _ = encode_path_param(&text);
+        }
+
+        /// Whatever is accepted normalises to a fixed point.
+        #[test]
+        fn normalisation_is_idempotent(query in query_text(), lc in lifecycle(), types in types()) {
+            check_idempotent(&query, lc, &types)?;
+        }
+
+        /// The same for completely arbitrary text (mostly filters and refusals).
+        #[test]
+        fn normalisation_of_arbitrary_text_is_idempotent(query in "\\PC{0,60}", lc in lifecycle()) {
+            check_idempotent(&query, lc, &TypeMap::default())?;
+        }
+
+        /// A valid query, however it is spelled, parses to what it means and round-trips.
+        #[test]
+        fn generated_valid_query_round_trips(m in model()) {
+            let query = m.query();
+            let expected = m.expected();
+            let parsed = parse(&query, m.lifecycle);
+            prop_assert_eq!(parsed.as_ref(), Ok(&expected), "query {}", query);
+            let upstream = expected.upstream_query();
+            prop_assert_eq!(parse(&upstream, m.lifecycle), Ok(expected), "upstream {}", upstream);
+        }
+
+        /// Path parameters: encode then decode is the identity for every acceptable value.
+        #[test]
+        fn path_parameter_round_trips(value in "\\PC{1,40}") {
+            prop_assume!(!value.chars().any(char::is_control));
+            let encoded = encode_path_param(&value);
+            prop_assert!(encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)));
+            prop_assert_eq!(decode_path_param("contact_key", &encoded, 1024), Ok(value));
+        }
+    }
+}
