@@ -107,7 +107,9 @@ impl Harness {
         };
         let mut request = Request::builder().method(method).uri(uri);
         if let Some((cc, group)) = tenant {
-            request = request.header("ContactCenterId", cc).header("GroupId", group);
+            request = request
+                .header("ContactCenterId", cc)
+                .header("GroupId", group);
         }
         if body.is_some() {
             request = request.header("Content-Type", "application/json");
@@ -127,9 +129,8 @@ impl Harness {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes))
-            })
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&bytes)))
         };
         (status, headers, value)
     }
@@ -219,7 +220,10 @@ async fn service_lifecycle_answers() {
         .get(&format!("/services/{id}?extensions=*&active_states=true"))
         .await;
     assert_eq!(got["duration"], 600_000);
-    assert_eq!(got["completed"], json!({"timestamp": "2024-05-07T12:15:20.157Z"}));
+    assert_eq!(
+        got["completed"],
+        json!({"timestamp": "2024-05-07T12:15:20.157Z"})
+    );
     assert_eq!(got["disposition"], "done");
     assert_eq!(got["disposition_desc"], "ok");
     assert_eq!(got["segment"], "silver", "complete-time extensions replace");
@@ -229,21 +233,32 @@ async fn service_lifecycle_answers() {
     let again = h
         .expect(Method::POST, &format!("/services/{id}/end"), None, 400)
         .await;
-    assert_eq!(error(&again), (&*format!("service {id} is already completed"), VALIDATION));
+    assert_eq!(
+        error(&again),
+        (&*format!("service {id} is already completed"), VALIDATION)
+    );
 
     h.expect(Method::DELETE, &format!("/services/{id}"), None, 200)
         .await;
-    let gone = h.expect(Method::GET, &format!("/services/{id}"), None, 400).await;
+    let gone = h
+        .expect(Method::GET, &format!("/services/{id}"), None, 400)
+        .await;
     assert_eq!(
         error(&gone),
-        (&*format!("There are no service found for : {id}"), NOT_FOUND)
+        (
+            &*format!("There are no service found for : {id}"),
+            NOT_FOUND
+        )
     );
     let gone = h
         .expect(Method::DELETE, &format!("/services/{id}"), None, 400)
         .await;
     assert_eq!(error(&gone).1, NOT_FOUND);
     let gone = h.expect(Method::GET, "/services/abc", None, 400).await;
-    assert_eq!(error(&gone), ("There are no service found for : abc", NOT_FOUND));
+    assert_eq!(
+        error(&gone),
+        ("There are no service found for : abc", NOT_FOUND)
+    );
 }
 
 #[tokio::test]
@@ -284,11 +299,18 @@ async fn service_start_refusals_name_the_field() {
         assert_eq!(error(&value), (message, VALIDATION), "body {body}");
     }
     let (status, _, value) = h
-        .call_as(None, Method::POST, "/services/start", Some("{\"contact_key\":"))
+        .call_as(
+            None,
+            Method::POST,
+            "/services/start",
+            Some("{\"contact_key\":"),
+        )
         .await;
     assert_eq!(status, 400);
     assert_eq!(error(&value).1, VALIDATION);
-    assert!(error(&value).0.starts_with("the request body is not valid JSON"));
+    assert!(error(&value)
+        .0
+        .starts_with("the request body is not valid JSON"));
     // A configured name is accepted.
     h.start_service(json!({"customer_id": "c", "service_type": "DeliveringService"}))
         .await;
@@ -304,10 +326,15 @@ async fn routing_errors() {
     let (status, headers, _) = h.call_as(None, Method::PATCH, "/services/1", None).await;
     assert_eq!(status, 405);
     assert_eq!(headers["allow"], "GET, PUT, DELETE");
-    let value = h.expect(Method::GET, "/services/1/nothing", None, 404).await;
+    let value = h
+        .expect(Method::GET, "/services/1/nothing", None, 404)
+        .await;
     assert_eq!(error(&value).1, "NotFound");
     let value = h.expect(Method::GET, "/x/elsewhere", None, 404).await;
-    assert_eq!(error(&value), ("no such resource: /x/elsewhere", "NotFound"));
+    assert_eq!(
+        error(&value),
+        ("no such resource: /x/elsewhere", "NotFound")
+    );
 }
 
 #[tokio::test]
@@ -320,39 +347,86 @@ async fn extensions_are_returned_only_when_named() {
     let plain = h.get(&path).await;
     assert!(plain.get("a").is_none() && plain.get("b").is_none());
     let some = h.get(&format!("{path}?extensions=a,c")).await;
-    assert_eq!((some["a"].clone(), some["c"].clone()), (json!(1), json!([1, 2])));
+    assert_eq!(
+        (some["a"].clone(), some["c"].clone()),
+        (json!(1), json!([1, 2]))
+    );
     assert!(some.get("b").is_none());
 
-    h.expect(Method::PUT, &format!("{path}/extensions/a"), Some(json!("replaced")), 204)
-        .await;
-    h.expect(Method::PUT, &format!("{path}/extensions/b/merge"), Some(json!({"y": 2, "x": 0})), 204)
-        .await;
-    h.expect(Method::PUT, &format!("{path}/extensions/new/merge"), Some(json!({"z": 1})), 204)
-        .await;
+    h.expect(
+        Method::PUT,
+        &format!("{path}/extensions/a"),
+        Some(json!("replaced")),
+        204,
+    )
+    .await;
+    h.expect(
+        Method::PUT,
+        &format!("{path}/extensions/b/merge"),
+        Some(json!({"y": 2, "x": 0})),
+        204,
+    )
+    .await;
+    h.expect(
+        Method::PUT,
+        &format!("{path}/extensions/new/merge"),
+        Some(json!({"z": 1})),
+        204,
+    )
+    .await;
     let all = h.get(&format!("{path}?extensions=*")).await;
     assert_eq!(all["a"], "replaced");
     assert_eq!(all["b"], json!({"x": 0, "y": 2}));
     assert_eq!(all["new"], json!({"z": 1}));
 
     let value = h
-        .expect(Method::PUT, &format!("{path}/extensions/c/merge"), Some(json!({"z": 1})), 400)
+        .expect(
+            Method::PUT,
+            &format!("{path}/extensions/c/merge"),
+            Some(json!({"z": 1})),
+            400,
+        )
         .await;
     assert_eq!(
         error(&value),
-        ("field 'c': the existing value is not a JSON object and cannot be merged into", VALIDATION)
+        (
+            "field 'c': the existing value is not a JSON object and cannot be merged into",
+            VALIDATION
+        )
     );
     let value = h
-        .expect(Method::PUT, &format!("{path}/extensions/b/merge"), Some(json!([1])), 400)
+        .expect(
+            Method::PUT,
+            &format!("{path}/extensions/b/merge"),
+            Some(json!([1])),
+            400,
+        )
         .await;
-    assert_eq!(error(&value), ("field 'b': a merge body must be a JSON object", VALIDATION));
+    assert_eq!(
+        error(&value),
+        ("field 'b': a merge body must be a JSON object", VALIDATION)
+    );
     let value = h
-        .expect(Method::PUT, &format!("{path}/extensions/duration"), Some(json!(1)), 400)
+        .expect(
+            Method::PUT,
+            &format!("{path}/extensions/duration"),
+            Some(json!(1)),
+            400,
+        )
         .await;
     assert_eq!(error(&value).1, VALIDATION);
     let value = h
-        .expect(Method::PUT, "/services/999999/extensions/a", Some(json!(1)), 400)
+        .expect(
+            Method::PUT,
+            "/services/999999/extensions/a",
+            Some(json!(1)),
+            400,
+        )
         .await;
-    assert_eq!(error(&value), ("There are no service found for : 999999", NOT_FOUND));
+    assert_eq!(
+        error(&value),
+        ("There are no service found for : 999999", NOT_FOUND)
+    );
     let (status, _, _) = h
         .call_as(None, Method::PUT, &format!("{path}/extensions/a"), Some(""))
         .await;
@@ -364,11 +438,19 @@ async fn states_and_tasks() {
     let h = Harness::start(false).await;
     let id = h.start_service(json!({"customer_id": "c1"})).await;
     let s1 = h
-        .start_item(id, "state", json!({"state_type": 4, "timestamp": "2024-01-01T00:00:00Z", "queue": "q1"}))
+        .start_item(
+            id,
+            "state",
+            json!({"state_type": 4, "timestamp": "2024-01-01T00:00:00Z", "queue": "q1"}),
+        )
         .await;
     assert_eq!(s1, 1);
     let t1 = h
-        .start_item(id, "task", json!({"task_type": 2, "state_id": s1, "note": "n"}))
+        .start_item(
+            id,
+            "task",
+            json!({"task_type": 2, "state_id": s1, "note": "n"}),
+        )
         .await;
     let t2 = h.start_item(id, "task", json!({"task_type": 3})).await;
     assert_eq!((t1, t2), (1, 2));
@@ -395,9 +477,16 @@ async fn states_and_tasks() {
                "disposition": "answered", "queue": "q1"})
     );
     let active = h.get(&format!("/services/{id}/states/active")).await;
-    assert_eq!(active.as_array().map(|a| a.iter().map(|s| s["state_id"].clone()).collect::<Vec<_>>()), Some(vec![json!(2)]));
+    assert_eq!(
+        active
+            .as_array()
+            .map(|a| a.iter().map(|s| s["state_id"].clone()).collect::<Vec<_>>()),
+        Some(vec![json!(2)])
+    );
     let done = h
-        .get(&format!("/services/{id}/states/completed?active_tasks=true"))
+        .get(&format!(
+            "/services/{id}/states/completed?active_tasks=true"
+        ))
         .await;
     assert_eq!(done[0]["active_tasks"][0]["task_id"], t1);
     assert!(done[0].get("completed_tasks").is_none());
@@ -407,21 +496,45 @@ async fn states_and_tasks() {
     assert_eq!(one["state_type"], 8);
 
     let value = h
-        .expect(Method::POST, &format!("/services/{id}/states/{s1}/end"), None, 400)
+        .expect(
+            Method::POST,
+            &format!("/services/{id}/states/{s1}/end"),
+            None,
+            400,
+        )
         .await;
     assert_eq!(error(&value), ("state 1 is already completed", VALIDATION));
     let value = h
-        .expect(Method::POST, &format!("/services/{id}/states/99/end"), None, 400)
+        .expect(
+            Method::POST,
+            &format!("/services/{id}/states/99/end"),
+            None,
+            400,
+        )
         .await;
-    assert_eq!(error(&value), ("There are no state found for : 99", NOT_FOUND));
+    assert_eq!(
+        error(&value),
+        ("There are no state found for : 99", NOT_FOUND)
+    );
     let value = h
         .expect(Method::GET, &format!("/services/{id}/tasks/99"), None, 400)
         .await;
-    assert_eq!(error(&value), ("There are no task found for : 99", NOT_FOUND));
+    assert_eq!(
+        error(&value),
+        ("There are no task found for : 99", NOT_FOUND)
+    );
     let value = h
-        .expect(Method::POST, &format!("/services/{id}/tasks/start"), Some(json!({"state_id": 42})), 400)
+        .expect(
+            Method::POST,
+            &format!("/services/{id}/tasks/start"),
+            Some(json!({"state_id": 42})),
+            400,
+        )
         .await;
-    assert_eq!(error(&value), ("There are no state found for : 42", NOT_FOUND));
+    assert_eq!(
+        error(&value),
+        ("There are no state found for : 42", NOT_FOUND)
+    );
     let value = h
         .expect(
             Method::POST,
@@ -432,35 +545,89 @@ async fn states_and_tasks() {
         .await;
     assert_eq!(error(&value).0, "state 1 is already completed");
     assert_eq!(
-        h.get(&format!("/services/{id}/states")).await.as_array().map(Vec::len),
+        h.get(&format!("/services/{id}/states"))
+            .await
+            .as_array()
+            .map(Vec::len),
         Some(2),
         "a failed transition starts nothing"
     );
 
-    h.expect(Method::POST, &format!("/services/{id}/tasks/{t1}/end"), Some(json!({"note": "m"})), 204)
-        .await;
+    h.expect(
+        Method::POST,
+        &format!("/services/{id}/tasks/{t1}/end"),
+        Some(json!({"note": "m"})),
+        204,
+    )
+    .await;
     let value = h
-        .expect(Method::POST, &format!("/services/{id}/tasks/{t1}/end"), None, 400)
+        .expect(
+            Method::POST,
+            &format!("/services/{id}/tasks/{t1}/end"),
+            None,
+            400,
+        )
         .await;
     assert_eq!(error(&value), ("task 1 is already completed", VALIDATION));
     let tasks = h.get(&format!("/services/{id}/tasks?state_id={s1}")).await;
     assert_eq!(ids_of(&tasks, "task_id"), vec![t1]);
     assert_eq!(tasks[0]["note"], "m");
-    assert_eq!(ids_of(&h.get(&format!("/services/{id}/tasks/active")).await, "task_id"), vec![t2]);
-    assert_eq!(ids_of(&h.get(&format!("/services/{id}/tasks/completed")).await, "task_id"), vec![t1]);
-    assert_eq!(ids_of(&h.get(&format!("/services/{id}/tasks?task_types=3")).await, "task_id"), vec![t2]);
+    assert_eq!(
+        ids_of(
+            &h.get(&format!("/services/{id}/tasks/active")).await,
+            "task_id"
+        ),
+        vec![t2]
+    );
+    assert_eq!(
+        ids_of(
+            &h.get(&format!("/services/{id}/tasks/completed")).await,
+            "task_id"
+        ),
+        vec![t1]
+    );
+    assert_eq!(
+        ids_of(
+            &h.get(&format!("/services/{id}/tasks?task_types=3")).await,
+            "task_id"
+        ),
+        vec![t2]
+    );
     let task = h.get(&format!("/services/{id}/tasks/{t2}")).await;
     assert_eq!(task["task_type"], 3);
 
-    h.expect(Method::PUT, &format!("/services/{id}/states/{s2}/extensions/q"), Some(json!({"a": 1})), 204)
-        .await;
-    h.expect(Method::PUT, &format!("/services/{id}/states/{s2}/extensions/q/merge"), Some(json!({"b": 2})), 204)
-        .await;
-    h.expect(Method::PUT, &format!("/services/{id}/tasks/{t2}/extensions/w"), Some(json!(5)), 204)
-        .await;
-    h.expect(Method::PUT, &format!("/services/{id}/tasks/77/extensions/w"), Some(json!(5)), 400)
-        .await;
-    assert_eq!(h.get(&format!("/services/{id}/states/{s2}")).await["q"], json!({"a": 1, "b": 2}));
+    h.expect(
+        Method::PUT,
+        &format!("/services/{id}/states/{s2}/extensions/q"),
+        Some(json!({"a": 1})),
+        204,
+    )
+    .await;
+    h.expect(
+        Method::PUT,
+        &format!("/services/{id}/states/{s2}/extensions/q/merge"),
+        Some(json!({"b": 2})),
+        204,
+    )
+    .await;
+    h.expect(
+        Method::PUT,
+        &format!("/services/{id}/tasks/{t2}/extensions/w"),
+        Some(json!(5)),
+        204,
+    )
+    .await;
+    h.expect(
+        Method::PUT,
+        &format!("/services/{id}/tasks/77/extensions/w"),
+        Some(json!(5)),
+        400,
+    )
+    .await;
+    assert_eq!(
+        h.get(&format!("/services/{id}/states/{s2}")).await["q"],
+        json!({"a": 1, "b": 2})
+    );
     assert_eq!(h.get(&format!("/services/{id}/tasks/{t2}")).await["w"], 5);
 
     // Sections of the service itself.
@@ -474,11 +641,20 @@ async fn states_and_tasks() {
     assert!(full["active_states"][0].get("active_tasks").is_none());
 
     // A completed service takes no new states.
-    h.expect(Method::POST, &format!("/services/{id}/end"), None, 204).await;
-    let value = h
-        .expect(Method::POST, &format!("/services/{id}/states/start"), None, 400)
+    h.expect(Method::POST, &format!("/services/{id}/end"), None, 204)
         .await;
-    assert_eq!(error(&value).0, format!("service {id} is already completed"));
+    let value = h
+        .expect(
+            Method::POST,
+            &format!("/services/{id}/states/start"),
+            None,
+            400,
+        )
+        .await;
+    assert_eq!(
+        error(&value).0,
+        format!("service {id} is already completed")
+    );
 }
 
 fn ids_of(items: &Value, key: &str) -> Vec<i64> {
@@ -503,72 +679,144 @@ async fn query_services_and_association() {
         .start_service(json!({"contact_key": "k1", "timestamp": "2024-01-03T00:00:00Z"}))
         .await;
     h.start_service(json!({"contact_key": "other"})).await;
-    h.expect(Method::POST, &format!("/services/{b}/end"), Some(json!({"timestamp": "2024-01-02T01:00:00Z"})), 204)
-        .await;
+    h.expect(
+        Method::POST,
+        &format!("/services/{b}/end"),
+        Some(json!({"timestamp": "2024-01-02T01:00:00Z"})),
+        204,
+    )
+    .await;
     h.start_item(a, "state", json!({"state_type": 4})).await;
 
     assert_eq!(ids(&h.get("/services/anonymous/k1").await), vec![a, b, c]);
-    assert_eq!(ids(&h.get("/services/anonymous/k1/active").await), vec![a, c]);
-    assert_eq!(ids(&h.get("/services/anonymous/k1/completed").await), vec![b]);
     assert_eq!(
-        ids(&h.get("/services/anonymous/k1?started_from=2024-01-02T00:00:00Z").await),
+        ids(&h.get("/services/anonymous/k1/active").await),
+        vec![a, c]
+    );
+    assert_eq!(
+        ids(&h.get("/services/anonymous/k1/completed").await),
+        vec![b]
+    );
+    assert_eq!(
+        ids(&h
+            .get("/services/anonymous/k1?started_from=2024-01-02T00:00:00Z")
+            .await),
         vec![b, c]
     );
     assert_eq!(
-        ids(&h.get("/services/anonymous/k1?started_to=2024-01-02T00:00:00Z").await),
+        ids(&h
+            .get("/services/anonymous/k1?started_to=2024-01-02T00:00:00Z")
+            .await),
         vec![a]
     );
     assert_eq!(
-        ids(&h.get("/services/anonymous/k1?completed_from=2024-01-01T00:00:00Z").await),
+        ids(&h
+            .get("/services/anonymous/k1?completed_from=2024-01-01T00:00:00Z")
+            .await),
         vec![b]
     );
-    assert_eq!(ids(&h.get("/services/anonymous/k1?service_types=DeliveringService,1").await), vec![a, b]);
+    assert_eq!(
+        ids(&h
+            .get("/services/anonymous/k1?service_types=DeliveringService,1")
+            .await),
+        vec![a, b]
+    );
     let filtered = h.get("/services/anonymous/k1?segment=gold").await;
     assert_eq!(ids(&filtered), vec![a]);
     assert_eq!(filtered[0]["segment"], "gold", "filter keys are returned");
     let plain = h.get("/services/anonymous/k1").await;
-    assert!(plain[0].get("segment").is_none(), "no extensions unless named");
+    assert!(
+        plain[0].get("segment").is_none(),
+        "no extensions unless named"
+    );
     assert!(plain[0].get("active_states").is_none());
-    let with_states = h.get("/services/anonymous/k1/active?active_states=true&extensions=*").await;
+    let with_states = h
+        .get("/services/anonymous/k1/active?active_states=true&extensions=*")
+        .await;
     assert_eq!(with_states[0]["active_states"][0]["state_type"], 4);
     assert_eq!(with_states[1]["active_states"], json!([]));
     assert_eq!(with_states[0]["segment"], "gold");
 
     let value = h
-        .expect(Method::GET, "/services/anonymous/k1?started_from=yesterday", None, 400)
+        .expect(
+            Method::GET,
+            "/services/anonymous/k1?started_from=yesterday",
+            None,
+            400,
+        )
         .await;
     assert_eq!(error(&value).1, "InvalidParameter");
     assert!(error(&value).0.contains("started_from"), "{value}");
     let value = h
-        .expect(Method::GET, "/services/anonymous/k1/active?completed_from=2024-01-01T00:00:00Z", None, 400)
+        .expect(
+            Method::GET,
+            "/services/anonymous/k1/active?completed_from=2024-01-01T00:00:00Z",
+            None,
+            400,
+        )
         .await;
     assert_eq!(error(&value).1, "InvalidParameter");
     let value = h
-        .expect(Method::GET, "/services/anonymous/k1?service_types=Nope", None, 400)
+        .expect(
+            Method::GET,
+            "/services/anonymous/k1?service_types=Nope",
+            None,
+            400,
+        )
         .await;
     assert_eq!(error(&value).1, "InvalidParameter");
 
     // Association: the service leaves anonymous results and appears under the customer.
-    h.expect(Method::POST, &format!("/customers/cust-9/services/{a}"), None, 204)
-        .await;
+    h.expect(
+        Method::POST,
+        &format!("/customers/cust-9/services/{a}"),
+        None,
+        204,
+    )
+    .await;
     assert_eq!(ids(&h.get("/services/anonymous/k1").await), vec![b, c]);
     let owned = h.get("/customers/cust-9/services").await;
     assert_eq!(ids(&owned), vec![a]);
     assert_eq!(owned[0]["customer_id"], "cust-9");
     assert_eq!(owned[0]["contact_key"], "k1");
     // Last association wins.
-    h.expect(Method::POST, &format!("/customers/cust-10/services/{a}"), None, 204)
-        .await;
-    assert_eq!(ids(&h.get("/customers/cust-9/services").await), Vec::<i64>::new());
-    assert_eq!(ids(&h.get("/customers/cust-10/services/active").await), vec![a]);
-    assert_eq!(ids(&h.get("/customers/cust-10/services/completed").await), Vec::<i64>::new());
+    h.expect(
+        Method::POST,
+        &format!("/customers/cust-10/services/{a}"),
+        None,
+        204,
+    )
+    .await;
+    assert_eq!(
+        ids(&h.get("/customers/cust-9/services").await),
+        Vec::<i64>::new()
+    );
+    assert_eq!(
+        ids(&h.get("/customers/cust-10/services/active").await),
+        vec![a]
+    );
+    assert_eq!(
+        ids(&h.get("/customers/cust-10/services/completed").await),
+        Vec::<i64>::new()
+    );
     let value = h
-        .expect(Method::POST, "/customers/cust-10/services/424242", None, 400)
+        .expect(
+            Method::POST,
+            "/customers/cust-10/services/424242",
+            None,
+            400,
+        )
         .await;
-    assert_eq!(error(&value), ("There are no service found for : 424242", NOT_FOUND));
+    assert_eq!(
+        error(&value),
+        ("There are no service found for : 424242", NOT_FOUND)
+    );
     // Percent-encoded keys.
     let spaced = h.start_service(json!({"contact_key": "a b/c"})).await;
-    assert_eq!(ids(&h.get("/services/anonymous/a%20b%2Fc").await), vec![spaced]);
+    assert_eq!(
+        ids(&h.get("/services/anonymous/a%20b%2Fc").await),
+        vec![spaced]
+    );
 }
 
 #[tokio::test]
@@ -577,17 +825,38 @@ async fn tenants_never_see_each_other() {
     let t1 = Some(("cc1", ""));
     let t2 = Some(("cc2", "g"));
     let body = r#"{"contact_key": "same", "x": 1}"#;
-    let (_, _, v1) = h.call_as(t1, Method::POST, "/services/start", Some(body)).await;
-    let (_, _, v2) = h.call_as(t2, Method::POST, "/services/start", Some(body)).await;
-    let (id1, id2) = (v1["service_id"].as_i64().expect("id"), v2["service_id"].as_i64().expect("id"));
+    let (_, _, v1) = h
+        .call_as(t1, Method::POST, "/services/start", Some(body))
+        .await;
+    let (_, _, v2) = h
+        .call_as(t2, Method::POST, "/services/start", Some(body))
+        .await;
+    let (id1, id2) = (
+        v1["service_id"].as_i64().expect("id"),
+        v2["service_id"].as_i64().expect("id"),
+    );
     assert_ne!(id1, id2, "service ids are unique across tenants");
 
-    let (_, _, list1) = h.call_as(t1, Method::GET, "/services/anonymous/same", None).await;
-    let (_, _, list2) = h.call_as(t2, Method::GET, "/services/anonymous/same", None).await;
-    let (_, _, none) = h.call_as(None, Method::GET, "/services/anonymous/same", None).await;
-    assert_eq!((ids(&list1), ids(&list2), ids(&none)), (vec![id1], vec![id2], vec![]));
+    let (_, _, list1) = h
+        .call_as(t1, Method::GET, "/services/anonymous/same", None)
+        .await;
+    let (_, _, list2) = h
+        .call_as(t2, Method::GET, "/services/anonymous/same", None)
+        .await;
+    let (_, _, none) = h
+        .call_as(None, Method::GET, "/services/anonymous/same", None)
+        .await;
+    assert_eq!(
+        (ids(&list1), ids(&list2), ids(&none)),
+        (vec![id1], vec![id2], vec![])
+    );
     let (_, _, same_cc_other_group) = h
-        .call_as(Some(("cc1", "g")), Method::GET, "/services/anonymous/same", None)
+        .call_as(
+            Some(("cc1", "g")),
+            Method::GET,
+            "/services/anonymous/same",
+            None,
+        )
         .await;
     assert_eq!(ids(&same_cc_other_group), Vec::<i64>::new());
 
@@ -607,30 +876,43 @@ async fn tenants_never_see_each_other() {
         assert_eq!(status, 400, "{method} {path}");
         assert_eq!(
             error(&value),
-            (&*format!("There are no service found for : {id2}"), NOT_FOUND),
+            (
+                &*format!("There are no service found for : {id2}"),
+                NOT_FOUND
+            ),
             "{method} {path}"
         );
     }
-    let (_, _, untouched) = h.call_as(t2, Method::GET, &format!("{other}?extensions=*"), None).await;
+    let (_, _, untouched) = h
+        .call_as(t2, Method::GET, &format!("{other}?extensions=*"), None)
+        .await;
     assert_eq!(untouched["x"], 1);
     assert!(untouched.get("completed").is_none() && untouched.get("customer_id").is_none());
 
     // Purge only touches the caller's tenant.
-    h.call_as(t2, Method::POST, &format!("{other}/end"), None).await;
-    let (_, _, purged) = h.call_as(t1, Method::POST, "/maintenance/purge", None).await;
+    h.call_as(t2, Method::POST, &format!("{other}/end"), None)
+        .await;
+    let (_, _, purged) = h
+        .call_as(t1, Method::POST, "/maintenance/purge", None)
+        .await;
     assert_eq!(purged, json!({"purged": 0}));
-    let (_, _, purged) = h.call_as(t2, Method::POST, "/maintenance/purge", None).await;
+    let (_, _, purged) = h
+        .call_as(t2, Method::POST, "/maintenance/purge", None)
+        .await;
     assert_eq!(purged, json!({"purged": 1}));
 }
 
 #[tokio::test]
 async fn legacy_mode_returns_everything_nested() {
     let h = Harness::start(true).await;
-    let id = h.start_service(json!({"contact_key": "k", "seg": "gold"})).await;
+    let id = h
+        .start_service(json!({"contact_key": "k", "seg": "gold"}))
+        .await;
     let state = h.start_item(id, "state", json!({"state_type": 4})).await;
     let task = h.start_item(id, "task", json!({"state_id": state})).await;
     let done = h.start_service(json!({"contact_key": "k"})).await;
-    h.expect(Method::POST, &format!("/services/{done}/end"), None, 204).await;
+    h.expect(Method::POST, &format!("/services/{done}/end"), None, 204)
+        .await;
 
     // Every parameter is ignored, even invalid ones.
     let all = h
@@ -639,7 +921,10 @@ async fn legacy_mode_returns_everything_nested() {
     assert_eq!(ids(&all), vec![id, done]);
     let first = &all[0];
     assert_eq!(first["seg"], "gold");
-    assert_eq!(first["active_states"][0]["active_tasks"][0]["task_id"], task);
+    assert_eq!(
+        first["active_states"][0]["active_tasks"][0]["task_id"],
+        task
+    );
     assert_eq!(first["active_states"][0]["completed_tasks"], json!([]));
     assert_eq!(first["active_tasks"][0]["task_id"], task);
     assert_eq!(first["completed_states"], json!([]));
@@ -647,13 +932,22 @@ async fn legacy_mode_returns_everything_nested() {
     assert_eq!(ids(&h.get("/services/anonymous/k/active").await), vec![id]);
 
     // Older backends also return associated services on anonymous lookups.
-    h.expect(Method::POST, &format!("/customers/c/services/{id}"), None, 204).await;
+    h.expect(
+        Method::POST,
+        &format!("/customers/c/services/{id}"),
+        None,
+        204,
+    )
+    .await;
     let still = h.get("/services/anonymous/k").await;
     assert_eq!(ids(&still), vec![id, done]);
     assert_eq!(still[0]["customer_id"], "c");
     let by_id = h.get(&format!("/services/{id}")).await;
     assert_eq!(by_id["seg"], "gold");
-    assert_eq!(by_id["active_states"][0]["active_tasks"][0]["task_id"], task);
+    assert_eq!(
+        by_id["active_states"][0]["active_tasks"][0]["task_id"],
+        task
+    );
 }
 
 #[tokio::test]
@@ -663,45 +957,122 @@ async fn sweeper_auto_completes_and_expires() {
     let auto = h
         .start_service(json!({"contact_key": "k", "timestamp": t0, "auto_complete_after": 60}))
         .await;
-    let ttl = h.start_service(json!({"contact_key": "k", "timestamp": t0, "ttl": 120})).await;
-    let until = h
-        .start_service(json!({"contact_key": "k", "timestamp": t0, "expiration_time": "2024-01-01T00:03:00Z"}))
+    let ttl = h
+        .start_service(json!({"contact_key": "k", "timestamp": t0, "ttl": 120}))
         .await;
-    let forever = h.start_service(json!({"contact_key": "k", "timestamp": t0})).await;
+    let until = h
+        .start_service(
+            json!({"contact_key": "k", "timestamp": t0, "expiration_time": "2024-01-01T00:03:00Z"}),
+        )
+        .await;
+    let forever = h
+        .start_service(json!({"contact_key": "k", "timestamp": t0}))
+        .await;
 
-    let report = h.store.sweep_at(at("2024-01-01T00:00:59.999Z")).await.expect("sweep");
+    let report = h
+        .store
+        .sweep_at(at("2024-01-01T00:00:59.999Z"))
+        .await
+        .expect("sweep");
     assert_eq!(report, SweepReport::default());
-    let report = h.store.sweep_at(at("2024-01-01T00:01:00Z")).await.expect("sweep");
-    assert_eq!(report, SweepReport { auto_completed: 1, expired: 0 });
+    let report = h
+        .store
+        .sweep_at(at("2024-01-01T00:01:00Z"))
+        .await
+        .expect("sweep");
+    assert_eq!(
+        report,
+        SweepReport {
+            auto_completed: 1,
+            expired: 0
+        }
+    );
     let done = h.get(&format!("/services/{auto}")).await;
-    assert_eq!(done["completed"], json!({"timestamp": "2024-01-01T00:01:00.000Z"}));
+    assert_eq!(
+        done["completed"],
+        json!({"timestamp": "2024-01-01T00:01:00.000Z"})
+    );
     assert_eq!(done["duration"], 60_000);
 
-    let report = h.store.sweep_at(at("2024-01-01T00:02:00Z")).await.expect("sweep");
-    assert_eq!(report, SweepReport { auto_completed: 0, expired: 1 });
-    h.expect(Method::GET, &format!("/services/{ttl}"), None, 400).await;
-    let report = h.store.sweep_at(at("2024-01-01T00:03:00Z")).await.expect("sweep");
+    let report = h
+        .store
+        .sweep_at(at("2024-01-01T00:02:00Z"))
+        .await
+        .expect("sweep");
+    assert_eq!(
+        report,
+        SweepReport {
+            auto_completed: 0,
+            expired: 1
+        }
+    );
+    h.expect(Method::GET, &format!("/services/{ttl}"), None, 400)
+        .await;
+    let report = h
+        .store
+        .sweep_at(at("2024-01-01T00:03:00Z"))
+        .await
+        .expect("sweep");
     assert_eq!(report.expired, 1);
-    h.expect(Method::GET, &format!("/services/{until}"), None, 400).await;
-    assert_eq!(ids(&h.get("/services/anonymous/k").await), vec![auto, forever]);
+    h.expect(Method::GET, &format!("/services/{until}"), None, 400)
+        .await;
+    assert_eq!(
+        ids(&h.get("/services/anonymous/k").await),
+        vec![auto, forever]
+    );
 
     // PUT /services/{id}: ttl counts from the update; null removes the expiration.
-    h.expect(Method::PUT, &format!("/services/{forever}"), Some(json!({"expiration_time": "2024-01-01T00:10:00Z"})), 204)
-        .await;
-    h.expect(Method::PUT, &format!("/services/{auto}"), Some(json!({"ttl": 3600})), 204)
-        .await;
-    let report = h.store.sweep_at(at("2024-01-01T00:10:00Z")).await.expect("sweep");
+    h.expect(
+        Method::PUT,
+        &format!("/services/{forever}"),
+        Some(json!({"expiration_time": "2024-01-01T00:10:00Z"})),
+        204,
+    )
+    .await;
+    h.expect(
+        Method::PUT,
+        &format!("/services/{auto}"),
+        Some(json!({"ttl": 3600})),
+        204,
+    )
+    .await;
+    let report = h
+        .store
+        .sweep_at(at("2024-01-01T00:10:00Z"))
+        .await
+        .expect("sweep");
     assert_eq!(report.expired, 1);
     assert_eq!(ids(&h.get("/services/anonymous/k").await), vec![auto]);
-    h.expect(Method::PUT, &format!("/services/{auto}"), Some(json!({"ttl": null})), 204)
-        .await;
-    let report = h.store.sweep_at(at("2999-01-01T00:00:00Z")).await.expect("sweep");
+    h.expect(
+        Method::PUT,
+        &format!("/services/{auto}"),
+        Some(json!({"ttl": null})),
+        204,
+    )
+    .await;
+    let report = h
+        .store
+        .sweep_at(at("2999-01-01T00:00:00Z"))
+        .await
+        .expect("sweep");
     assert_eq!(report.expired, 0);
 
-    let value = h.expect(Method::PUT, &format!("/services/{auto}"), Some(json!({})), 400).await;
+    let value = h
+        .expect(
+            Method::PUT,
+            &format!("/services/{auto}"),
+            Some(json!({})),
+            400,
+        )
+        .await;
     assert_eq!(error(&value).1, VALIDATION);
     let value = h
-        .expect(Method::PUT, &format!("/services/{auto}"), Some(json!({"expiration_time": "soon"})), 400)
+        .expect(
+            Method::PUT,
+            &format!("/services/{auto}"),
+            Some(json!({"expiration_time": "soon"})),
+            400,
+        )
         .await;
     assert!(error(&value).0.starts_with("field 'expiration_time'"));
 }
@@ -712,13 +1083,16 @@ async fn the_sweeper_runs_in_the_background() {
     let mut cfg = config(&dir.path().join("cs.db"), false);
     cfg.sweep_interval = Duration::from_millis(50);
     let store = Store::open(cfg).expect("open");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(serve(listener, store, async {
         let _ = stopped.await;
     }));
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
     let request = Request::post(format!("http://{addr}{CS}/services/start"))
         .body(Full::new(Bytes::from(r#"{"contact_key": "k", "ttl": 0}"#)))
         .expect("request");
@@ -731,7 +1105,12 @@ async fn the_sweeper_runs_in_the_background() {
             .body(Full::new(Bytes::new()))
             .expect("request");
         let response = client.request(request).await.expect("response");
-        let body = response.into_body().collect().await.expect("body").to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         if &body[..] == b"[]" {
             gone = true;
             break;
@@ -757,7 +1136,12 @@ async fn fifty_concurrent_state_starts_get_distinct_ids() {
                 .expect("request");
             let response = client.request(request).await.expect("response");
             assert_eq!(response.status(), 201);
-            let body = response.into_body().collect().await.expect("body").to_bytes();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
             let value: Value = serde_json::from_slice(&body).expect("json");
             value["state_id"].as_i64().expect("state id")
         }));
@@ -775,7 +1159,9 @@ async fn fifty_concurrent_state_starts_get_distinct_ids() {
 #[tokio::test]
 async fn data_survives_a_restart() {
     let mut h = Harness::start(false).await;
-    let id = h.start_service(json!({"contact_key": "durable", "seg": 1})).await;
+    let id = h
+        .start_service(json!({"contact_key": "durable", "seg": 1}))
+        .await;
     let state = h.start_item(id, "state", json!({"state_type": 3})).await;
     h.shutdown().await;
     let db = h.db.clone();
@@ -789,7 +1175,9 @@ async fn data_survives_a_restart() {
     assert_eq!(found["contact_key"], "durable");
     assert_eq!(found["seg"], 1);
     assert_eq!(found["active_states"][0]["state_id"], state);
-    let next = reopened.start_service(json!({"contact_key": "durable"})).await;
+    let next = reopened
+        .start_service(json!({"contact_key": "durable"}))
+        .await;
     assert!(next > id, "ids keep increasing after a restart");
     drop(h);
 }
@@ -805,30 +1193,68 @@ async fn business_attributes_and_purge() {
             {"name": "service_type", "values": [{"id": 1, "name": "OpenAccount"}, {"id": 8, "name": "DeliveringService"}]}
         ])
     );
-    assert_eq!(h.get("/metadata/business-attributes/media_type").await, all[0]);
+    assert_eq!(
+        h.get("/metadata/business-attributes/media_type").await,
+        all[0]
+    );
     let value = h
         .expect(Method::GET, "/metadata/business-attributes/nope", None, 400)
         .await;
-    assert_eq!(error(&value), ("There are no business attribute found for : nope", NOT_FOUND));
+    assert_eq!(
+        error(&value),
+        (
+            "There are no business attribute found for : nope",
+            NOT_FOUND
+        )
+    );
 
-    let old = h.start_service(json!({"contact_key": "p", "timestamp": "2020-01-01T00:00:00Z"})).await;
-    let new = h.start_service(json!({"contact_key": "p", "timestamp": "2020-01-01T00:00:00Z"})).await;
+    let old = h
+        .start_service(json!({"contact_key": "p", "timestamp": "2020-01-01T00:00:00Z"}))
+        .await;
+    let new = h
+        .start_service(json!({"contact_key": "p", "timestamp": "2020-01-01T00:00:00Z"}))
+        .await;
     let active = h.start_service(json!({"contact_key": "p"})).await;
     h.start_item(old, "state", json!({})).await;
-    h.expect(Method::POST, &format!("/services/{old}/end"), Some(json!({"timestamp": "2020-01-02T00:00:00Z"})), 204)
-        .await;
-    h.expect(Method::POST, &format!("/services/{new}/end"), Some(json!({"timestamp": "2020-03-01T00:00:00Z"})), 204)
-        .await;
+    h.expect(
+        Method::POST,
+        &format!("/services/{old}/end"),
+        Some(json!({"timestamp": "2020-01-02T00:00:00Z"})),
+        204,
+    )
+    .await;
+    h.expect(
+        Method::POST,
+        &format!("/services/{new}/end"),
+        Some(json!({"timestamp": "2020-03-01T00:00:00Z"})),
+        204,
+    )
+    .await;
     let purged = h
-        .expect(Method::POST, "/maintenance/purge", Some(json!({"before": "2020-02-01T00:00:00Z"})), 200)
+        .expect(
+            Method::POST,
+            "/maintenance/purge",
+            Some(json!({"before": "2020-02-01T00:00:00Z"})),
+            200,
+        )
         .await;
     assert_eq!(purged, json!({"purged": 1}));
-    assert_eq!(ids(&h.get("/services/anonymous/p").await), vec![new, active]);
-    let purged = h.expect(Method::POST, "/maintenance/purge", None, 200).await;
+    assert_eq!(
+        ids(&h.get("/services/anonymous/p").await),
+        vec![new, active]
+    );
+    let purged = h
+        .expect(Method::POST, "/maintenance/purge", None, 200)
+        .await;
     assert_eq!(purged, json!({"purged": 1}));
     assert_eq!(ids(&h.get("/services/anonymous/p").await), vec![active]);
     let value = h
-        .expect(Method::POST, "/maintenance/purge", Some(json!({"before": 5})), 400)
+        .expect(
+            Method::POST,
+            "/maintenance/purge",
+            Some(json!({"before": 5})),
+            400,
+        )
         .await;
     assert_eq!(error(&value).1, VALIDATION);
 }

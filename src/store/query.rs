@@ -13,34 +13,7 @@ use super::repo::Tenant;
 use super::routes::OwnerSegment;
 use super::Store;
 use crate::query::filter::filter_services;
-use shim::{decode_path_param, parse_include_flags, parse_service_query, Limits};
-// SHIM-START
-mod shim {
-    use crate::query::*;
-    #[derive(Debug, thiserror::Error)]
-    #[error("shim")]
-    pub struct ParamError;
-    #[derive(Default)]
-    pub struct Limits {
-        pub max_key_bytes: usize,
-    }
-    pub fn parse_service_query(
-        _: Option<&str>,
-        _: Lifecycle,
-        _: bool,
-        _: &TypeMap,
-        _: &Limits,
-    ) -> Result<ServiceQuery, ParamError> {
-        Err(ParamError)
-    }
-    pub fn parse_include_flags(_: Option<&str>) -> Result<(Include, String), ParamError> {
-        Err(ParamError)
-    }
-    pub fn decode_path_param(_: &str, raw: &str, _: usize) -> Result<String, ParamError> {
-        Ok(raw.to_owned())
-    }
-}
-// SHIM-END
+use crate::query::params::{decode_path_param, parse_include_flags, parse_service_query, Limits};
 use crate::query::{Extensions, Include, Lifecycle, ServiceType, TypeMap};
 
 /// The six Query Services routes.
