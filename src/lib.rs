@@ -27,6 +27,7 @@ pub mod pipeline;
 pub mod query;
 pub mod routes;
 pub mod server;
+pub mod store;
 pub mod upstream;
 
 use std::future::Future;

@@ -1,0 +1,534 @@
+//! Method + path → [`Route`]. Path segments are kept raw (still percent-encoded); the
+//! handler decodes and validates them. `/services/anonymous/...` and the fixed words
+//! (`start`, `transition`, `active`, `completed`) are matched before ids.
+
+use hyper::Method;
+
+use super::error::ApiError;
+use super::model::Kind;
+use crate::query::Lifecycle;
+
+pub const PREFIX: &str = "/genesys/1/cs";
+
+/// Whose services a Query Services route lists (raw path segment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnerSegment {
+    Anonymous(String),
+    Customer(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    StartService,
+    QueryServices {
+        owner: OwnerSegment,
+        lifecycle: Lifecycle,
+    },
+    Associate {
+        customer_id: String,
+        service: String,
+    },
+    CompleteService {
+        service: String,
+    },
+    GetService {
+        service: String,
+    },
+    UpdateService {
+        service: String,
+    },
+    DeleteService {
+        service: String,
+    },
+    ServiceExtension {
+        service: String,
+        name: String,
+        merge: bool,
+    },
+    StartItem {
+        service: String,
+        kind: Kind,
+    },
+    Transition {
+        service: String,
+    },
+    EndItem {
+        service: String,
+        kind: Kind,
+        item: String,
+    },
+    ListItems {
+        service: String,
+        kind: Kind,
+        lifecycle: Lifecycle,
+    },
+    GetItem {
+        service: String,
+        kind: Kind,
+        item: String,
+    },
+    ItemExtension {
+        service: String,
+        kind: Kind,
+        item: String,
+        name: String,
+        merge: bool,
+    },
+    BusinessAttributes {
+        name: Option<String>,
+    },
+    Purge,
+}
+
+/// Resolves a request; 404 for an unknown path, 405 (with the allowed methods) for a
+/// known path with the wrong method.
+pub fn resolve(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let no_route = || ApiError::NoRoute(path.to_owned());
+    let rest = path.strip_prefix(PREFIX).ok_or_else(no_route)?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let rest = rest.strip_prefix('/').ok_or_else(no_route)?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(no_route());
+    }
+    let candidates = candidates(&segments).ok_or_else(no_route)?;
+    let allow = candidates
+        .iter()
+        .map(|(m, _)| m.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    candidates
+        .into_iter()
+        .find(|(m, _)| m == method)
+        .map(|(_, route)| route)
+        .ok_or_else(|| ApiError::MethodNotAllowed {
+            method: method.to_string(),
+            allow,
+        })
+}
+
+fn lifecycle(word: &str) -> Option<Lifecycle> {
+    match word {
+        "active" => Some(Lifecycle::Active),
+        "completed" => Some(Lifecycle::Completed),
+        _ => None,
+    }
+}
+
+fn kind(word: &str) -> Option<Kind> {
+    match word {
+        "states" => Some(Kind::State),
+        "tasks" => Some(Kind::Task),
+        _ => None,
+    }
+}
+
+/// Every (method, route) a path shape accepts.
+fn candidates(segments: &[&str]) -> Option<Vec<(Method, Route)>> {
+    let s = |x: &str| x.to_owned();
+    let only = |method: Method, route: Route| Some(vec![(method, route)]);
+    match segments {
+        ["services", "start"] => only(Method::POST, Route::StartService),
+        ["services", "anonymous", key] => only(
+            Method::GET,
+            Route::QueryServices {
+                owner: OwnerSegment::Anonymous(s(key)),
+                lifecycle: Lifecycle::All,
+            },
+        ),
+        ["services", "anonymous", key, word] => only(
+            Method::GET,
+            Route::QueryServices {
+                owner: OwnerSegment::Anonymous(s(key)),
+                lifecycle: lifecycle(word)?,
+            },
+        ),
+        ["customers", customer, "services"] => only(
+            Method::GET,
+            Route::QueryServices {
+                owner: OwnerSegment::Customer(s(customer)),
+                lifecycle: Lifecycle::All,
+            },
+        ),
+        ["customers", customer, "services", word] => match lifecycle(word) {
+            Some(lifecycle) => only(
+                Method::GET,
+                Route::QueryServices {
+                    owner: OwnerSegment::Customer(s(customer)),
+                    lifecycle,
+                },
+            ),
+            None => only(
+                Method::POST,
+                Route::Associate {
+                    customer_id: s(customer),
+                    service: s(word),
+                },
+            ),
+        },
+        ["services", id] => Some(vec![
+            (Method::GET, Route::GetService { service: s(id) }),
+            (Method::PUT, Route::UpdateService { service: s(id) }),
+            (Method::DELETE, Route::DeleteService { service: s(id) }),
+        ]),
+        ["services", id, "end"] => only(Method::POST, Route::CompleteService { service: s(id) }),
+        ["services", id, "extensions", name] => only(
+            Method::PUT,
+            Route::ServiceExtension {
+                service: s(id),
+                name: s(name),
+                merge: false,
+            },
+        ),
+        ["services", id, "extensions", name, "merge"] => only(
+            Method::PUT,
+            Route::ServiceExtension {
+                service: s(id),
+                name: s(name),
+                merge: true,
+            },
+        ),
+        ["services", id, items] => only(
+            Method::GET,
+            Route::ListItems {
+                service: s(id),
+                kind: kind(items)?,
+                lifecycle: Lifecycle::All,
+            },
+        ),
+        ["services", id, items, "start"] => only(
+            Method::POST,
+            Route::StartItem {
+                service: s(id),
+                kind: kind(items)?,
+            },
+        ),
+        ["services", id, "states", "transition"] => {
+            only(Method::POST, Route::Transition { service: s(id) })
+        }
+        ["services", id, items, word] => match lifecycle(word) {
+            Some(lifecycle) => only(
+                Method::GET,
+                Route::ListItems {
+                    service: s(id),
+                    kind: kind(items)?,
+                    lifecycle,
+                },
+            ),
+            None => only(
+                Method::GET,
+                Route::GetItem {
+                    service: s(id),
+                    kind: kind(items)?,
+                    item: s(word),
+                },
+            ),
+        },
+        ["services", id, items, item, "end"] => only(
+            Method::POST,
+            Route::EndItem {
+                service: s(id),
+                kind: kind(items)?,
+                item: s(item),
+            },
+        ),
+        ["services", id, items, item, "extensions", name] => only(
+            Method::PUT,
+            Route::ItemExtension {
+                service: s(id),
+                kind: kind(items)?,
+                item: s(item),
+                name: s(name),
+                merge: false,
+            },
+        ),
+        ["services", id, items, item, "extensions", name, "merge"] => only(
+            Method::PUT,
+            Route::ItemExtension {
+                service: s(id),
+                kind: kind(items)?,
+                item: s(item),
+                name: s(name),
+                merge: true,
+            },
+        ),
+        ["metadata", "business-attributes"] => {
+            only(Method::GET, Route::BusinessAttributes { name: None })
+        }
+        ["metadata", "business-attributes", name] => only(
+            Method::GET,
+            Route::BusinessAttributes {
+                name: Some(s(name)),
+            },
+        ),
+        ["maintenance", "purge"] => only(Method::POST, Route::Purge),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(method: Method, path: &str) -> Route {
+        resolve(&method, path).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    #[test]
+    fn every_operation_resolves() {
+        let svc = || "7".to_owned();
+        let cases = [
+            (Method::POST, "/services/start", Route::StartService),
+            (
+                Method::GET,
+                "/services/anonymous/408-832-7799",
+                Route::QueryServices {
+                    owner: OwnerSegment::Anonymous("408-832-7799".into()),
+                    lifecycle: Lifecycle::All,
+                },
+            ),
+            (
+                Method::GET,
+                "/services/anonymous/k/active/",
+                Route::QueryServices {
+                    owner: OwnerSegment::Anonymous("k".into()),
+                    lifecycle: Lifecycle::Active,
+                },
+            ),
+            (
+                Method::GET,
+                "/customers/c/services/completed",
+                Route::QueryServices {
+                    owner: OwnerSegment::Customer("c".into()),
+                    lifecycle: Lifecycle::Completed,
+                },
+            ),
+            (
+                Method::GET,
+                "/customers/c/services",
+                Route::QueryServices {
+                    owner: OwnerSegment::Customer("c".into()),
+                    lifecycle: Lifecycle::All,
+                },
+            ),
+            (
+                Method::POST,
+                "/customers/c/services/7",
+                Route::Associate {
+                    customer_id: "c".into(),
+                    service: svc(),
+                },
+            ),
+            (
+                Method::POST,
+                "/services/7/end",
+                Route::CompleteService { service: svc() },
+            ),
+            (
+                Method::GET,
+                "/services/7",
+                Route::GetService { service: svc() },
+            ),
+            (
+                Method::PUT,
+                "/services/7",
+                Route::UpdateService { service: svc() },
+            ),
+            (
+                Method::DELETE,
+                "/services/7",
+                Route::DeleteService { service: svc() },
+            ),
+            (
+                Method::PUT,
+                "/services/7/extensions/x",
+                Route::ServiceExtension {
+                    service: svc(),
+                    name: "x".into(),
+                    merge: false,
+                },
+            ),
+            (
+                Method::PUT,
+                "/services/7/extensions/x/merge",
+                Route::ServiceExtension {
+                    service: svc(),
+                    name: "x".into(),
+                    merge: true,
+                },
+            ),
+            (
+                Method::POST,
+                "/services/7/states/start",
+                Route::StartItem {
+                    service: svc(),
+                    kind: Kind::State,
+                },
+            ),
+            (
+                Method::POST,
+                "/services/7/states/transition",
+                Route::Transition { service: svc() },
+            ),
+            (
+                Method::POST,
+                "/services/7/states/3/end",
+                Route::EndItem {
+                    service: svc(),
+                    kind: Kind::State,
+                    item: "3".into(),
+                },
+            ),
+            (
+                Method::GET,
+                "/services/7/states",
+                Route::ListItems {
+                    service: svc(),
+                    kind: Kind::State,
+                    lifecycle: Lifecycle::All,
+                },
+            ),
+            (
+                Method::GET,
+                "/services/7/states/active",
+                Route::ListItems {
+                    service: svc(),
+                    kind: Kind::State,
+                    lifecycle: Lifecycle::Active,
+                },
+            ),
+            (
+                Method::GET,
+                "/services/7/states/3",
+                Route::GetItem {
+                    service: svc(),
+                    kind: Kind::State,
+                    item: "3".into(),
+                },
+            ),
+            (
+                Method::PUT,
+                "/services/7/states/3/extensions/x/merge",
+                Route::ItemExtension {
+                    service: svc(),
+                    kind: Kind::State,
+                    item: "3".into(),
+                    name: "x".into(),
+                    merge: true,
+                },
+            ),
+            (
+                Method::POST,
+                "/services/7/tasks/start",
+                Route::StartItem {
+                    service: svc(),
+                    kind: Kind::Task,
+                },
+            ),
+            (
+                Method::POST,
+                "/services/7/tasks/2/end",
+                Route::EndItem {
+                    service: svc(),
+                    kind: Kind::Task,
+                    item: "2".into(),
+                },
+            ),
+            (
+                Method::GET,
+                "/services/7/tasks/completed",
+                Route::ListItems {
+                    service: svc(),
+                    kind: Kind::Task,
+                    lifecycle: Lifecycle::Completed,
+                },
+            ),
+            (
+                Method::GET,
+                "/services/7/tasks/2",
+                Route::GetItem {
+                    service: svc(),
+                    kind: Kind::Task,
+                    item: "2".into(),
+                },
+            ),
+            (
+                Method::PUT,
+                "/services/7/tasks/2/extensions/x",
+                Route::ItemExtension {
+                    service: svc(),
+                    kind: Kind::Task,
+                    item: "2".into(),
+                    name: "x".into(),
+                    merge: false,
+                },
+            ),
+            (
+                Method::GET,
+                "/metadata/business-attributes",
+                Route::BusinessAttributes { name: None },
+            ),
+            (
+                Method::GET,
+                "/metadata/business-attributes/media_type",
+                Route::BusinessAttributes {
+                    name: Some("media_type".into()),
+                },
+            ),
+            (Method::POST, "/maintenance/purge", Route::Purge),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(ok(method, &format!("{PREFIX}{path}")), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn unknown_paths_are_404_and_wrong_methods_405() {
+        let cases = [
+            (Method::GET, "/other", "404"),
+            (Method::GET, "/genesys/1/cs", "404"),
+            (Method::GET, "/genesys/1/cs/services", "404"),
+            (Method::GET, "/genesys/1/cs//services/7", "404"),
+            (Method::GET, "/genesys/1/cs/services/7/things", "404"),
+            (
+                Method::GET,
+                "/genesys/1/cs/services/7/tasks/transition/x",
+                "404",
+            ),
+            (Method::GET, "/genesys/1/cs/services/start", "405 POST"),
+            (
+                Method::POST,
+                "/genesys/1/cs/services/7",
+                "405 GET, PUT, DELETE",
+            ),
+            (
+                Method::POST,
+                "/genesys/1/cs/services/anonymous/k",
+                "405 GET",
+            ),
+            (
+                Method::GET,
+                "/genesys/1/cs/customers/c/services/7",
+                "405 POST",
+            ),
+            (
+                Method::POST,
+                "/genesys/1/cs/customers/c/services/active",
+                "405 GET",
+            ),
+            (
+                Method::GET,
+                "/genesys/1/cs/services/7/states/start",
+                "405 POST",
+            ),
+        ];
+        for (method, path, expected) in cases {
+            let got = match resolve(&method, path) {
+                Err(ApiError::NoRoute(_)) => "404".to_owned(),
+                Err(ApiError::MethodNotAllowed { allow, .. }) => format!("405 {allow}"),
+                other => format!("{other:?}"),
+            };
+            assert_eq!(got, expected, "{method} {path}");
+        }
+    }
+}
