@@ -17,7 +17,11 @@ use csgate::Listeners;
 const DEFAULT_CONFIG: &str = "config/csgate.toml";
 
 #[derive(Parser, Debug)]
-#[command(name = "csgate", version, about = "A caching, validating gateway for the Genesys Context Services API")]
+#[command(
+    name = "csgate",
+    version,
+    about = "A caching, validating gateway for the Genesys Context Services API"
+)]
 struct Cli {
     /// Config file (TOML). Default: config/csgate.toml when it exists.
     #[arg(long, global = true)]
@@ -127,16 +131,29 @@ async fn run_gateway(mut config: Config) -> anyhow::Result<()> {
 
     let mut embedded = None;
     if config.upstream.urls.is_empty() {
-        let store = Store::open(store_config(&config, config.store.db.clone(), config.store.legacy))
-            .with_context(|| format!("opening the embedded store at {}", config.store.db.display()))?;
+        let store = Store::open(store_config(
+            &config,
+            config.store.db.clone(),
+            config.store.legacy,
+        ))
+        .with_context(|| {
+            format!(
+                "opening the embedded store at {}",
+                config.store.db.display()
+            )
+        })?;
         let listener = bind("127.0.0.1:0", "embedded store").await?;
         let address = listener.local_addr()?;
         tracing::info!(db = %config.store.db.display(), %address, legacy = config.store.legacy, "embedded store started");
         config.upstream.urls = vec![url::Url::parse(&format!("http://{address}"))?];
         let mut rx = stop_rx.clone();
-        embedded = Some(tokio::spawn(csgate::store::serve(listener, store, async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        })));
+        embedded = Some(tokio::spawn(csgate::store::serve(
+            listener,
+            store,
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            },
+        )));
     }
 
     tracing::info!(
@@ -161,8 +178,12 @@ async fn run_store(
     legacy: bool,
 ) -> anyhow::Result<()> {
     let db = db.unwrap_or_else(|| config.store.db.clone());
-    let store = Store::open(store_config(config, db.clone(), legacy || config.store.legacy))
-        .with_context(|| format!("opening the store at {}", db.display()))?;
+    let store = Store::open(store_config(
+        config,
+        db.clone(),
+        legacy || config.store.legacy,
+    ))
+    .with_context(|| format!("opening the store at {}", db.display()))?;
     let listener = bind(listen, "--listen").await?;
     tracing::info!(listen = %listener.local_addr()?, db = %db.display(), legacy, "store started");
     csgate::store::serve(listener, store, shutdown_signal()).await;

@@ -399,7 +399,12 @@ impl Gateway {
 
     // --- stage: post_filter --------------------------------------------------------
 
-    fn post_filter(&self, services: Vec<Service>, query: &ServiceQuery, exchange: &Exchange) -> Bytes {
+    fn post_filter(
+        &self,
+        services: Vec<Service>,
+        query: &ServiceQuery,
+        exchange: &Exchange,
+    ) -> Bytes {
         let filtered = filter::filter_services(services, query, &self.inner.settings.service_types);
         if filtered.unparseable_timestamps > 0 {
             tracing::warn!(
@@ -476,15 +481,17 @@ impl Gateway {
                 let start = start.with_start_body(&parts.headers, &bytes);
                 (full(bytes), Some(start))
             }
-            other => (
-                Limited::new(body, max).map_err(Into::into).boxed(),
-                other,
-            ),
+            other => (Limited::new(body, max).map_err(Into::into).boxed(), other),
         };
         let streamed = self
             .inner
             .upstreams
-            .stream(parts.method.clone(), &path_and_query, &headers, upstream_body)
+            .stream(
+                parts.method.clone(),
+                &path_and_query,
+                &headers,
+                upstream_body,
+            )
             .await;
         let streamed = match streamed {
             Ok(s) => s,

@@ -16,7 +16,8 @@ const SERVICES: &str = r#"[
 async fn documented_example_is_filtered_and_trimmed() {
     let upstream = FakeUpstream::start(Reply::json(200, SERVICES)).await;
     let gw = start_gateway("", &[upstream.url()]).await;
-    let answer = get(&gw.url("/genesys/1/cs/customers/ABC1234/services/active?active_states=true")).await;
+    let answer =
+        get(&gw.url("/genesys/1/cs/customers/ABC1234/services/active?active_states=true")).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(
         answer.text(),
@@ -24,7 +25,10 @@ async fn documented_example_is_filtered_and_trimmed() {
     );
     let seen = upstream.requests();
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].path, "/genesys/1/cs/customers/ABC1234/services/active");
+    assert_eq!(
+        seen[0].path,
+        "/genesys/1/cs/customers/ABC1234/services/active"
+    );
     assert_eq!(seen[0].query.as_deref(), Some("active_states=true"));
     assert!(answer.header("x-request-id").is_some());
     gw.stop().await;

@@ -128,7 +128,10 @@ impl CacheOutcome {
                 if *stored { "; stored" } else { "" }
             ),
             CacheOutcome::Revalidated { stored } => {
-                format!("csgate; fwd=request{}", if *stored { "; stored" } else { "" })
+                format!(
+                    "csgate; fwd=request{}",
+                    if *stored { "; stored" } else { "" }
+                )
             }
             CacheOutcome::Bypass => "csgate; fwd=bypass".to_owned(),
         }
@@ -183,32 +186,50 @@ mod tests {
     fn cache_status_values() {
         let cases = [
             (
-                CacheOutcome::Hit { ttl: 12, stale_if_error: false },
+                CacheOutcome::Hit {
+                    ttl: 12,
+                    stale_if_error: false,
+                },
                 "csgate; hit; ttl=12",
                 "hit",
             ),
             (
-                CacheOutcome::Hit { ttl: -3, stale_if_error: false },
+                CacheOutcome::Hit {
+                    ttl: -3,
+                    stale_if_error: false,
+                },
                 "csgate; hit; ttl=-3",
                 "stale",
             ),
             (
-                CacheOutcome::Hit { ttl: -40, stale_if_error: true },
+                CacheOutcome::Hit {
+                    ttl: -40,
+                    stale_if_error: true,
+                },
                 "csgate; hit; ttl=-40; detail=stale-if-error",
                 "stale",
             ),
             (
-                CacheOutcome::Miss { stored: true, collapsed: false },
+                CacheOutcome::Miss {
+                    stored: true,
+                    collapsed: false,
+                },
                 "csgate; fwd=uri-miss; stored",
                 "miss",
             ),
             (
-                CacheOutcome::Miss { stored: true, collapsed: true },
+                CacheOutcome::Miss {
+                    stored: true,
+                    collapsed: true,
+                },
                 "csgate; fwd=uri-miss; collapsed; stored",
                 "coalesced",
             ),
             (
-                CacheOutcome::Miss { stored: false, collapsed: false },
+                CacheOutcome::Miss {
+                    stored: false,
+                    collapsed: false,
+                },
                 "csgate; fwd=uri-miss",
                 "miss",
             ),

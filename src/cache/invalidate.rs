@@ -95,17 +95,29 @@ mod tests {
     #[test]
     fn writes_are_classified() {
         let cases = [
-            (Method::POST, "/services/start", Some(Invalidation::ServiceStart { owner: None })),
+            (
+                Method::POST,
+                "/services/start",
+                Some(Invalidation::ServiceStart { owner: None }),
+            ),
             (Method::POST, "/services/42/end", service("42")),
             (Method::PUT, "/services/42", service("42")),
             (Method::DELETE, "/services/42/", service("42")),
-            (Method::PUT, "/services/383-f9a6/extensions/x/merge", service("383-f9a6")),
+            (
+                Method::PUT,
+                "/services/383-f9a6/extensions/x/merge",
+                service("383-f9a6"),
+            ),
             (Method::POST, "/services/42/states/start", service("42")),
             (Method::POST, "/services/42/states/7/end", service("42")),
             (Method::POST, "/services/42/tasks/start", service("42")),
             (Method::POST, "/customers/ABC/services/42", service("42")),
             (Method::POST, "/services/a%20b/end", service("a b")),
-            (Method::POST, "/maintenance/purge", Some(Invalidation::Everything)),
+            (
+                Method::POST,
+                "/maintenance/purge",
+                Some(Invalidation::Everything),
+            ),
             (Method::GET, "/services/42", None),
             (Method::HEAD, "/services/42/states", None),
             (Method::POST, "/metadata/business-attributes", None),
@@ -120,16 +132,19 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("contactcenterid", "t1".parse().expect("valid"));
         let start = Invalidation::ServiceStart { owner: None };
-        let filled = start
-            .clone()
-            .with_start_body(&headers, br#"{"contact_key": "408-832-7799", "service_type": 1}"#);
+        let filled = start.clone().with_start_body(
+            &headers,
+            br#"{"contact_key": "408-832-7799", "service_type": 1}"#,
+        );
         assert_eq!(
             filled,
             Invalidation::ServiceStart {
                 owner: Some(Owner::from_headers(&headers, "408-832-7799"))
             }
         );
-        let numeric = start.clone().with_start_body(&headers, br#"{"contact_key": 4088327799}"#);
+        let numeric = start
+            .clone()
+            .with_start_body(&headers, br#"{"contact_key": 4088327799}"#);
         assert_eq!(
             numeric,
             Invalidation::ServiceStart {

@@ -196,10 +196,15 @@ impl Index {
     /// Was the owner, or any of the services, written after `epoch`?
     fn written_since(&self, owner: &Owner, service_ids: &[String], epoch: u64) -> bool {
         self.all_written > epoch
-            || self.owner_written.get(owner).is_some_and(|(e, _)| *e > epoch)
-            || service_ids
-                .iter()
-                .any(|id| self.service_written.get(id).is_some_and(|(e, _)| *e > epoch))
+            || self
+                .owner_written
+                .get(owner)
+                .is_some_and(|(e, _)| *e > epoch)
+            || service_ids.iter().any(|id| {
+                self.service_written
+                    .get(id)
+                    .is_some_and(|(e, _)| *e > epoch)
+            })
     }
 
     /// Forgets write marks older than any fetch can be.
@@ -367,7 +372,12 @@ impl Cache {
                 };
                 self.count_outcome(&outcome);
                 let result = self
-                    .variant(&fetch.entry, Some(&fetch.services), request.query, fetch.stored)
+                    .variant(
+                        &fetch.entry,
+                        Some(&fetch.services),
+                        request.query,
+                        fetch.stored,
+                    )
                     .await
                     .map(|body| Rendered { body, age: None })
                     .map_err(LookupError::Gateway);
@@ -411,13 +421,22 @@ impl Cache {
             .saturating_duration_since(entry.fetched_at)
     }
 
-    async fn hit(&self, entry: &Entry, query: &ServiceQuery, age: Duration, stale_if_error: bool) -> Lookup {
+    async fn hit(
+        &self,
+        entry: &Entry,
+        query: &ServiceQuery,
+        age: Duration,
+        stale_if_error: bool,
+    ) -> Lookup {
         let outcome = CacheOutcome::Hit {
             ttl: self.policy().ttl_left(age),
             stale_if_error,
         };
         if stale_if_error {
-            self.inner.stats.stale_if_error.fetch_add(1, Ordering::Relaxed);
+            self.inner
+                .stats
+                .stale_if_error
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.count_outcome(&outcome);
         let result = self
@@ -458,7 +477,8 @@ impl Cache {
         query: &ServiceQuery,
         memoise: bool,
     ) -> Result<Bytes, GatewayError> {
-        let variant: Arc<str> = Arc::from(format!("{:?}?{}", query.lifecycle, query.upstream_query()));
+        let variant: Arc<str> =
+            Arc::from(format!("{:?}?{}", query.lifecycle, query.upstream_query()));
         let memo_key = (entry.id, variant);
         if memoise {
             if let Some(body) = self.inner.variants.get(&memo_key).await {
@@ -467,8 +487,9 @@ impl Cache {
         }
         let services = match services {
             Some(services) => services.to_vec(),
-            None => filter::parse_services(&entry.body)
-                .map_err(|e| GatewayError::Internal(format!("a stored entry does not parse: {e}")))?,
+            None => filter::parse_services(&entry.body).map_err(|e| {
+                GatewayError::Internal(format!("a stored entry does not parse: {e}"))
+            })?,
         };
         let filtered = filter::filter_services(services, query, &self.inner.types);
         if filtered.unparseable_timestamps > 0 {
@@ -550,8 +571,9 @@ impl Cache {
         if !fetched.status.is_success() {
             return Err(LookupError::Upstream(Box::new(fetched)));
         }
-        let services = filter::parse_services(&fetched.body)
-            .map_err(|e| LookupError::Gateway(GatewayError::UpstreamInvalidResponse(e.to_string())))?;
+        let services = filter::parse_services(&fetched.body).map_err(|e| {
+            LookupError::Gateway(GatewayError::UpstreamInvalidResponse(e.to_string()))
+        })?;
         let entry = Arc::new(Entry {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             body: fetched.body.clone(),
@@ -577,7 +599,8 @@ impl Cache {
         if stored {
             self.inner.entries.insert(key.clone(), entry.clone()).await;
             // An invalidation may have run between the check and the insert.
-            let raced = lock(&self.inner.index).written_since(&key.owner, &entry.service_ids, epoch);
+            let raced =
+                lock(&self.inner.index).written_since(&key.owner, &entry.service_ids, epoch);
             if raced {
                 self.inner.entries.invalidate(key).await;
                 stored = false;
@@ -614,7 +637,9 @@ impl Cache {
                     (keys, Some(vec![owner.clone()]))
                 }
                 Invalidation::Service { service_id } => {
-                    index.service_written.insert(service_id.clone(), (epoch, now));
+                    index
+                        .service_written
+                        .insert(service_id.clone(), (epoch, now));
                     let keys: Vec<Arc<Key>> = index
                         .by_service
                         .get(service_id)
@@ -668,11 +693,8 @@ impl Cache {
             .by_owner
             .get(&owner)
             .map_or(0, HashMap::len);
-        self.invalidate(
-            &Invalidation::ServiceStart { owner: Some(owner) },
-            None,
-        )
-        .await;
+        self.invalidate(&Invalidation::ServiceStart { owner: Some(owner) }, None)
+            .await;
         count
     }
 
@@ -723,7 +745,13 @@ fn storable(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|d| d.trim().split('=').next().unwrap_or("").to_ascii_lowercase())
+        .map(|d| {
+            d.trim()
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        })
         .any(|d| d == "no-store" || d == "private")
 }
 
@@ -793,7 +821,10 @@ mod tests {
     fn request_directives_are_read() {
         let mut h = HeaderMap::new();
         assert_eq!(request_directives(&h), (false, false));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=0, No-Cache"));
+        h.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("max-age=0, No-Cache"),
+        );
         assert_eq!(request_directives(&h), (true, false));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         assert_eq!(request_directives(&h), (false, true));

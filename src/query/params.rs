@@ -723,11 +723,7 @@ mod tests {
             ("service_types=+2+,-0", ALL, "service_types=0,2"),
             ("service_types=1%2C2", ALL, "service_types=1,2"),
             ("service_types=b,a,b,%09a", ALL, "service_types=a,b"),
-            (
-                "service_types=a%20b,%2B5",
-                ALL,
-                "service_types=%2B5,a%20b",
-            ),
+            ("service_types=a%20b,%2B5", ALL, "service_types=%2B5,a%20b"),
             // Too big for i64: a name (accepted as such when no map is configured).
             (
                 "service_types=99999999999999999999",
@@ -756,15 +752,15 @@ mod tests {
             ("extensions=a%20b", ALL, "extensions=a%20b"),
             // Filters widen extensions, unless `*`.
             ("score=85", ALL, "extensions=score&score=85"),
-            (
-                "extensions=a&z=1&b=2",
-                ALL,
-                "extensions=a,b,z&z=1&b=2",
-            ),
+            ("extensions=a&z=1&b=2", ALL, "extensions=a,b,z&z=1&b=2"),
             ("extensions=*&score=85", ALL, "extensions=*&score=85"),
             ("k=1&k=2", ALL, "extensions=k&k=1&k=2"),
             ("name=%22Bob%22", ALL, "extensions=name&name=%22Bob%22"),
-            ("note=hello+world", ALL, "extensions=note&note=hello%20world"),
+            (
+                "note=hello+world",
+                ALL,
+                "extensions=note&note=hello%20world",
+            ),
             ("flag", ALL, "extensions=flag&flag="),
             ("list=1,2", ALL, "extensions=list&list=1%2C2"),
             // A key is widened as the upstream reads an `extensions` list.

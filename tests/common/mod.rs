@@ -33,6 +33,12 @@ pub struct Recorded {
     pub body: Bytes,
 }
 
+type Played<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Response<Full<Bytes>>, std::io::Error>> + Send + 'a,
+    >,
+>;
+
 /// A scripted reply.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -126,7 +132,11 @@ impl FakeUpstream {
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, std::io::Error> {
         let (parts, body) = request.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         self.log.lock().expect("log").push(Recorded {
             method: parts.method,
             path: parts.uri.path().to_owned(),
@@ -145,12 +155,7 @@ impl FakeUpstream {
         self.play(reply).await
     }
 
-    fn play(
-        &self,
-        reply: Reply,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<Full<Bytes>>, std::io::Error>> + Send + '_>,
-    > {
+    fn play(&self, reply: Reply) -> Played<'_> {
         Box::pin(async move {
             match reply {
                 Reply::Full(status, headers, body) => {
@@ -330,8 +335,7 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut request = Request::new(Full::new(body.into()));
     *request.method_mut() = method;
     *request.uri_mut() = url.parse().expect("uri");
