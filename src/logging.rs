@@ -17,7 +17,11 @@ pub fn init(config: &LogConfig) -> Option<LevelHandle> {
     let registry = tracing_subscriber::registry().with(filter);
     let installed = match config.format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_target(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(true)
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

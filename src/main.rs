@@ -9,8 +9,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
+use csgate::cache::SystemClock;
 use csgate::config::{Config, Overrides};
 use csgate::store::{Store, StoreConfig};
+use csgate::Control;
 use csgate::Listeners;
 
 /// The config file read when `--config` is not given (if it exists).
@@ -71,7 +75,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    csgate::logging::init(&config.log);
+    let log_level = csgate::logging::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,7 +91,7 @@ fn main() -> ExitCode {
             Some(Command::Store { listen, db, legacy }) => {
                 run_store(&config, &listen, db, legacy).await
             }
-            None => run_gateway(config).await,
+            None => run_gateway(config, &cli, log_level).await,
         }
     });
     match result {
@@ -100,11 +104,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
-    let path = cli
-        .config
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    cli.config
         .clone()
-        .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()));
+        .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()))
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let path = config_path(cli);
     let flags = Overrides {
         listen: cli.listen.clone(),
         admin_listen: cli.admin_listen.clone(),
@@ -124,28 +131,27 @@ fn store_config(config: &Config, db: PathBuf, legacy: bool) -> StoreConfig {
     }
 }
 
-async fn run_gateway(mut config: Config) -> anyhow::Result<()> {
+async fn run_gateway(
+    mut config: Config,
+    cli: &Cli,
+    log_level: Option<csgate::logging::LevelHandle>,
+) -> anyhow::Result<()> {
     let public = bind(&config.server.listen.to_string(), "server.listen").await?;
     let admin = bind(&config.admin.listen.to_string(), "admin.listen").await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let mut embedded = None;
+    let mut embedded_url = None;
     if config.upstream.urls.is_empty() {
-        let store = Store::open(store_config(
-            &config,
-            config.store.db.clone(),
-            config.store.legacy,
-        ))
-        .with_context(|| {
-            format!(
-                "opening the embedded store at {}",
-                config.store.db.display()
-            )
-        })?;
+        let db = config.store.db.clone();
+        let store = Store::open(store_config(&config, db.clone(), config.store.legacy))
+            .with_context(|| format!("opening the embedded store at {}", db.display()))?;
         let listener = bind("127.0.0.1:0", "embedded store").await?;
         let address = listener.local_addr()?;
-        tracing::info!(db = %config.store.db.display(), %address, legacy = config.store.legacy, "embedded store started");
-        config.upstream.urls = vec![url::Url::parse(&format!("http://{address}"))?];
+        tracing::info!(db = %db.display(), %address, legacy = config.store.legacy, "embedded store started");
+        let url = url::Url::parse(&format!("http://{address}"))?;
+        config.upstream.urls = vec![url.clone()];
+        embedded_url = Some(url);
         let mut rx = stop_rx.clone();
         embedded = Some(tokio::spawn(csgate::store::serve(
             listener,
@@ -162,13 +168,89 @@ async fn run_gateway(mut config: Config) -> anyhow::Result<()> {
         upstreams = ?config.upstream.urls.iter().map(url::Url::as_str).collect::<Vec<_>>(),
         "csgate started"
     );
-    csgate::run(config, Listeners { public, admin }, shutdown_signal()).await?;
+    let gateway = csgate::build_gateway(&config, Arc::new(SystemClock));
+    let control = Control::new(gateway, log_level);
+    let reloader = tokio::spawn(reload_on_sighup(
+        control.clone(),
+        ReloadSource {
+            path: config_path(cli),
+            cli_upstreams: cli.upstreams.clone(),
+            cli_listen: cli.listen.clone(),
+            cli_admin_listen: cli.admin_listen.clone(),
+            embedded: embedded_url,
+        },
+    ));
+    csgate::serve(
+        control,
+        &config,
+        Listeners { public, admin },
+        shutdown_signal(),
+    )
+    .await?;
+    reloader.abort();
     // The gateway has drained; now the embedded store may stop.
     let _ = stop_tx.send(true);
     if let Some(task) = embedded {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// What a reload re-reads: the same file with the same command-line overrides.
+struct ReloadSource {
+    path: Option<PathBuf>,
+    cli_upstreams: Vec<String>,
+    cli_listen: Option<String>,
+    cli_admin_listen: Option<String>,
+    /// The embedded store's URL, used again when the new file names no upstream.
+    embedded: Option<url::Url>,
+}
+
+/// On SIGHUP, re-reads and validates the config file; a valid one is applied, an
+/// invalid one is refused with a log line naming the key and the old one stays.
+async fn reload_on_sighup(control: Control, source: ReloadSource) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGHUP; reload disabled");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading configuration");
+            let flags = Overrides {
+                listen: source.cli_listen.clone(),
+                admin_listen: source.cli_admin_listen.clone(),
+                upstreams: source.cli_upstreams.clone(),
+                ..Overrides::default()
+            };
+            let overrides = flags.over(Overrides::from_env(std::env::vars()));
+            match Config::load(source.path.as_deref(), &overrides) {
+                Ok(mut config) => {
+                    if config.upstream.urls.is_empty() {
+                        match &source.embedded {
+                            Some(url) => config.upstream.urls = vec![url.clone()],
+                            None => {
+                                tracing::error!("reload refused: upstream.urls is empty and no embedded store runs; keeping the previous configuration");
+                                continue;
+                            }
+                        }
+                    }
+                    control.reload(&config);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reload refused: invalid configuration; keeping the previous configuration");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (control, source);
+    }
 }
 
 async fn run_store(

@@ -1,0 +1,82 @@
+//! TLS on the public listener (`[server.tls] cert`, `key`), with rustls: no OpenSSL,
+//! ALPN offering h2 and http/1.1 so hyper-util's auto builder serves either.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::TlsConfig;
+use crate::server::Accept;
+
+/// Accepts TLS connections with one certificate chain.
+#[derive(Clone)]
+pub struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+/// Why the certificate or key could not be used; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("server.tls.cert {path}: {message}")]
+    Cert { path: String, message: String },
+    #[error("server.tls.key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("server.tls: {0}")]
+    Config(String),
+}
+
+impl Tls {
+    pub fn load(config: &TlsConfig) -> Result<Tls, TlsError> {
+        let certs = read_certs(&config.cert)?;
+        let key = read_key(&config.key)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        })
+    }
+}
+
+impl Accept for Tls {
+    type Io = TlsStream<TcpStream>;
+
+    async fn accept(&self, stream: TcpStream) -> std::io::Result<Self::Io> {
+        self.acceptor.accept(stream).await
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let error = |message: String| TlsError::Cert {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = File::open(path).map_err(|e| error(e.to_string()))?;
+    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(error("no PEM certificate found".into()));
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    let error = |message: String| TlsError::Key {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = File::open(path).map_err(|e| error(e.to_string()))?;
+    rustls_pemfile::private_key(&mut BufReader::new(file))
+        .map_err(|e| error(e.to_string()))?
+        .ok_or_else(|| error("no PEM private key found".into()))
+}
