@@ -35,6 +35,9 @@ pub enum UpstreamError {
     NoHealthy,
     #[error("answer larger than {0} bytes")]
     TooLarge(usize),
+    /// The client's request body went over the gateway's limit while streaming.
+    #[error("request body over the limit")]
+    RequestBodyTooLarge,
     #[error("transport error: {0}")]
     Transport(String),
 }
@@ -50,6 +53,7 @@ impl From<UpstreamError> for GatewayError {
             UpstreamError::TooLarge(max) => {
                 GatewayError::UpstreamInvalidResponse(format!("answer larger than {max} bytes"))
             }
+            UpstreamError::RequestBodyTooLarge => GatewayError::PayloadTooLarge { max: 0 },
         }
     }
 }
@@ -293,6 +297,9 @@ impl Upstreams {
         let timeout = self.inner.config.request_timeout;
         let result = match tokio::time::timeout(timeout, self.inner.client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
+            Ok(Err(error)) if caused_by_body_limit(&error) => {
+                Err(UpstreamError::RequestBodyTooLarge)
+            }
             Ok(Err(error)) => Err(classify(&error, 0)),
             Ok(Ok(response)) => Ok(response),
         };
@@ -377,7 +384,9 @@ fn outcome_of(e: &UpstreamError) -> Outcome {
     match e {
         UpstreamError::Connect(_) | UpstreamError::NoHealthy => Outcome::ConnectError,
         UpstreamError::Timeout => Outcome::Timeout,
-        UpstreamError::TooLarge(_) | UpstreamError::Transport(_) => Outcome::TransportError,
+        UpstreamError::TooLarge(_)
+        | UpstreamError::Transport(_)
+        | UpstreamError::RequestBodyTooLarge => Outcome::TransportError,
     }
 }
 
@@ -394,6 +403,18 @@ fn classify(error: &(dyn std::error::Error + 'static), max: usize) -> UpstreamEr
         }
     }
     UpstreamError::Transport(chain(error))
+}
+
+/// Did the client's request body hit the gateway's size limit?
+fn caused_by_body_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn chain(error: &(dyn std::error::Error + 'static)) -> String {

@@ -228,7 +228,7 @@ impl ServiceQuery {
         ];
         for (name, bound) in DATE_PARAMS.iter().zip(bounds) {
             if let Some(t) = bound {
-                out.push(format!("{name}={}", encode(&date::format_canonical(t))));
+                out.push(format!("{name}={}", date::format_canonical(t)));
             }
         }
         if !self.service_types.is_empty() {
@@ -679,40 +679,40 @@ mod tests {
             (
                 "started_from=2009-05-07T14:05:20%2B02:00",
                 ALL,
-                "started_from=2009-05-07T12%3A05%3A20.000Z",
+                "started_from=2009-05-07T12:05:20.000Z",
             ),
             (
                 "started_to=2009-05-07T12:05:20.1234567Z",
                 ACTIVE,
-                "started_to=2009-05-07T12%3A05%3A20.123Z",
+                "started_to=2009-05-07T12:05:20.123Z",
             ),
             (
                 "started_to=2009-05-07T12:05:20&started_from=2009-05-07T12:05:19",
                 ALL,
-                "started_from=2009-05-07T12%3A05%3A19.000Z&started_to=2009-05-07T12%3A05%3A20.000Z",
+                "started_from=2009-05-07T12:05:19.000Z&started_to=2009-05-07T12:05:20.000Z",
             ),
             // from == to is an empty window, not an error.
             (
                 "started_from=2023-01-01T00:00:00Z&started_to=2023-01-01T00:00:00Z",
                 ALL,
-                "started_from=2023-01-01T00%3A00%3A00.000Z&started_to=2023-01-01T00%3A00%3A00.000Z",
+                "started_from=2023-01-01T00:00:00.000Z&started_to=2023-01-01T00:00:00.000Z",
             ),
             // Compared after truncation to millis: equal, so accepted.
             (
                 "started_from=2023-01-01T00:00:00.0009Z&started_to=2023-01-01T00:00:00.0001Z",
                 ALL,
-                "started_from=2023-01-01T00%3A00%3A00.000Z&started_to=2023-01-01T00%3A00%3A00.000Z",
+                "started_from=2023-01-01T00:00:00.000Z&started_to=2023-01-01T00:00:00.000Z",
             ),
             // Same instant written with different offsets.
             (
                 "completed_from=2023-01-01T01:00:00%2B01:00&completed_to=2023-01-01T00:00:00Z",
                 ALL,
-                "completed_from=2023-01-01T00%3A00%3A00.000Z&completed_to=2023-01-01T00%3A00%3A00.000Z",
+                "completed_from=2023-01-01T00:00:00.000Z&completed_to=2023-01-01T00:00:00.000Z",
             ),
             (
                 "completed_to=2023-01-01T00:00:00Z",
                 COMPLETED,
-                "completed_to=2023-01-01T00%3A00%3A00.000Z",
+                "completed_to=2023-01-01T00:00:00.000Z",
             ),
             // service_types: merged, trimmed, integers canonical, deduplicated, sorted.
             (
@@ -723,11 +723,7 @@ mod tests {
             ("service_types=+2+,-0", ALL, "service_types=0,2"),
             ("service_types=1%2C2", ALL, "service_types=1,2"),
             ("service_types=b,a,b,%09a", ALL, "service_types=a,b"),
-            (
-                "service_types=a%20b,%2B5",
-                ALL,
-                "service_types=%2B5,a%20b",
-            ),
+            ("service_types=a%20b,%2B5", ALL, "service_types=%2B5,a%20b"),
             // Too big for i64: a name (accepted as such when no map is configured).
             (
                 "service_types=99999999999999999999",
@@ -756,15 +752,15 @@ mod tests {
             ("extensions=a%20b", ALL, "extensions=a%20b"),
             // Filters widen extensions, unless `*`.
             ("score=85", ALL, "extensions=score&score=85"),
-            (
-                "extensions=a&z=1&b=2",
-                ALL,
-                "extensions=a,b,z&z=1&b=2",
-            ),
+            ("extensions=a&z=1&b=2", ALL, "extensions=a,b,z&z=1&b=2"),
             ("extensions=*&score=85", ALL, "extensions=*&score=85"),
             ("k=1&k=2", ALL, "extensions=k&k=1&k=2"),
             ("name=%22Bob%22", ALL, "extensions=name&name=%22Bob%22"),
-            ("note=hello+world", ALL, "extensions=note&note=hello%20world"),
+            (
+                "note=hello+world",
+                ALL,
+                "extensions=note&note=hello%20world",
+            ),
             ("flag", ALL, "extensions=flag&flag="),
             ("list=1,2", ALL, "extensions=list&list=1%2C2"),
             // A key is widened as the upstream reads an `extensions` list.
@@ -784,8 +780,8 @@ mod tests {
                  &completed_to=2023-01-02T00:00:00Z&completed_from=2023-01-01T00:00:00Z\
                  &started_to=2022-01-02T00:00:00Z&started_from=2022-01-01T00:00:00Z",
                 ALL,
-                "started_from=2022-01-01T00%3A00%3A00.000Z&started_to=2022-01-02T00%3A00%3A00.000Z\
-                 &completed_from=2023-01-01T00%3A00%3A00.000Z&completed_to=2023-01-02T00%3A00%3A00.000Z\
+                "started_from=2022-01-01T00:00:00.000Z&started_to=2022-01-02T00:00:00.000Z\
+                 &completed_from=2023-01-01T00:00:00.000Z&completed_to=2023-01-02T00:00:00.000Z\
                  &service_types=1,2&active_states=true&completed_states=true&active_tasks=true\
                  &completed_tasks=true&extensions=x,z&z=%7B%22a%22%3A1%7D",
             ),

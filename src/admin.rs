@@ -1,0 +1,143 @@
+//! The admin listener (a separate address, never the public port): health,
+//! readiness, Prometheus metrics and cache administration.
+//!
+//! - `GET /healthz` — 200 while the process serves.
+//! - `GET /readyz` — 200 when an upstream takes traffic and the gateway is not
+//!   draining; otherwise 503 with a JSON reason.
+//! - `GET /metrics` — Prometheus text format.
+//! - `GET /cache/stats`, `DELETE /cache`, `DELETE /cache/anonymous/{contact_key}`
+//!   (tenant from `ContactCenterId`/`GroupId`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::error::{error_body, GatewayError};
+use crate::httputil::{full, json_content_type};
+use crate::pipeline::Gateway;
+use crate::query::params;
+use crate::server::Body;
+
+/// Set when shutdown begins; readiness then answers 503.
+#[derive(Clone, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    pub fn start(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves one admin request.
+pub async fn handle(
+    gateway: Gateway,
+    draining: Draining,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    match (method.clone(), path.as_str()) {
+        (Method::GET | Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
+        (Method::GET | Method::HEAD, "/readyz") => readiness(&gateway, &draining),
+        (Method::GET | Method::HEAD, "/metrics") => metrics(&gateway).await,
+        (Method::GET, "/cache/stats") => match gateway.cache() {
+            Some(cache) => json(StatusCode::OK, cache.stats().await.to_string()),
+            None => cache_disabled(),
+        },
+        (Method::DELETE, "/cache") => match gateway.cache() {
+            Some(cache) => {
+                cache.purge_all().await;
+                tracing::info!("admin: cache purged");
+                json(StatusCode::OK, r#"{"purged":"all"}"#)
+            }
+            None => cache_disabled(),
+        },
+        (Method::DELETE, p) if p.starts_with("/cache/anonymous/") => {
+            let raw = &p["/cache/anonymous/".len()..];
+            let key = match params::decode_path_param("contact_key", raw, usize::MAX) {
+                Ok(key) => key,
+                Err(e) => return GatewayError::InvalidParameter(e.to_string()).into_response(),
+            };
+            match gateway.cache() {
+                Some(cache) => {
+                    let purged = cache.purge_contact(request.headers(), &key).await;
+                    json(
+                        StatusCode::OK,
+                        serde_json::json!({ "purged": purged }).to_string(),
+                    )
+                }
+                None => cache_disabled(),
+            }
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/cache/stats") => {
+            GatewayError::MethodNotAllowed {
+                method: method.to_string(),
+                allow: "GET, HEAD",
+            }
+            .into_response()
+        }
+        _ => GatewayError::NotFound(format!("no admin resource at {path}")).into_response(),
+    }
+}
+
+fn readiness(gateway: &Gateway, draining: &Draining) -> Response<Body> {
+    if draining.is_draining() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"draining","reason":"shutting down"}"#,
+        );
+    }
+    if !gateway.upstreams().any_healthy() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"unavailable","reason":"no healthy upstream"}"#,
+        );
+    }
+    json(StatusCode::OK, r#"{"status":"ready"}"#)
+}
+
+async fn metrics(gateway: &Gateway) -> Response<Body> {
+    let upstreams = gateway.upstreams();
+    for target in upstreams.targets() {
+        gateway
+            .metrics()
+            .set_upstream_healthy(&target.label, upstreams.is_healthy(target));
+    }
+    if let Some(cache) = gateway.cache() {
+        cache.size().await;
+    }
+    let mut response = Response::new(full(gateway.metrics().encode()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+fn cache_disabled() -> Response<Body> {
+    let mut response = Response::new(full(error_body(
+        "the cache is disabled ([cache] enabled = false)",
+        "NotFound",
+    )));
+    *response.status_mut() = StatusCode::NOT_FOUND;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, json_content_type());
+    response
+}
+
+fn json(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, json_content_type());
+    response
+}

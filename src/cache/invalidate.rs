@@ -1,0 +1,157 @@
+//! Which cache entries a write can change (gateway contract §3.3).
+//!
+//! A write is classified from its method and path before it is forwarded; its 2xx
+//! answer then invalidates. A start names its contact key in the body (the pipeline
+//! reads it), every other write names a service id, found through the service-id index.
+
+use http::header::HeaderMap;
+use http::Method;
+use percent_encoding::percent_decode_str;
+use serde_json::Value;
+
+use super::key::Owner;
+
+/// What a successful write invalidates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// `POST /services/start`: the contact key's entries (when the body has one).
+    ServiceStart { owner: Option<Owner> },
+    /// A write to one service: every entry holding it.
+    Service { service_id: String },
+    /// `POST /maintenance/...`: anything may have changed.
+    Everything,
+}
+
+impl Invalidation {
+    /// Classifies a request under the API prefix (`rest` is the path after it).
+    /// Reads are `None`; so are writes that cannot change a Service[] answer.
+    pub fn for_write(method: &Method, rest: &str, headers: &HeaderMap) -> Option<Invalidation> {
+        if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+            return None;
+        }
+        let trimmed = rest.strip_suffix('/').unwrap_or(rest);
+        let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
+        match segments.as_slice() {
+            ["services", "start"] if *method == Method::POST => {
+                let _ = headers;
+                Some(Invalidation::ServiceStart { owner: None })
+            }
+            ["services", "anonymous", ..] => None,
+            ["services", id, ..] => Some(Invalidation::Service {
+                service_id: decode(id),
+            }),
+            ["customers", _, "services", id] => Some(Invalidation::Service {
+                service_id: decode(id),
+            }),
+            ["maintenance", ..] => Some(Invalidation::Everything),
+            _ => None,
+        }
+    }
+
+    /// Fills in the owner of a start from its JSON body (anonymous starts only matter,
+    /// but a customer start with a contact key is invalidated too: harmless and safe).
+    pub fn with_start_body(self, headers: &HeaderMap, body: &[u8]) -> Invalidation {
+        match self {
+            Invalidation::ServiceStart { .. } => {
+                let contact_key = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("contact_key").map(id_text));
+                Invalidation::ServiceStart {
+                    owner: contact_key.map(|key| Owner::from_headers(headers, &key)),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// A service id (or contact key) as text, whether the JSON has it as a number or a
+/// string, so ids from paths and from bodies compare equal.
+pub fn id_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn decode(segment: &str) -> String {
+    percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(method: Method, rest: &str) -> Option<Invalidation> {
+        Invalidation::for_write(&method, rest, &HeaderMap::new())
+    }
+
+    fn service(id: &str) -> Option<Invalidation> {
+        Some(Invalidation::Service {
+            service_id: id.to_owned(),
+        })
+    }
+
+    #[test]
+    fn writes_are_classified() {
+        let cases = [
+            (
+                Method::POST,
+                "/services/start",
+                Some(Invalidation::ServiceStart { owner: None }),
+            ),
+            (Method::POST, "/services/42/end", service("42")),
+            (Method::PUT, "/services/42", service("42")),
+            (Method::DELETE, "/services/42/", service("42")),
+            (
+                Method::PUT,
+                "/services/383-f9a6/extensions/x/merge",
+                service("383-f9a6"),
+            ),
+            (Method::POST, "/services/42/states/start", service("42")),
+            (Method::POST, "/services/42/states/7/end", service("42")),
+            (Method::POST, "/services/42/tasks/start", service("42")),
+            (Method::POST, "/customers/ABC/services/42", service("42")),
+            (Method::POST, "/services/a%20b/end", service("a b")),
+            (
+                Method::POST,
+                "/maintenance/purge",
+                Some(Invalidation::Everything),
+            ),
+            (Method::GET, "/services/42", None),
+            (Method::HEAD, "/services/42/states", None),
+            (Method::POST, "/metadata/business-attributes", None),
+        ];
+        for (method, rest, expected) in cases {
+            assert_eq!(classify(method.clone(), rest), expected, "{method} {rest}");
+        }
+    }
+
+    #[test]
+    fn a_start_body_names_the_owner() {
+        let mut headers = HeaderMap::new();
+        headers.insert("contactcenterid", "t1".parse().expect("valid"));
+        let start = Invalidation::ServiceStart { owner: None };
+        let filled = start.clone().with_start_body(
+            &headers,
+            br#"{"contact_key": "408-832-7799", "service_type": 1}"#,
+        );
+        assert_eq!(
+            filled,
+            Invalidation::ServiceStart {
+                owner: Some(Owner::from_headers(&headers, "408-832-7799"))
+            }
+        );
+        let numeric = start
+            .clone()
+            .with_start_body(&headers, br#"{"contact_key": 4088327799}"#);
+        assert_eq!(
+            numeric,
+            Invalidation::ServiceStart {
+                owner: Some(Owner::from_headers(&headers, "4088327799"))
+            }
+        );
+        let customer = start.with_start_body(&headers, br#"{"customer_id": "ABC"}"#);
+        assert_eq!(customer, Invalidation::ServiceStart { owner: None });
+    }
+}

@@ -1,0 +1,298 @@
+//! Prometheus metrics (prometheus-client), exposed by the admin listener.
+//!
+//! Label values are route *names*, upstream origins, outcomes and cache results:
+//! never a contact key, a customer id or anything else from a request path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Latency buckets, seconds: 100 µs to 10 s. Cache hits live in the first buckets,
+/// upstream round trips in the middle, timeouts at the end.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamOutcome {
+    upstream: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabel {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.into_iter())
+}
+
+/// All metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    upstream_requests: Family<UpstreamOutcome, Counter>,
+    upstream_duration: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
+    upstream_healthy: Family<UpstreamLabel, Gauge>,
+    cache_requests: Family<ResultLabel, Counter>,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
+    cache_evictions: Family<CauseLabel, Counter>,
+    inflight: Gauge<i64, std::sync::atomic::AtomicI64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "csgate_http_requests",
+            "Requests answered, by route name, method and status",
+            requests.clone(),
+        );
+        let request_duration =
+            Family::<RouteLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "csgate_http_request_duration_seconds",
+            "Time from request head to response head, by route name",
+            request_duration.clone(),
+        );
+        let upstream_requests = Family::<UpstreamOutcome, Counter>::default();
+        registry.register(
+            "csgate_upstream_requests",
+            "Upstream attempts, by upstream origin and outcome",
+            upstream_requests.clone(),
+        );
+        let upstream_duration =
+            Family::<UpstreamLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "csgate_upstream_request_duration_seconds",
+            "Time of one upstream attempt",
+            upstream_duration.clone(),
+        );
+        let upstream_healthy = Family::<UpstreamLabel, Gauge>::default();
+        registry.register(
+            "csgate_upstream_healthy",
+            "1 while the upstream takes traffic, 0 while ejected",
+            upstream_healthy.clone(),
+        );
+        let cache_requests = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "csgate_cache_requests",
+            "Anonymous lookups by cache result (hit, miss, stale, coalesced, bypass)",
+            cache_requests.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register(
+            "csgate_cache_entries",
+            "Entries in the anonymous-lookup cache",
+            cache_entries.clone(),
+        );
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "csgate_cache_bytes",
+            "Weighted size of the cache in bytes",
+            cache_bytes.clone(),
+        );
+        let cache_evictions = Family::<CauseLabel, Counter>::default();
+        registry.register(
+            "csgate_cache_evictions",
+            "Entries removed, by cause (size, expired, explicit, replaced)",
+            cache_evictions.clone(),
+        );
+        let inflight = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        registry.register(
+            "csgate_inflight_requests",
+            "Requests being served now",
+            inflight.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                request_duration,
+                upstream_requests,
+                upstream_duration,
+                upstream_healthy,
+                cache_requests,
+                cache_entries,
+                cache_bytes,
+                cache_evictions,
+                inflight,
+            }),
+        }
+    }
+
+    pub fn observe_request(
+        &self,
+        route: &'static str,
+        method: &Method,
+        status: StatusCode,
+        elapsed: Duration,
+    ) {
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels {
+                route,
+                method: method.as_str().to_owned(),
+                status: status.as_u16(),
+            })
+            .inc();
+        self.inner
+            .request_duration
+            .get_or_create(&RouteLabel { route })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_upstream(&self, upstream: &str, outcome: &'static str, elapsed: Duration) {
+        self.inner
+            .upstream_requests
+            .get_or_create(&UpstreamOutcome {
+                upstream: upstream.to_owned(),
+                outcome,
+            })
+            .inc();
+        self.inner
+            .upstream_duration
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_upstream_healthy(&self, upstream: &str, healthy: bool) {
+        self.inner
+            .upstream_healthy
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.to_owned(),
+            })
+            .set(i64::from(healthy));
+    }
+
+    pub fn cache_result(&self, result: &'static str) {
+        self.inner
+            .cache_requests
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    pub fn cache_eviction(&self, cause: &'static str) {
+        self.inner
+            .cache_evictions
+            .get_or_create(&CauseLabel { cause })
+            .inc();
+    }
+
+    pub fn set_cache_size(&self, entries: u64, bytes: u64) {
+        self.inner.cache_entries.set(entries as i64);
+        self.inner.cache_bytes.set(bytes as i64);
+    }
+
+    /// Counts one in-flight request until the guard is dropped.
+    pub fn inflight_guard(&self) -> InflightGuard {
+        self.inner.inflight.inc();
+        InflightGuard(self.inner.inflight.clone())
+    }
+
+    /// Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Decrements `csgate_inflight_requests` on drop, whatever path the request took.
+pub struct InflightGuard(Gauge<i64, std::sync::atomic::AtomicI64>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_in_the_exposition() {
+        let m = Metrics::new();
+        m.observe_request(
+            "anonymous_services",
+            &Method::GET,
+            StatusCode::OK,
+            Duration::from_millis(2),
+        );
+        m.observe_upstream("http://127.0.0.1:1", "success", Duration::from_millis(1));
+        m.set_upstream_healthy("http://127.0.0.1:1", true);
+        m.cache_result("hit");
+        m.cache_eviction("size");
+        m.set_cache_size(3, 300);
+        let guard = m.inflight_guard();
+        let text = m.encode();
+        for line in [
+            "csgate_http_requests_total{route=\"anonymous_services\",method=\"GET\",status=\"200\"} 1",
+            "csgate_http_request_duration_seconds_count{route=\"anonymous_services\"} 1",
+            "csgate_upstream_requests_total{upstream=\"http://127.0.0.1:1\",outcome=\"success\"} 1",
+            "csgate_upstream_healthy{upstream=\"http://127.0.0.1:1\"} 1",
+            "csgate_cache_requests_total{result=\"hit\"} 1",
+            "csgate_cache_evictions_total{cause=\"size\"} 1",
+            "csgate_cache_entries 3",
+            "csgate_cache_bytes 300",
+            "csgate_inflight_requests 1",
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        drop(guard);
+        assert!(m.encode().contains("csgate_inflight_requests 0"));
+    }
+}

@@ -1,0 +1,372 @@
+//! Test harness: a scripted fake upstream that records what it receives, the real
+//! gateway started in-process on listeners bound to `127.0.0.1:0` and handed over
+//! already bound, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify};
+
+use csgate::cache::{Clock, SystemClock};
+use csgate::config::{Config, Overrides};
+use csgate::pipeline::Gateway;
+
+/// One request the fake upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+type Played<'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Response<Full<Bytes>>, std::io::Error>> + Send + 'a,
+    >,
+>;
+
+/// A scripted reply.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Status, extra headers, body.
+    Full(u16, Vec<(String, String)>, Bytes),
+    /// Wait, then reply.
+    Delay(Duration, Box<Reply>),
+    /// Wait until `FakeUpstream::release` is called, then reply.
+    Gate(Box<Reply>),
+    /// Close the connection without answering.
+    Hangup,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: impl Into<String>) -> Reply {
+        Reply::Full(
+            status,
+            vec![("content-type".into(), "application/json".into())],
+            Bytes::from(body.into()),
+        )
+    }
+
+    pub fn with_header(self, name: &str, value: &str) -> Reply {
+        match self {
+            Reply::Full(status, mut headers, body) => {
+                headers.push((name.into(), value.into()));
+                Reply::Full(status, headers, body)
+            }
+            other => other,
+        }
+    }
+}
+
+struct Script {
+    default: Reply,
+    queue: VecDeque<Reply>,
+}
+
+/// A fake Context Services backend that ignores the query (like a legacy backend) and
+/// answers what the script says.
+#[derive(Clone)]
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Recorded>>>,
+    script: Arc<Mutex<Script>>,
+    gate: Arc<Notify>,
+    count: Arc<AtomicUsize>,
+}
+
+impl FakeUpstream {
+    pub async fn start(default: Reply) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let upstream = FakeUpstream {
+            addr,
+            log: Arc::default(),
+            script: Arc::new(Mutex::new(Script {
+                default,
+                queue: VecDeque::new(),
+            })),
+            gate: Arc::new(Notify::new()),
+            count: Arc::default(),
+        };
+        let server = upstream.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let server = server.clone();
+                        async move { server.answer(request).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        upstream
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        self.log.lock().expect("log").push(Recorded {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body,
+        });
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let reply = {
+            let mut script = self.script.lock().expect("script");
+            script
+                .queue
+                .pop_front()
+                .unwrap_or_else(|| script.default.clone())
+        };
+        self.play(reply).await
+    }
+
+    fn play(&self, reply: Reply) -> Played<'_> {
+        Box::pin(async move {
+            match reply {
+                Reply::Full(status, headers, body) => {
+                    let mut response = Response::new(Full::new(body));
+                    *response.status_mut() = StatusCode::from_u16(status).expect("status");
+                    for (name, value) in headers {
+                        response.headers_mut().append(
+                            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                            HeaderValue::from_str(&value).expect("value"),
+                        );
+                    }
+                    Ok(response)
+                }
+                Reply::Delay(delay, then) => {
+                    tokio::time::sleep(delay).await;
+                    self.play(*then).await
+                }
+                Reply::Gate(then) => {
+                    self.gate.notified().await;
+                    self.play(*then).await
+                }
+                Reply::Hangup => Err(std::io::Error::other("hang up")),
+            }
+        })
+    }
+
+    /// Replies for the next requests, in order; then the default again.
+    pub fn push(&self, reply: Reply) {
+        self.script.lock().expect("script").queue.push_back(reply);
+    }
+
+    pub fn set_default(&self, reply: Reply) {
+        self.script.lock().expect("script").default = reply;
+    }
+
+    /// Lets every request waiting at a `Reply::Gate` go on.
+    pub fn release(&self) {
+        self.gate.notify_waiters();
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.log.lock().expect("log").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` requests have arrived (bounded, so a bug fails instead of hanging).
+    pub async fn wait_for_count(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.count() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "upstream saw {} requests, expected {n}",
+                self.count()
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// A running gateway.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub gateway: Gateway,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A config from TOML text, with `upstreams` as `[upstream] urls`.
+pub fn config(toml: &str, upstreams: &[String]) -> Config {
+    let overrides = Overrides {
+        upstreams: upstreams.to_vec(),
+        ..Overrides::default()
+    };
+    Config::from_toml(toml, std::path::Path::new("test.toml"), &overrides).expect("valid config")
+}
+
+/// Starts the gateway in front of `upstreams` with extra TOML config.
+pub async fn start_gateway(toml: &str, upstreams: &[String]) -> TestGateway {
+    start_gateway_with_clock(toml, upstreams, Arc::new(SystemClock)).await
+}
+
+pub async fn start_gateway_with_clock(
+    toml: &str,
+    upstreams: &[String],
+    clock: Arc<dyn Clock>,
+) -> TestGateway {
+    let config = config(toml, upstreams);
+    let public = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = public.local_addr().expect("addr");
+    let admin_addr = admin.local_addr().expect("addr");
+    let gateway = csgate::build_gateway(&config, clock);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = gateway.clone();
+    let task = tokio::spawn(async move {
+        csgate::serve_gateway(
+            served,
+            &config,
+            csgate::Listeners { public, admin },
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await
+        .expect("gateway runs");
+    });
+    TestGateway {
+        addr,
+        admin: admin_addr,
+        gateway,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A finished response.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ascii header").to_owned())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one request.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::new(Full::new(body.into()));
+    *request.method_mut() = method;
+    *request.uri_mut() = url.parse().expect("uri");
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            HeaderValue::from_str(value).expect("value"),
+        );
+    }
+    let response = client.request(request).await.expect("request");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Answer {
+    send(Method::GET, url, &[], Bytes::new()).await
+}
+
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
+    send(Method::GET, url, headers, Bytes::new()).await
+}
+
+/// A never-used port: bound then dropped, so connecting is refused.
+pub async fn refused_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    format!("http://{addr}")
+}

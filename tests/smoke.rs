@@ -1,0 +1,35 @@
+//! End-to-end smoke: the documented example through the gateway.
+mod common;
+
+use common::*;
+
+const SERVICES: &str = r#"[
+ {"customer_id":"ABC1234","service_id":4692834,"service_type":1,"est_duration":86400,
+  "started":{"timestamp":"2009-05-07T12:05:20.157"},
+  "active_states":[{"state_id":5005,"state_type":8,"started":{"timestamp":"2009-05-07T12:08:53.298"},"active_tasks":[]}],
+  "completed_states":[],"x_unknown":{"b":1,"a":2}},
+ {"customer_id":"ABC1234","service_id":9007199254740993,"service_type":2,
+  "started":{"timestamp":"2009-05-01T00:00:00Z"},"completed":{"timestamp":"2009-05-02T00:00:00Z"}}
+]"#;
+
+#[tokio::test]
+async fn documented_example_is_filtered_and_trimmed() {
+    let upstream = FakeUpstream::start(Reply::json(200, SERVICES)).await;
+    let gw = start_gateway("", &[upstream.url()]).await;
+    let answer =
+        get(&gw.url("/genesys/1/cs/customers/ABC1234/services/active?active_states=true")).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(
+        answer.text(),
+        r#"[{"customer_id":"ABC1234","service_id":4692834,"service_type":1,"est_duration":86400,"started":{"timestamp":"2009-05-07T12:05:20.157"},"active_states":[{"state_id":5005,"state_type":8,"started":{"timestamp":"2009-05-07T12:08:53.298"}}],"x_unknown":{"b":1,"a":2}}]"#
+    );
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].path,
+        "/genesys/1/cs/customers/ABC1234/services/active"
+    );
+    assert_eq!(seen[0].query.as_deref(), Some("active_states=true"));
+    assert!(answer.header("x-request-id").is_some());
+    gw.stop().await;
+}
