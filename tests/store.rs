@@ -1182,6 +1182,62 @@ async fn data_survives_a_restart() {
     drop(h);
 }
 
+/// The child half of `acknowledged_writes_survive_kill_9`: does nothing unless the
+/// parent test names a database in the environment of the child process.
+#[tokio::test]
+async fn kill_9_child() {
+    let Some(db) = std::env::var_os("CSGATE_STORE_KILL9_DB") else {
+        return;
+    };
+    let h = Harness::on(Path::new(&db), false).await;
+    let id = h
+        .start_service(json!({"contact_key": "k9", "seg": 9}))
+        .await;
+    let state = h.start_item(id, "state", json!({"state_type": 2})).await;
+    println!("ACK {id} {state}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// Writes acknowledged with 201 survive `kill -9` of the store's process.
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("cs.db");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["kill_9_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("CSGATE_STORE_KILL9_DB", &db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let ack = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        // libtest prints "test kill_9_child ... " without a newline before the output.
+        .find_map(|line| line.split_once("ACK ").map(|(_, rest)| rest.to_owned()))
+        .expect("the child acknowledged its writes");
+    child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
+    child.wait().expect("reaped");
+    let numbers: Vec<i64> = ack
+        .split_whitespace()
+        .map(|n| n.parse().expect("id"))
+        .collect();
+    let (id, state) = (numbers[0], numbers[1]);
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let h = Harness::on(&db, false).await;
+        let found = h
+            .get(&format!("/services/{id}?extensions=*&active_states=true"))
+            .await;
+        assert_eq!(found["seg"], 9);
+        assert_eq!(found["active_states"][0]["state_id"], state);
+    });
+}
+
 #[tokio::test]
 async fn business_attributes_and_purge() {
     let h = Harness::start(false).await;

@@ -89,6 +89,10 @@ const MIGRATIONS: &[&str] = &[
 /// before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Prepared statements kept per connection: every distinct statement the store runs
+/// (about thirty, with the state/task variants) stays compiled.
+const STATEMENT_CACHE: usize = 64;
+
 /// The store's connections. Cheap to share behind the store's `Arc`.
 pub struct Db {
     path: PathBuf,
@@ -184,6 +188,7 @@ impl Db {
 
 fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt(format!(
@@ -208,6 +213,7 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     conn.pragma_update(None, "query_only", true)?;
     Ok(conn)
 }

@@ -23,10 +23,14 @@ const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Answers one request; never fails (errors become CS-shaped responses).
 pub async fn handle(store: Store, request: Request<Incoming>) -> Response<Body> {
-    match dispatch(&store, request).await {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = match dispatch(&store, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
-    }
+    };
+    tracing::debug!(%method, %path, status = response.status().as_u16(), "store request");
+    response
 }
 
 async fn dispatch(store: &Store, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
