@@ -205,6 +205,9 @@ pub async fn serve(
         shutdown_grace: config.server.shutdown_grace,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The admin listener outlives the public one: probes must see readiness go 503
+    // while the public listener drains.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -219,7 +222,7 @@ pub async fn serve(
         move |request, _peer| {
             admin::handle(admin_control.gateway(), admin_draining.clone(), request)
         },
-        stopped(stop_rx.clone()),
+        stopped(admin_stop_rx),
     ));
 
     let public_control = control.clone();
@@ -258,6 +261,7 @@ pub async fn serve(
         let _ = stop_tx.send(true);
     };
     tokio::join!(public, trigger);
+    let _ = admin_stop_tx.send(true);
     let _ = admin.await;
     control.stop_probe();
     tracing::info!("shutdown complete");
