@@ -5,129 +5,18 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use common::process::Process;
 use common::*;
-
-/// The binary, running with JSON logs, and every line it has printed.
-struct Process {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    listen: String,
-    admin: String,
-    _dir: tempfile::TempDir,
-    config_path: std::path::PathBuf,
-}
-
-impl Process {
-    async fn start(config: &str, args: &[&str]) -> Process {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("csgate.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_csgate"))
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(args)
-            .current_dir(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn csgate");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().expect("stdout"))
-                as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let lines = lines.clone();
-            tokio::spawn(async move {
-                let mut reader = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = reader.next_line().await {
-                    lines.lock().expect("lines").push(line);
-                }
-            });
-        }
-        let mut process = Process {
-            child,
-            lines,
-            listen: String::new(),
-            admin: String::new(),
-            _dir: dir,
-            config_path,
-        };
-        let started = process
-            .wait_for_line(|l| l.contains("csgate started"))
-            .await;
-        let fields: serde_json::Value = serde_json::from_str(&started).expect("JSON log line");
-        process.listen = fields["listen"].as_str().expect("listen").to_owned();
-        process.admin = fields["admin"].as_str().expect("admin").to_owned();
-        process
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.listen)
-    }
-
-    fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.admin)
-    }
-
-    /// The first printed line matching `predicate`, waiting (bounded) for it.
-    async fn wait_for_line(&self, predicate: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(line) = self
-                .lines
-                .lock()
-                .expect("lines")
-                .iter()
-                .find(|l| predicate(l))
-            {
-                return line.clone();
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no such line; printed: {:#?}",
-                self.lines.lock().expect("lines")
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{name}"), &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// Waits for exit, failing after `bound`.
-    async fn exit_within(&mut self, bound: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(bound, self.child.wait())
-            .await
-            .expect("csgate did not exit in time")
-            .expect("wait")
-    }
-}
-
-fn json_logs(extra: &str) -> String {
-    format!("[log]\nformat = \"json\"\nlevel = \"info\"\n{extra}")
-}
 
 #[tokio::test]
 async fn sigterm_flips_readiness_finishes_in_flight_requests_and_exits_zero() {
     let upstream = FakeUpstream::start(Reply::Gate(Box::new(Reply::json(200, "[]")))).await;
     let mut process = Process::start(
-        &json_logs("[server]\nshutdown_grace = \"30s\"\n"),
+        &common::process::json_logs("[server]\nshutdown_grace = \"30s\"\n"),
         &["--upstream", &upstream.url()],
     )
     .await;
@@ -166,7 +55,7 @@ async fn an_idle_keep_alive_connection_does_not_delay_exit() {
     // A grace far longer than the bound below: if the idle connection held the exit,
     // the test would fail.
     let mut process = Process::start(
-        &json_logs("[server]\nshutdown_grace = \"120s\"\n"),
+        &common::process::json_logs("[server]\nshutdown_grace = \"120s\"\n"),
         &["--upstream", &upstream.url()],
     )
     .await;
@@ -190,7 +79,8 @@ async fn an_idle_keep_alive_connection_does_not_delay_exit() {
 async fn sighup_applies_a_valid_file_and_refuses_a_broken_one() {
     let first = FakeUpstream::start(Reply::json(200, r#"[{"service_id":1}]"#)).await;
     let second = FakeUpstream::start(Reply::json(200, r#"[{"service_id":2}]"#)).await;
-    let config = |url: &str| json_logs(&format!("[upstream]\nurls = [\"{url}\"]\n"));
+    let config =
+        |url: &str| common::process::json_logs(&format!("[upstream]\nurls = [\"{url}\"]\n"));
     let process = Process::start(&config(&first.url()), &[]).await;
     let url = process.url("/genesys/1/cs/customers/C1/services");
     assert_eq!(get(&url).await.text(), r#"[{"service_id":1}]"#);
@@ -208,7 +98,7 @@ async fn sighup_applies_a_valid_file_and_refuses_a_broken_one() {
         &process.config_path,
         format!(
             "{}[upstream]\nurlz = [\"{}\"]\n",
-            json_logs(""),
+            common::process::json_logs(""),
             first.url()
         ),
     )
@@ -233,7 +123,11 @@ async fn sighup_applies_a_valid_file_and_refuses_a_broken_one() {
 #[tokio::test]
 async fn access_logs_hash_contact_keys_and_customer_ids() {
     let upstream = FakeUpstream::start(Reply::json(200, "[]")).await;
-    let process = Process::start(&json_logs(""), &["--upstream", &upstream.url()]).await;
+    let process = Process::start(
+        &common::process::json_logs(""),
+        &["--upstream", &upstream.url()],
+    )
+    .await;
     let anonymous = get(&process.url("/genesys/1/cs/services/anonymous/408-832-7799")).await;
     let customer = get(&process.url("/genesys/1/cs/customers/ABC1234/services")).await;
     assert_eq!((anonymous.status, customer.status), (200, 200));
