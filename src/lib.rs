@@ -199,9 +199,10 @@ pub async fn serve(
     let draining = Draining::default();
     let options = ServeOptions {
         header_read_timeout: config.server.header_read_timeout,
-        // Above the gateway's own limits, so the gateway answers 414/431 itself.
-        max_buf_size: ((config.server.max_header_bytes + config.server.max_query_bytes) * 2)
-            .max(64 * 1024),
+        // Well above the gateway's own limits, so the gateway answers 414/431 itself (in
+        // the CS error shape) for all but absurd heads; hyper refuses those with a bare 431.
+        max_buf_size: ((config.server.max_header_bytes + config.server.max_query_bytes) * 4)
+            .max(256 * 1024),
         shutdown_grace: config.server.shutdown_grace,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

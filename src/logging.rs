@@ -7,9 +7,18 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber; returns a handle that can change the level later
-/// (SIGHUP reload). Calling it twice is harmless (the second install is ignored).
-pub fn init(config: &LogConfig) -> Option<LevelHandle> {
+/// Keeps the background log writer alive; dropping it flushes what is queued.
+pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
+
+/// Installs the global subscriber, writing to stdout from a background thread so a
+/// slow terminal or pipe never stalls a request task (non-lossy: when the queue is
+/// full, writers wait rather than drop lines). Returns a handle that can change the
+/// level later (SIGHUP reload) and the guard to keep until exit. Calling it twice is
+/// harmless (the second install is ignored).
+pub fn init(config: &LogConfig) -> (Option<LevelHandle>, LogGuard) {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
     let filter = EnvFilter::try_new(&config.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     use tracing_subscriber::layer::SubscriberExt;
@@ -19,6 +28,7 @@ pub fn init(config: &LogConfig) -> Option<LevelHandle> {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
                     .with_target(true)
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())),
             )
@@ -26,13 +36,17 @@ pub fn init(config: &LogConfig) -> Option<LevelHandle> {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
                     .json()
                     .flatten_event(true)
                     .with_current_span(false),
             )
             .try_init(),
     };
-    installed.ok().map(|()| LevelHandle(handle))
+    (
+        installed.ok().map(|()| LevelHandle(handle)),
+        LogGuard(Some(guard)),
+    )
 }
 
 /// Changes the log level of the installed subscriber.

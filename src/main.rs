@@ -75,7 +75,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let log_level = csgate::logging::init(&config.log);
+    let (log_level, _log_guard) = csgate::logging::init(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
