@@ -72,6 +72,14 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        // TLS material is part of the configuration: a missing or unreadable file
+        // fails the check, not the start.
+        if let Some(tls) = &config.server.tls {
+            if let Err(error) = csgate::tls::Tls::load(tls) {
+                eprintln!("csgate: invalid configuration: {error}");
+                return ExitCode::from(1);
+            }
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }

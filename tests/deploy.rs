@@ -241,11 +241,50 @@ fn every_config_file_validates_and_passes_check() {
         }
         seen += 1;
         let toml = std::fs::read_to_string(&path).expect("read");
-        load(&toml, &path.display().to_string(), &Overrides::default());
+        let config = load(&toml, &path.display().to_string(), &Overrides::default());
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let checked = match &config.server.tls {
+            None => path.clone(),
+            Some(tls) => {
+                // `--check` loads the TLS files. The example names production paths
+                // that do not exist here: with them the check must refuse, naming the
+                // key; with a real certificate in their place it must pass.
+                let refused = csgate(&[
+                    "--check".to_owned(),
+                    "--config".to_owned(),
+                    path.display().to_string(),
+                ]);
+                assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+                assert!(
+                    text(&refused).contains("server.tls.cert"),
+                    "{}",
+                    text(&refused)
+                );
+
+                let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+                    .expect("certificate");
+                let cert_path = scratch.path().join("cert.pem");
+                let key_path = scratch.path().join("key.pem");
+                std::fs::write(&cert_path, cert.cert.pem()).expect("write");
+                std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write");
+                let replaced = toml
+                    .replace(
+                        &tls.cert.display().to_string(),
+                        &cert_path.display().to_string(),
+                    )
+                    .replace(
+                        &tls.key.display().to_string(),
+                        &key_path.display().to_string(),
+                    );
+                let copy = scratch.path().join("config.toml");
+                std::fs::write(&copy, replaced).expect("write");
+                copy
+            }
+        };
         let output = csgate(&[
             "--check".to_owned(),
             "--config".to_owned(),
-            path.display().to_string(),
+            checked.display().to_string(),
         ]);
         assert_eq!(
             output.status.code(),

@@ -168,3 +168,23 @@ async fn check_validates_the_config_and_names_the_bad_key() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("upstream.connect_timeout"), "{stderr}");
 }
+
+#[tokio::test]
+async fn check_loads_the_tls_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        "[server.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+    )
+    .expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_csgate"))
+        .arg("--check")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.tls.cert"), "{stderr}");
+}
