@@ -483,16 +483,23 @@ impl Gateway {
             }
             other => (Limited::new(body, max).map_err(Into::into).boxed(), other),
         };
-        let streamed = self
-            .inner
-            .upstreams
-            .stream(
-                parts.method.clone(),
-                &path_and_query,
-                &headers,
-                upstream_body,
-            )
-            .await;
+        // A bodiless read may be retried at another upstream; anything else is sent once.
+        let streamed = if is_bodiless_read(&parts) {
+            self.inner
+                .upstreams
+                .stream_read(parts.method.clone(), &path_and_query, &headers)
+                .await
+        } else {
+            self.inner
+                .upstreams
+                .stream(
+                    parts.method.clone(),
+                    &path_and_query,
+                    &headers,
+                    upstream_body,
+                )
+                .await
+        };
         let streamed = match streamed {
             Ok(s) => s,
             Err(UpstreamError::RequestBodyTooLarge) => {
@@ -583,6 +590,16 @@ where
             "the request body could not be read".into(),
         )),
     }
+}
+
+/// A GET or HEAD that announces no body: safe to send again to another upstream.
+fn is_bodiless_read(parts: &Parts) -> bool {
+    let read = parts.method == Method::GET || parts.method == Method::HEAD;
+    let no_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|v| v.as_bytes() == b"0");
+    read && no_length && !parts.headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 fn with_query(path: &str, query: &str) -> String {
