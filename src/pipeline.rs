@@ -236,7 +236,7 @@ impl Gateway {
         peer: SocketAddr,
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, GatewayError> {
-        let (query, path, contact_key) = self.validate(parts, owner, lifecycle, exchange)?;
+        let (query, base, path, contact_key) = self.validate(parts, owner, lifecycle, exchange)?;
         let headers = self.query_headers(&parts.headers, peer, &exchange.id);
 
         if let (Owner::Anonymous { .. }, Some(cache)) = (owner, &self.inner.cache) {
@@ -250,7 +250,7 @@ impl Gateway {
                         LookupRequest {
                             headers: &headers,
                             contact_key: &contact_key,
-                            key_path: &anonymous_path(&path),
+                            key_path: &base,
                             query: &query,
                             no_cache,
                         },
@@ -290,15 +290,15 @@ impl Gateway {
     // --- stage: validate -----------------------------------------------------------
 
     /// Decodes the path parameter and validates every query parameter. Returns the
-    /// query, the normalised upstream path (relative to the API prefix) and the decoded
-    /// path parameter.
+    /// query, the normalised upstream path of the owner's "all" route and of the
+    /// requested route (both relative to the API prefix), and the decoded path parameter.
     fn validate(
         &self,
         parts: &Parts,
         owner: Owner<'_>,
         lifecycle: Lifecycle,
         exchange: &mut Exchange,
-    ) -> Result<(ServiceQuery, String, String), GatewayError> {
+    ) -> Result<(ServiceQuery, String, String, String), GatewayError> {
         let s = &self.inner.settings;
         let max = s.limits.max_key_bytes;
         let (anonymous, base, decoded) = match owner {
@@ -326,11 +326,11 @@ impl Gateway {
         )
         .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
         let path = match lifecycle {
-            Lifecycle::All => base,
-            Lifecycle::Active => base + "/active",
-            Lifecycle::Completed => base + "/completed",
+            Lifecycle::All => base.clone(),
+            Lifecycle::Active => format!("{base}/active"),
+            Lifecycle::Completed => format!("{base}/completed"),
         };
-        Ok((query, path, decoded))
+        Ok((query, base, path, decoded))
     }
 
     // --- stage: forward ------------------------------------------------------------
@@ -483,16 +483,23 @@ impl Gateway {
             }
             other => (Limited::new(body, max).map_err(Into::into).boxed(), other),
         };
-        let streamed = self
-            .inner
-            .upstreams
-            .stream(
-                parts.method.clone(),
-                &path_and_query,
-                &headers,
-                upstream_body,
-            )
-            .await;
+        // A bodiless read may be retried at another upstream; anything else is sent once.
+        let streamed = if is_bodiless_read(&parts) {
+            self.inner
+                .upstreams
+                .stream_read(parts.method.clone(), &path_and_query, &headers)
+                .await
+        } else {
+            self.inner
+                .upstreams
+                .stream(
+                    parts.method.clone(),
+                    &path_and_query,
+                    &headers,
+                    upstream_body,
+                )
+                .await
+        };
         let streamed = match streamed {
             Ok(s) => s,
             Err(UpstreamError::RequestBodyTooLarge) => {
@@ -585,11 +592,14 @@ where
     }
 }
 
-/// The anonymous "all" path for a Query Services path (cache entries are per key).
-fn anonymous_path(path: &str) -> String {
-    path.trim_end_matches("/active")
-        .trim_end_matches("/completed")
-        .to_owned()
+/// A GET or HEAD that announces no body: safe to send again to another upstream.
+fn is_bodiless_read(parts: &Parts) -> bool {
+    let read = parts.method == Method::GET || parts.method == Method::HEAD;
+    let no_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|v| v.as_bytes() == b"0");
+    read && no_length && !parts.headers.contains_key(header::TRANSFER_ENCODING)
 }
 
 fn with_query(path: &str, query: &str) -> String {

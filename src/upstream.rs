@@ -262,12 +262,7 @@ impl Upstreams {
                 Err(e) => outcome_of(e),
             };
             self.record(index, outcome, attempt_started.elapsed());
-            let retry = matches!(outcome, Outcome::BadStatus | Outcome::ConnectError)
-                && tried.len() <= self.inner.config.max_retries as usize
-                && Instant::now() < deadline
-                && self.pick(&tried).is_some()
-                && self.inner.budget.withdraw();
-            if retry {
+            if self.retry(outcome, &tried, deadline) {
                 continue;
             }
             return result.map(|(parts, body)| Fetched {
@@ -278,6 +273,62 @@ impl Upstreams {
                 elapsed: started.elapsed(),
             });
         }
+    }
+
+    /// A bodiless GET/HEAD with the answer streamed back, retried like [`Self::fetch`]
+    /// (a refused or 502/503/504 attempt is dropped and the next target tried). The
+    /// timeout covers the wait for the response head of each attempt.
+    pub async fn stream_read(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Result<Streamed, UpstreamError> {
+        let started = Instant::now();
+        let deadline = started + self.inner.config.deadline;
+        self.inner.budget.deposit();
+        let mut tried: Vec<usize> = Vec::new();
+        loop {
+            let index = self.pick(&tried).ok_or(UpstreamError::NoHealthy)?;
+            tried.push(index);
+            let target = &self.inner.targets[index];
+            let request = self.build(target, &method, path_and_query, headers, empty());
+            let attempt_started = Instant::now();
+            let budget = self
+                .inner
+                .config
+                .request_timeout
+                .min(deadline.saturating_duration_since(attempt_started));
+            let result =
+                match tokio::time::timeout(budget, self.inner.client.request(request)).await {
+                    Err(_) => Err(UpstreamError::Timeout),
+                    Ok(Err(error)) => Err(classify(&error, 0)),
+                    Ok(Ok(response)) => Ok(response),
+                };
+            let outcome = match &result {
+                Ok(r) if is_retryable_status(r.status()) => Outcome::BadStatus,
+                Ok(_) => Outcome::Success,
+                Err(e) => outcome_of(e),
+            };
+            self.record(index, outcome, attempt_started.elapsed());
+            if self.retry(outcome, &tried, deadline) {
+                continue;
+            }
+            return result.map(|response| Streamed {
+                response,
+                target: target.label.clone(),
+                elapsed: started.elapsed(),
+            });
+        }
+    }
+
+    /// May a GET/HEAD whose last attempt ended with `outcome` try another target?
+    fn retry(&self, outcome: Outcome, tried: &[usize], deadline: Instant) -> bool {
+        matches!(outcome, Outcome::BadStatus | Outcome::ConnectError)
+            && tried.len() <= self.inner.config.max_retries as usize
+            && Instant::now() < deadline
+            && self.pick(tried).is_some()
+            && self.inner.budget.withdraw()
     }
 
     /// Any method, body streamed both ways, no retry (a POST is never repeated). The

@@ -372,3 +372,78 @@ pub async fn refused_url() -> String {
     drop(listener);
     format!("http://{addr}")
 }
+
+/// A request body sent in the given chunks with no length announced, so the client
+/// uses `Transfer-Encoding: chunked`.
+pub struct Chunked(VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunked {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .pop_front()
+                .map(|chunk| Ok(hyper::body::Frame::data(chunk))),
+        )
+    }
+}
+
+/// Sends one request whose body is streamed in `chunks` (chunked transfer encoding).
+pub async fn send_chunked(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    chunks: Vec<Bytes>,
+) -> Answer {
+    let client: Client<_, Chunked> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::new(Chunked(chunks.into()));
+    *request.method_mut() = method;
+    *request.uri_mut() = url.parse().expect("uri");
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            HeaderValue::from_str(value).expect("value"),
+        );
+    }
+    let response = client.request(request).await.expect("request");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Writes `request` as raw bytes on a fresh connection (send `Connection: close`) and
+/// returns everything the server wrote until it closed, bounded by 10 s.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out).await;
+        out
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the server answered and closed within 10 s")
+}
+
+/// The first line of a raw HTTP answer and its body (after the blank line).
+pub fn split_raw(answer: &[u8]) -> (String, Vec<u8>) {
+    let text = String::from_utf8_lossy(answer);
+    let status = text.lines().next().unwrap_or_default().to_owned();
+    let body = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| answer[i + 4..].to_vec())
+        .unwrap_or_default();
+    (status, body)
+}
