@@ -32,8 +32,9 @@ use crate::routes::{self, Owner, Route};
 use crate::server::Body;
 use crate::upstream::{Fetched, UpstreamError, Upstreams};
 
-/// Request headers forwarded on Query Services routes (the contract's list).
-const QUERY_FORWARD_HEADERS: [&str; 8] = [
+/// Request headers forwarded on Query Services routes (the contract's list; the
+/// `X-Forwarded-*` and `X-Request-Id` headers are set by `forwarding_headers`).
+const QUERY_FORWARD_HEADERS: [&str; 7] = [
     "contactcenterid",
     "groupid",
     "authorization",
@@ -41,7 +42,6 @@ const QUERY_FORWARD_HEADERS: [&str; 8] = [
     "content-type",
     "traceparent",
     "tracestate",
-    "x-forwarded-proto",
 ];
 
 /// The gateway. Cheap to clone; every clone shares the same state.
@@ -389,12 +389,11 @@ impl Gateway {
         if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
             headers.insert(&httputil::X_FORWARDED_FOR, value);
         }
-        if !headers.contains_key(&httputil::X_FORWARDED_PROTO) {
-            headers.insert(
-                &httputil::X_FORWARDED_PROTO,
-                HeaderValue::from_static(self.inner.scheme),
-            );
-        }
+        // The scheme this hop was reached by: a client cannot claim https over http.
+        headers.insert(
+            &httputil::X_FORWARDED_PROTO,
+            HeaderValue::from_static(self.inner.scheme),
+        );
     }
 
     // --- stage: post_filter --------------------------------------------------------

@@ -33,3 +33,27 @@ async fn documented_example_is_filtered_and_trimmed() {
     assert!(answer.header("x-request-id").is_some());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn every_number_keeps_its_text_and_a_client_cannot_claim_https() {
+    let body = r#"[{"service_id":123456789012345678901234567890,"big":1e400,"f":1E2,"neg":-0,"x":0.10000000000000000555,"started":{"timestamp":"2024-01-01T00:00:00Z"}}]"#;
+    let upstream = FakeUpstream::start(Reply::json(200, body)).await;
+    let gw = start_gateway("", &[upstream.url()]).await;
+    let answer = get_with(
+        &gw.url("/genesys/1/cs/customers/C1/services"),
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // Integers of any size and decimals keep their exact text; exponents keep their
+    // value, spelled the canonical way.
+    assert_eq!(
+        answer.text(),
+        body.replace("1e400", "1e+400").replace("1E2", "1e+2")
+    );
+    let seen = &upstream.requests()[0];
+    assert_eq!(
+        seen.headers.get("x-forwarded-proto").map(|v| v.as_bytes()),
+        Some(&b"http"[..])
+    );
+}
