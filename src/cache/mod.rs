@@ -238,6 +238,25 @@ struct Stats {
     evicted_expired: AtomicU64,
     evicted_explicit: AtomicU64,
     evicted_replaced: AtomicU64,
+    /// Requests waiting on a fetch right now (a gauge, not a counter).
+    waiting: AtomicU64,
+}
+
+/// Counts one request in `Stats::waiting` while it waits; a request future dropped
+/// mid-wait (client gone) cannot leak the count.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn enter(gauge: &'a AtomicU64) -> Waiting<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -542,6 +561,7 @@ impl Cache {
     }
 
     async fn wait(&self, mut receiver: watch::Receiver<Option<Shared>>) -> Shared {
+        let _waiting = Waiting::enter(&self.inner.stats.waiting);
         let waited = tokio::time::timeout(
             self.inner.wait_bound,
             receiver.wait_for(|value| value.is_some()),
@@ -724,6 +744,7 @@ impl Cache {
             "misses": get(&s.misses),
             "coalesced": get(&s.coalesced),
             "bypass": get(&s.bypass),
+            "waiting": get(&s.waiting),
             "evictions": {
                 "size": get(&s.evicted_size),
                 "expired": get(&s.evicted_expired),
