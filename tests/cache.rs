@@ -1111,6 +1111,51 @@ async fn upstream_answers_marked_private_are_not_stored() {
     }
 }
 
+#[tokio::test]
+async fn oversize_answers_are_served_not_stored_and_then_bypassed_for_a_while() {
+    let big: String = {
+        let padding = "x".repeat(4000);
+        format!(
+            r#"[{{"service_id":"383-big","started":{{"timestamp":"2024-03-01T10:00:00.000Z"}},"pad":"{padding}","version":1}}]"#
+        )
+    };
+    let upstream = FakeUpstream::start(Reply::json(200, big.clone())).await;
+    let clock = manual_clock();
+    let gw = start(
+        "[cache]\nttl = \"30s\"\nmax_entry_bytes = \"2KiB\"\n",
+        &upstream.url(),
+        &clock,
+    )
+    .await;
+    let url = gw.url(&format!("{KEY_PATH}/active?active_tasks=true"));
+    let first = get(&url).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(status_of(&first), "csgate; fwd=uri-miss");
+    assert_eq!(first.json()[0]["pad"].as_str().map(str::len), Some(4000));
+    assert_eq!(first.json()[0]["active_tasks"], json!([]));
+    assert_eq!(upstream.requests()[0].query.as_deref(), Some(BROAD));
+
+    for n in 2..=3 {
+        let answer = get(&url).await;
+        assert_eq!(status_of(&answer), "csgate; fwd=bypass");
+        assert_eq!(answer.body, first.body);
+        assert_eq!(upstream.count(), n);
+        let seen = &upstream.requests()[n - 1];
+        assert_eq!(seen.path, format!("{KEY_PATH}/active"));
+        assert_eq!(seen.query.as_deref(), Some("active_tasks=true"));
+    }
+    assert_eq!(stats(&gw).await["entries"], json!(0));
+
+    // "A short time": once it is over, the cache tries again.
+    clock.advance(Duration::from_secs(11));
+    upstream.set_default(Reply::json(200, versioned("383-aaa", 2)));
+    let retried = get(&url).await;
+    assert_eq!(status_of(&retried), "csgate; fwd=uri-miss; stored");
+    let hit = get(&url).await;
+    assert_eq!(status_of(&hit), "csgate; hit; ttl=30");
+    assert_eq!(version_of(&hit), 2);
+}
+
 // ------------------------------------------------------------------------------------
 // Byte bound
 

@@ -47,6 +47,9 @@ use crate::query::filter::{self, Service};
 use crate::query::{ServiceQuery, TypeMap};
 use crate::upstream::{Fetched, Upstreams};
 
+/// How long a key whose answer was too large bypasses the cache (at most `ttl`).
+const UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
+
 /// A cached broad answer.
 #[derive(Debug)]
 pub struct Entry {
@@ -129,7 +132,10 @@ struct Inner {
     variants: moka::future::Cache<(u64, Arc<str>), Bytes>,
     /// Keys whose answers were too large to store, remembered briefly so their
     /// requests bypass instead of queueing behind a fetch that will not be stored.
-    uncacheable: moka::sync::Cache<Arc<Key>, ()>,
+    /// The value is when the mark ends, on `clock` (moka's own TTL is only a backstop
+    /// that bounds memory).
+    uncacheable: moka::sync::Cache<Arc<Key>, Instant>,
+    uncacheable_for: Duration,
     inflight: Mutex<HashMap<Arc<Key>, watch::Receiver<Option<Shared>>>>,
     index: Arc<Mutex<Index>>,
     epoch: AtomicU64,
@@ -314,15 +320,17 @@ impl Cache {
             .weigher(|key: &(u64, Arc<str>), body: &Bytes| weight(body.len() + key.1.len() + 96))
             .time_to_live(policy.retention())
             .build();
+        let uncacheable_for = policy.ttl.min(UNCACHEABLE_FOR);
         let uncacheable = moka::sync::Cache::builder()
             .max_capacity(100_000)
-            .time_to_live(policy.ttl.min(Duration::from_secs(10)))
+            .time_to_live(uncacheable_for)
             .build();
         Cache {
             inner: Arc::new(Inner {
                 entries,
                 variants,
                 uncacheable,
+                uncacheable_for,
                 inflight: Mutex::new(HashMap::new()),
                 index,
                 epoch: AtomicU64::new(0),
@@ -356,7 +364,7 @@ impl Cache {
             &request.query.extensions,
             self.inner.share_across_credentials,
         ));
-        if self.inner.uncacheable.contains_key(&key) {
+        if self.is_uncacheable(&key) {
             self.count_outcome(&CacheOutcome::Bypass);
             return Lookup::Bypass;
         }
@@ -430,6 +438,17 @@ impl Cache {
                     upstream_time: None,
                 })
             }
+        }
+    }
+
+    fn is_uncacheable(&self, key: &Arc<Key>) -> bool {
+        match self.inner.uncacheable.get(key) {
+            Some(until) if self.inner.clock.now() < until => true,
+            Some(_) => {
+                self.inner.uncacheable.invalidate(key);
+                false
+            }
+            None => false,
         }
     }
 
@@ -606,7 +625,8 @@ impl Cache {
         });
         let too_large = entry.body.len() > self.inner.max_entry_bytes;
         if too_large {
-            self.inner.uncacheable.insert(key.clone(), ());
+            let until = self.inner.clock.now() + self.inner.uncacheable_for;
+            self.inner.uncacheable.insert(key.clone(), until);
         }
         let mut stored = !too_large && storable(&fetched.headers);
         if stored {
