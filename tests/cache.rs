@@ -1112,6 +1112,26 @@ async fn upstream_answers_marked_private_are_not_stored() {
 }
 
 #[tokio::test]
+async fn an_uncacheable_answer_replaces_what_the_cache_held() {
+    // A no-cache refresh that comes back `no-store` must not leave the older stored
+    // answer to be served as fresh to the next client.
+    let upstream = FakeUpstream::start(Reply::json(200, versioned("383-aaa", 1))).await;
+    let clock = manual_clock();
+    let gw = start("", &upstream.url(), &clock).await;
+    let url = gw.url(KEY_PATH);
+    assert_eq!(version_of(&get(&url).await), 1);
+    upstream.set_default(
+        Reply::json(200, versioned("383-aaa", 2)).with_header("cache-control", "no-store"),
+    );
+    let refreshed = get_with(&url, &[("Cache-Control", "no-cache")]).await;
+    assert_eq!(version_of(&refreshed), 2);
+    assert_eq!(status_of(&refreshed), "csgate; fwd=request");
+    let next = get(&url).await;
+    assert_eq!(version_of(&next), 2, "{}", status_of(&next));
+    assert_eq!(status_of(&next), "csgate; fwd=uri-miss");
+}
+
+#[tokio::test]
 async fn oversize_answers_are_served_not_stored_and_then_bypassed_for_a_while() {
     let big: String = {
         let padding = "x".repeat(4000);
@@ -1154,6 +1174,35 @@ async fn oversize_answers_are_served_not_stored_and_then_bypassed_for_a_while() 
     let hit = get(&url).await;
     assert_eq!(status_of(&hit), "csgate; hit; ttl=30");
     assert_eq!(version_of(&hit), 2);
+}
+
+#[tokio::test]
+async fn an_answer_that_grows_too_large_does_not_resurrect_the_old_entry() {
+    let upstream = FakeUpstream::start(Reply::json(200, versioned("383-aaa", 1))).await;
+    let clock = manual_clock();
+    let gw = start(
+        "[cache]\nttl = \"60s\"\nmax_entry_bytes = \"2KiB\"\n",
+        &upstream.url(),
+        &clock,
+    )
+    .await;
+    let url = gw.url(KEY_PATH);
+    assert_eq!(version_of(&get(&url).await), 1);
+    let padding = "x".repeat(4000);
+    upstream.set_default(Reply::json(
+        200,
+        format!(
+            r#"[{{"service_id":"383-aaa","started":{{"timestamp":"2024-03-01T10:00:00.000Z"}},"pad":"{padding}","version":2}}]"#
+        ),
+    ));
+    let grown = get_with(&url, &[("Cache-Control", "no-cache")]).await;
+    assert_eq!(version_of(&grown), 2);
+    assert_eq!(status_of(&grown), "csgate; fwd=request");
+    clock.advance(Duration::from_secs(11));
+    // The uncacheable mark is over; the entry stored before must not come back.
+    let next = get(&url).await;
+    assert_eq!(version_of(&next), 2, "{}", status_of(&next));
+    assert_eq!(status_of(&next), "csgate; fwd=uri-miss");
 }
 
 // ------------------------------------------------------------------------------------

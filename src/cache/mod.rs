@@ -628,7 +628,13 @@ impl Cache {
             let until = self.inner.clock.now() + self.inner.uncacheable_for;
             self.inner.uncacheable.insert(key.clone(), until);
         }
-        let mut stored = !too_large && storable(&fetched.headers);
+        let cacheable = !too_large && storable(&fetched.headers);
+        if !cacheable {
+            // Whatever the key held is older than the answer being served now; left in
+            // place it would be served as fresh to the next client.
+            self.inner.entries.invalidate(key).await;
+        }
+        let mut stored = cacheable;
         if stored {
             let mut index = lock(&self.inner.index);
             stored = !index.written_since(&key.owner, &entry.service_ids, epoch);
