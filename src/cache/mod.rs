@@ -30,7 +30,7 @@ pub use invalidate::{id_text, Invalidation};
 pub use key::{Key, Owner};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,9 @@ pub struct Entry {
     body: Bytes,
     fetched_at: Instant,
     service_ids: Vec<String>,
+    /// Set by the stale hit that starts this entry's background refresh; cleared if
+    /// the refresh fails, so that a later stale hit tries again.
+    refreshing: AtomicBool,
 }
 
 /// Why a lookup has no body to serve.
@@ -375,8 +378,7 @@ impl Cache {
             match policy.freshness(age) {
                 Freshness::Fresh => return self.hit(entry, request.query, age, false).await,
                 Freshness::Stale => {
-                    // Exactly one refresh: the single-flight map dedupes it.
-                    let _ = self.join_or_start(upstreams, &key, &request);
+                    self.refresh(upstreams, &key, &request, entry);
                     return self.hit(entry, request.query, age, false).await;
                 }
                 Freshness::Expired => {}
@@ -543,6 +545,35 @@ impl Cache {
         Ok(body)
     }
 
+    /// Starts the one background refresh of a stale entry.
+    ///
+    /// The single-flight map alone does not make it one: a stale hit that read the
+    /// entry just before the refresh stored its successor, and reaches the map just
+    /// after the refresh left it, would start a second. So the first stale hit of an
+    /// entry claims its refresh; the claim is given back only if the refresh fails.
+    fn refresh(
+        &self,
+        upstreams: &Upstreams,
+        key: &Arc<Key>,
+        request: &LookupRequest<'_>,
+        entry: &Arc<Entry>,
+    ) {
+        if entry.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (mut receiver, _) = self.join_or_start(upstreams, key, request);
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            let succeeded = receiver
+                .wait_for(Option::is_some)
+                .await
+                .is_ok_and(|done| done.as_ref().is_some_and(|result| result.is_ok()));
+            if !succeeded {
+                entry.refreshing.store(false, Ordering::Release);
+            }
+        });
+    }
+
     /// Joins the in-flight fetch for `key`, or starts one as its own task.
     fn join_or_start(
         &self,
@@ -622,6 +653,7 @@ impl Cache {
                 .filter_map(|s| s.get("service_id"))
                 .map(id_text)
                 .collect(),
+            refreshing: AtomicBool::new(false),
         });
         let too_large = entry.body.len() > self.inner.max_entry_bytes;
         if too_large {
