@@ -145,6 +145,8 @@ struct Inner {
     next_id: AtomicU64,
     policy: RwLock<Policy>,
     max_entry_bytes: usize,
+    /// The answers' share of `max_bytes`: moka would evict a heavier entry at once.
+    entry_budget: usize,
     share_across_credentials: bool,
     /// How long a waiter waits for a fetch (the upstream deadline plus slack).
     wait_bound: Duration,
@@ -272,6 +274,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// What an entry costs in the byte budget.
+fn entry_weight(key: &Key, entry: &Entry) -> usize {
+    entry.body.len() + key.weight() + 64 * entry.service_ids.len() + 128
+}
+
 /// moka weighs in u32.
 fn weight(bytes: usize) -> u32 {
     u32::try_from(bytes).unwrap_or(u32::MAX)
@@ -300,9 +307,7 @@ impl Cache {
         let listener_metrics = metrics.clone();
         let entries = moka::future::Cache::builder()
             .max_capacity(entry_budget)
-            .weigher(|key: &Arc<Key>, entry: &Arc<Entry>| {
-                weight(entry.body.len() + key.weight() + 64 * entry.service_ids.len() + 128)
-            })
+            .weigher(|key: &Arc<Key>, entry: &Arc<Entry>| weight(entry_weight(key, entry)))
             .time_to_live(policy.retention())
             .eviction_listener(move |key: Arc<Arc<Key>>, entry: Arc<Entry>, cause| {
                 let (counter, label) = match cause {
@@ -340,6 +345,7 @@ impl Cache {
                 next_id: AtomicU64::new(1),
                 policy: RwLock::new(policy),
                 max_entry_bytes: config.max_entry_bytes,
+                entry_budget: usize::try_from(entry_budget).unwrap_or(usize::MAX),
                 share_across_credentials: config.share_across_credentials,
                 wait_bound,
                 types,
@@ -655,7 +661,8 @@ impl Cache {
                 .collect(),
             refreshing: AtomicBool::new(false),
         });
-        let too_large = entry.body.len() > self.inner.max_entry_bytes;
+        let too_large = entry.body.len() > self.inner.max_entry_bytes
+            || entry_weight(key, &entry) > self.inner.entry_budget;
         if too_large {
             let until = self.inner.clock.now() + self.inner.uncacheable_for;
             self.inner.uncacheable.insert(key.clone(), until);
