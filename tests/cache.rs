@@ -1455,6 +1455,49 @@ async fn an_answer_too_large_for_the_byte_budget_is_not_reported_stored() {
 }
 
 #[tokio::test]
+async fn a_replaced_entry_is_indexed_by_its_own_services_only() {
+    // After a refresh drops service 383-old from the answer, a write to 383-old no
+    // longer touches the key's entry (and the index keeps nothing for it).
+    let two = r#"[{"service_id":"383-old","started":{"timestamp":"2024-03-01T10:00:00.000Z"}},
+                  {"service_id":"383-aaa","started":{"timestamp":"2024-03-02T10:00:00.000Z"}}]"#;
+    let answer = Arc::new(std::sync::Mutex::new(two.to_owned()));
+    let current = answer.clone();
+    let upstream = FnUpstream::start(move |request| {
+        if request.method == Method::GET {
+            Reply::json(200, current.lock().expect("answer").clone())
+        } else {
+            Reply::json(204, "")
+        }
+    })
+    .await;
+    let set = |body: String| *answer.lock().expect("answer") = body;
+    let clock = manual_clock();
+    let gw = start("", &upstream.url(), &clock).await;
+    let url = gw.url(KEY_PATH);
+    assert_eq!(ids(&get(&url).await), ["383-old", "383-aaa"]);
+    set(versioned("383-aaa", 2));
+    let refreshed = get_with(&url, &[("Cache-Control", "no-cache")]).await;
+    assert_eq!(ids(&refreshed), ["383-aaa"]);
+
+    set(versioned("383-aaa", 3));
+    let end = |id: &str| {
+        let url = gw.url(&format!("/genesys/1/cs/services/{id}/end"));
+        async move { send(Method::POST, &url, &[], "{}").await }
+    };
+    assert_eq!(end("383-old").await.status, 204);
+    let after = get(&url).await;
+    assert_eq!(status_of(&after), "csgate; hit; ttl=30");
+    assert_eq!(version_of(&after), 2);
+
+    // A write to a service the entry does hold still invalidates it.
+    assert_eq!(end("383-aaa").await.status, 204);
+    let after = get(&url).await;
+    assert_eq!(status_of(&after), "csgate; fwd=uri-miss; stored");
+    assert_eq!(version_of(&after), 3);
+    assert_eq!(upstream.count(), 5);
+}
+
+#[tokio::test]
 #[ignore = "pipeline bug (src/pipeline.rs anonymous_path): a contact key named `active` or `completed` is trimmed off the upstream path"]
 async fn a_contact_key_named_like_a_lifecycle_is_fetched_at_its_own_path() {
     let upstream = FakeUpstream::start(Reply::json(200, SERVICES)).await;

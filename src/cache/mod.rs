@@ -318,9 +318,10 @@ impl Cache {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 listener_metrics.cache_eviction(label);
-                if cause != RemovalCause::Replaced {
-                    lock(&listener_index).remove(&key, &entry);
-                }
+                // On `Replaced` too: the new entry is indexed already, and `remove`
+                // only drops mappings that still name the old entry's id, i.e. the
+                // services the new answer no longer holds.
+                lock(&listener_index).remove(&key, &entry);
             })
             .build();
         let variants = moka::future::Cache::builder()
