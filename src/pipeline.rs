@@ -242,6 +242,7 @@ impl Gateway {
         if let (Owner::Anonymous { .. }, Some(cache)) = (owner, &self.inner.cache) {
             let (no_cache, no_store) = crate::cache::request_directives(&parts.headers);
             if no_store {
+                cache.note_bypass();
                 exchange.cache = Some(CacheOutcome::Bypass);
             } else {
                 let lookup = cache

@@ -30,7 +30,7 @@ pub use invalidate::{id_text, Invalidation};
 pub use key::{Key, Owner};
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,9 @@ use crate::query::filter::{self, Service};
 use crate::query::{ServiceQuery, TypeMap};
 use crate::upstream::{Fetched, Upstreams};
 
+/// How long a key whose answer was too large bypasses the cache (at most `ttl`).
+const UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
+
 /// A cached broad answer.
 #[derive(Debug)]
 pub struct Entry {
@@ -56,6 +59,9 @@ pub struct Entry {
     body: Bytes,
     fetched_at: Instant,
     service_ids: Vec<String>,
+    /// Set by the stale hit that starts this entry's background refresh; cleared if
+    /// the refresh fails, so that a later stale hit tries again.
+    refreshing: AtomicBool,
 }
 
 /// Why a lookup has no body to serve.
@@ -129,13 +135,18 @@ struct Inner {
     variants: moka::future::Cache<(u64, Arc<str>), Bytes>,
     /// Keys whose answers were too large to store, remembered briefly so their
     /// requests bypass instead of queueing behind a fetch that will not be stored.
-    uncacheable: moka::sync::Cache<Arc<Key>, ()>,
+    /// The value is when the mark ends, on `clock` (moka's own TTL is only a backstop
+    /// that bounds memory).
+    uncacheable: moka::sync::Cache<Arc<Key>, Instant>,
+    uncacheable_for: Duration,
     inflight: Mutex<HashMap<Arc<Key>, watch::Receiver<Option<Shared>>>>,
     index: Arc<Mutex<Index>>,
     epoch: AtomicU64,
     next_id: AtomicU64,
     policy: RwLock<Policy>,
     max_entry_bytes: usize,
+    /// The answers' share of `max_bytes`: moka would evict a heavier entry at once.
+    entry_budget: usize,
     share_across_credentials: bool,
     /// How long a waiter waits for a fetch (the upstream deadline plus slack).
     wait_bound: Duration,
@@ -238,10 +249,34 @@ struct Stats {
     evicted_expired: AtomicU64,
     evicted_explicit: AtomicU64,
     evicted_replaced: AtomicU64,
+    /// Requests waiting on a fetch right now (a gauge, not a counter).
+    waiting: AtomicU64,
+}
+
+/// Counts one request in `Stats::waiting` while it waits; a request future dropped
+/// mid-wait (client gone) cannot leak the count.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn enter(gauge: &'a AtomicU64) -> Waiting<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What an entry costs in the byte budget.
+fn entry_weight(key: &Key, entry: &Entry) -> usize {
+    entry.body.len() + key.weight() + 64 * entry.service_ids.len() + 128
 }
 
 /// moka weighs in u32.
@@ -272,9 +307,7 @@ impl Cache {
         let listener_metrics = metrics.clone();
         let entries = moka::future::Cache::builder()
             .max_capacity(entry_budget)
-            .weigher(|key: &Arc<Key>, entry: &Arc<Entry>| {
-                weight(entry.body.len() + key.weight() + 64 * entry.service_ids.len() + 128)
-            })
+            .weigher(|key: &Arc<Key>, entry: &Arc<Entry>| weight(entry_weight(key, entry)))
             .time_to_live(policy.retention())
             .eviction_listener(move |key: Arc<Arc<Key>>, entry: Arc<Entry>, cause| {
                 let (counter, label) = match cause {
@@ -285,9 +318,10 @@ impl Cache {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 listener_metrics.cache_eviction(label);
-                if cause != RemovalCause::Replaced {
-                    lock(&listener_index).remove(&key, &entry);
-                }
+                // On `Replaced` too: the new entry is indexed already, and `remove`
+                // only drops mappings that still name the old entry's id, i.e. the
+                // services the new answer no longer holds.
+                lock(&listener_index).remove(&key, &entry);
             })
             .build();
         let variants = moka::future::Cache::builder()
@@ -295,21 +329,24 @@ impl Cache {
             .weigher(|key: &(u64, Arc<str>), body: &Bytes| weight(body.len() + key.1.len() + 96))
             .time_to_live(policy.retention())
             .build();
+        let uncacheable_for = policy.ttl.min(UNCACHEABLE_FOR);
         let uncacheable = moka::sync::Cache::builder()
             .max_capacity(100_000)
-            .time_to_live(policy.ttl.min(Duration::from_secs(10)))
+            .time_to_live(uncacheable_for)
             .build();
         Cache {
             inner: Arc::new(Inner {
                 entries,
                 variants,
                 uncacheable,
+                uncacheable_for,
                 inflight: Mutex::new(HashMap::new()),
                 index,
                 epoch: AtomicU64::new(0),
                 next_id: AtomicU64::new(1),
                 policy: RwLock::new(policy),
                 max_entry_bytes: config.max_entry_bytes,
+                entry_budget: usize::try_from(entry_budget).unwrap_or(usize::MAX),
                 share_across_credentials: config.share_across_credentials,
                 wait_bound,
                 types,
@@ -337,7 +374,7 @@ impl Cache {
             &request.query.extensions,
             self.inner.share_across_credentials,
         ));
-        if self.inner.uncacheable.contains_key(&key) {
+        if self.is_uncacheable(&key) {
             self.count_outcome(&CacheOutcome::Bypass);
             return Lookup::Bypass;
         }
@@ -348,8 +385,7 @@ impl Cache {
             match policy.freshness(age) {
                 Freshness::Fresh => return self.hit(entry, request.query, age, false).await,
                 Freshness::Stale => {
-                    // Exactly one refresh: the single-flight map dedupes it.
-                    let _ = self.join_or_start(upstreams, &key, &request);
+                    self.refresh(upstreams, &key, &request, entry);
                     return self.hit(entry, request.query, age, false).await;
                 }
                 Freshness::Expired => {}
@@ -414,6 +450,17 @@ impl Cache {
         }
     }
 
+    fn is_uncacheable(&self, key: &Arc<Key>) -> bool {
+        match self.inner.uncacheable.get(key) {
+            Some(until) if self.inner.clock.now() < until => true,
+            Some(_) => {
+                self.inner.uncacheable.invalidate(key);
+                false
+            }
+            None => false,
+        }
+    }
+
     fn age(&self, entry: &Entry) -> Duration {
         self.inner
             .clock
@@ -453,6 +500,11 @@ impl Cache {
             upstream: None,
             upstream_time: None,
         })
+    }
+
+    /// Counts a lookup that bypassed the cache on the client's request (`no-store`).
+    pub fn note_bypass(&self) {
+        self.count_outcome(&CacheOutcome::Bypass);
     }
 
     fn count_outcome(&self, outcome: &CacheOutcome) {
@@ -505,6 +557,35 @@ impl Cache {
         Ok(body)
     }
 
+    /// Starts the one background refresh of a stale entry.
+    ///
+    /// The single-flight map alone does not make it one: a stale hit that read the
+    /// entry just before the refresh stored its successor, and reaches the map just
+    /// after the refresh left it, would start a second. So the first stale hit of an
+    /// entry claims its refresh; the claim is given back only if the refresh fails.
+    fn refresh(
+        &self,
+        upstreams: &Upstreams,
+        key: &Arc<Key>,
+        request: &LookupRequest<'_>,
+        entry: &Arc<Entry>,
+    ) {
+        if entry.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (mut receiver, _) = self.join_or_start(upstreams, key, request);
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            let succeeded = receiver
+                .wait_for(Option::is_some)
+                .await
+                .is_ok_and(|done| done.as_ref().is_some_and(|result| result.is_ok()));
+            if !succeeded {
+                entry.refreshing.store(false, Ordering::Release);
+            }
+        });
+    }
+
     /// Joins the in-flight fetch for `key`, or starts one as its own task.
     fn join_or_start(
         &self,
@@ -542,6 +623,7 @@ impl Cache {
     }
 
     async fn wait(&self, mut receiver: watch::Receiver<Option<Shared>>) -> Shared {
+        let _waiting = Waiting::enter(&self.inner.stats.waiting);
         let waited = tokio::time::timeout(
             self.inner.wait_bound,
             receiver.wait_for(|value| value.is_some()),
@@ -583,12 +665,21 @@ impl Cache {
                 .filter_map(|s| s.get("service_id"))
                 .map(id_text)
                 .collect(),
+            refreshing: AtomicBool::new(false),
         });
-        let too_large = entry.body.len() > self.inner.max_entry_bytes;
+        let too_large = entry.body.len() > self.inner.max_entry_bytes
+            || entry_weight(key, &entry) > self.inner.entry_budget;
         if too_large {
-            self.inner.uncacheable.insert(key.clone(), ());
+            let until = self.inner.clock.now() + self.inner.uncacheable_for;
+            self.inner.uncacheable.insert(key.clone(), until);
         }
-        let mut stored = !too_large && storable(&fetched.headers);
+        let cacheable = !too_large && storable(&fetched.headers);
+        if !cacheable {
+            // Whatever the key held is older than the answer being served now; left in
+            // place it would be served as fresh to the next client.
+            self.inner.entries.invalidate(key).await;
+        }
+        let mut stored = cacheable;
         if stored {
             let mut index = lock(&self.inner.index);
             stored = !index.written_since(&key.owner, &entry.service_ids, epoch);
@@ -724,6 +815,7 @@ impl Cache {
             "misses": get(&s.misses),
             "coalesced": get(&s.coalesced),
             "bypass": get(&s.bypass),
+            "waiting": get(&s.waiting),
             "evictions": {
                 "size": get(&s.evicted_size),
                 "expired": get(&s.evicted_expired),

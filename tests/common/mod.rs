@@ -447,3 +447,162 @@ pub fn split_raw(answer: &[u8]) -> (String, Vec<u8>) {
         .unwrap_or_default();
     (status, body)
 }
+
+// --- appended for tests/cache.rs -----------------------------------------------------
+
+/// What a [`FnUpstream`] responder decides for one request.
+pub type Responder = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+/// A fake upstream whose replies are computed from each request (tenant headers,
+/// method, path) by a closure, and which can be stopped: `stop` closes the listener and
+/// every open connection, so later connects are refused.
+#[derive(Clone)]
+pub struct FnUpstream {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Recorded>>>,
+    responder: Arc<Mutex<Responder>>,
+    gate: Arc<Notify>,
+    tasks: Arc<Mutex<Option<tokio::task::JoinSet<()>>>>,
+}
+
+impl FnUpstream {
+    pub async fn start(
+        responder: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> FnUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let upstream = FnUpstream {
+            addr,
+            log: Arc::default(),
+            responder: Arc::new(Mutex::new(Arc::new(responder))),
+            gate: Arc::new(Notify::new()),
+            tasks: Arc::new(Mutex::new(Some(tokio::task::JoinSet::new()))),
+        };
+        let server = upstream.clone();
+        let accept = async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let _ = stream.set_nodelay(true);
+                let server2 = server.clone();
+                let connection = async move {
+                    let service = service_fn(move |request| {
+                        let server = server2.clone();
+                        async move { server.answer(request).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                };
+                if let Some(tasks) = server.tasks.lock().expect("tasks").as_mut() {
+                    tasks.spawn(connection);
+                }
+            }
+        };
+        if let Some(tasks) = upstream.tasks.lock().expect("tasks").as_mut() {
+            tasks.spawn(accept);
+        }
+        upstream
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let recorded = Recorded {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body,
+        };
+        let responder = self.responder.lock().expect("responder").clone();
+        let reply = responder(&recorded);
+        self.log.lock().expect("log").push(recorded);
+        self.play(reply).await
+    }
+
+    fn play(&self, reply: Reply) -> Played<'_> {
+        Box::pin(async move {
+            match reply {
+                Reply::Full(status, headers, body) => {
+                    let mut response = Response::new(Full::new(body));
+                    *response.status_mut() = StatusCode::from_u16(status).expect("status");
+                    for (name, value) in headers {
+                        response.headers_mut().append(
+                            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                            HeaderValue::from_str(&value).expect("value"),
+                        );
+                    }
+                    Ok(response)
+                }
+                Reply::Delay(delay, then) => {
+                    tokio::time::sleep(delay).await;
+                    self.play(*then).await
+                }
+                Reply::Gate(then) => {
+                    self.gate.notified().await;
+                    self.play(*then).await
+                }
+                Reply::Hangup => Err(std::io::Error::other("hang up")),
+            }
+        })
+    }
+
+    /// Replaces the responder for the following requests.
+    pub fn set(&self, responder: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) {
+        *self.responder.lock().expect("responder") = Arc::new(responder);
+    }
+
+    /// Lets every request waiting at a `Reply::Gate` go on.
+    pub fn release(&self) {
+        self.gate.notify_waiters();
+    }
+
+    /// Closes the listener and every connection: from now on, connecting is refused.
+    pub fn stop(&self) {
+        if let Some(mut tasks) = self.tasks.lock().expect("tasks").take() {
+            tasks.abort_all();
+            tasks.detach_all();
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.log.lock().expect("log").clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.log.lock().expect("log").len()
+    }
+
+    /// Waits until `n` requests have arrived (bounded, so a bug fails instead of hanging).
+    pub async fn wait_for_count(&self, n: usize) {
+        wait_until(&format!("upstream to see {n} requests"), || {
+            self.count() >= n
+        })
+        .await;
+    }
+}
+
+/// Polls `condition` until it holds, for at most 10 s (a bug fails instead of hanging).
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
