@@ -19,7 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use csgate::cache::{Clock, SystemClock};
 use csgate::config::{Config, Overrides};
@@ -40,6 +40,31 @@ type Played<'a> = std::pin::Pin<
         dyn std::future::Future<Output = Result<Response<Full<Bytes>>, std::io::Error>> + Send + 'a,
     >,
 >;
+
+/// A permit-style gate for `Reply::Gate`: every request takes a ticket when it arrives,
+/// and `release` opens the gate for every ticket handed out so far. A request that has
+/// been counted but has not reached the gate yet cannot miss a release.
+#[derive(Clone, Default)]
+pub struct Gate {
+    arrived: Arc<AtomicUsize>,
+    released: Arc<tokio::sync::watch::Sender<usize>>,
+}
+
+impl Gate {
+    fn arrive(&self) -> usize {
+        self.arrived.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    async fn pass(&self, ticket: usize) {
+        let mut released = self.released.subscribe();
+        let _ = released.wait_for(|upto| *upto >= ticket).await;
+    }
+
+    fn release(&self) {
+        self.released
+            .send_replace(self.arrived.load(Ordering::SeqCst));
+    }
+}
 
 /// A scripted reply.
 #[derive(Debug, Clone)]
@@ -86,7 +111,7 @@ pub struct FakeUpstream {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Recorded>>>,
     script: Arc<Mutex<Script>>,
-    gate: Arc<Notify>,
+    gate: Gate,
     count: Arc<AtomicUsize>,
 }
 
@@ -101,7 +126,7 @@ impl FakeUpstream {
                 default,
                 queue: VecDeque::new(),
             })),
-            gate: Arc::new(Notify::new()),
+            gate: Gate::default(),
             count: Arc::default(),
         };
         let server = upstream.clone();
@@ -146,6 +171,7 @@ impl FakeUpstream {
             headers: parts.headers,
             body,
         });
+        let ticket = self.gate.arrive();
         self.count.fetch_add(1, Ordering::SeqCst);
         let reply = {
             let mut script = self.script.lock().expect("script");
@@ -154,10 +180,10 @@ impl FakeUpstream {
                 .pop_front()
                 .unwrap_or_else(|| script.default.clone())
         };
-        self.play(reply).await
+        self.play(reply, ticket).await
     }
 
-    fn play(&self, reply: Reply) -> Played<'_> {
+    fn play(&self, reply: Reply, ticket: usize) -> Played<'_> {
         Box::pin(async move {
             match reply {
                 Reply::Full(status, headers, body) => {
@@ -173,11 +199,11 @@ impl FakeUpstream {
                 }
                 Reply::Delay(delay, then) => {
                     tokio::time::sleep(delay).await;
-                    self.play(*then).await
+                    self.play(*then, ticket).await
                 }
                 Reply::Gate(then) => {
-                    self.gate.notified().await;
-                    self.play(*then).await
+                    self.gate.pass(ticket).await;
+                    self.play(*then, ticket).await
                 }
                 Reply::Hangup => Err(std::io::Error::other("hang up")),
             }
@@ -193,9 +219,10 @@ impl FakeUpstream {
         self.script.lock().expect("script").default = reply;
     }
 
-    /// Lets every request waiting at a `Reply::Gate` go on.
+    /// Lets every request that has arrived so far through its `Reply::Gate`, whether it
+    /// is already waiting there or not yet.
     pub fn release(&self) {
-        self.gate.notify_waiters();
+        self.gate.release();
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -461,7 +488,7 @@ pub struct FnUpstream {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Recorded>>>,
     responder: Arc<Mutex<Responder>>,
-    gate: Arc<Notify>,
+    gate: Gate,
     tasks: Arc<Mutex<Option<tokio::task::JoinSet<()>>>>,
 }
 
@@ -475,7 +502,7 @@ impl FnUpstream {
             addr,
             log: Arc::default(),
             responder: Arc::new(Mutex::new(Arc::new(responder))),
-            gate: Arc::new(Notify::new()),
+            gate: Gate::default(),
             tasks: Arc::new(Mutex::new(Some(tokio::task::JoinSet::new()))),
         };
         let server = upstream.clone();
@@ -529,11 +556,12 @@ impl FnUpstream {
         };
         let responder = self.responder.lock().expect("responder").clone();
         let reply = responder(&recorded);
+        let ticket = self.gate.arrive();
         self.log.lock().expect("log").push(recorded);
-        self.play(reply).await
+        self.play(reply, ticket).await
     }
 
-    fn play(&self, reply: Reply) -> Played<'_> {
+    fn play(&self, reply: Reply, ticket: usize) -> Played<'_> {
         Box::pin(async move {
             match reply {
                 Reply::Full(status, headers, body) => {
@@ -549,11 +577,11 @@ impl FnUpstream {
                 }
                 Reply::Delay(delay, then) => {
                     tokio::time::sleep(delay).await;
-                    self.play(*then).await
+                    self.play(*then, ticket).await
                 }
                 Reply::Gate(then) => {
-                    self.gate.notified().await;
-                    self.play(*then).await
+                    self.gate.pass(ticket).await;
+                    self.play(*then, ticket).await
                 }
                 Reply::Hangup => Err(std::io::Error::other("hang up")),
             }
@@ -565,9 +593,10 @@ impl FnUpstream {
         *self.responder.lock().expect("responder") = Arc::new(responder);
     }
 
-    /// Lets every request waiting at a `Reply::Gate` go on.
+    /// Lets every request that has arrived so far through its `Reply::Gate`, whether it
+    /// is already waiting there or not yet.
     pub fn release(&self) {
-        self.gate.notify_waiters();
+        self.gate.release();
     }
 
     /// Closes the listener and every connection: from now on, connecting is refused.
