@@ -2,7 +2,10 @@
 # csgate benchmark: csgate vs nginx proxy_cache/proxy_pass vs a minimal hyper "floor",
 # on the same machine in the same run, systems alternating in rounds.
 #
-#   bench/run.sh [--quick] [--note "text for the report"]
+#   bench/run.sh [--quick] [--only hit,miss,rate,stampede,memory] [--note "text"]
+#
+# CSGATE_BIN=/path/to/csgate benchmarks that binary instead of building this checkout
+# (e.g. to compare a change before committing it); the report names the binary.
 #
 # --quick: 2 rounds of 4 s, one memory budget; under two minutes once built.
 # full:    5 rounds of 15 s, two memory budgets; about 15 minutes.
@@ -16,15 +19,22 @@ set -euo pipefail
 # ----------------------------------------------------------------------------- settings
 MODE=full
 NOTE=""
+PHASES="hit,miss,rate,stampede,memory"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) MODE=quick ;;
         --note) NOTE="$2"; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --only) PHASES="$2"; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
 done
+phase() { [[ ",$PHASES," == *",$1,"* ]]; }
+if phase rate && ! phase hit; then
+    echo "--only: rate needs hit (its rates are fractions of nginx's hit-path rps)" >&2
+    exit 2
+fi
 
 if [[ $MODE == quick ]]; then
     ROUNDS=2; DURATION=4; RATE_DURATION=4; RATE_ROUNDS=1; STAMPEDE_ROUNDS=2
@@ -70,13 +80,19 @@ NGINX="$(command -v nginx)"
 
 # ------------------------------------------------------------------------------- build
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-log "building csgate and the bench tools (release, target dir $TARGET_DIR)"
-(cd "$REPO" && cargo build --release --quiet --bin csgate)
-cargo build --release --quiet --manifest-path "$HERE/tools/Cargo.toml"
 BIN="$TARGET_DIR/release"
-for b in csgate upstream floor loadgen report; do
+if [[ -n ${CSGATE_BIN:-} ]]; then
+    log "building the bench tools (release, target dir $TARGET_DIR); csgate is $CSGATE_BIN"
+else
+    log "building csgate and the bench tools (release, target dir $TARGET_DIR)"
+    (cd "$REPO" && cargo build --release --quiet --bin csgate)
+    CSGATE_BIN="$BIN/csgate"
+fi
+cargo build --release --quiet --manifest-path "$HERE/tools/Cargo.toml"
+for b in upstream floor loadgen report; do
     [[ -x $BIN/$b ]] || die "missing binary $BIN/$b"
 done
+[[ -x $CSGATE_BIN ]] || die "missing binary $CSGATE_BIN"
 
 # ----------------------------------------------------------------------- process control
 TMP="$(mktemp -d /tmp/csgate-bench.XXXXXX)"
@@ -215,7 +231,7 @@ max_bytes = "$max_bytes"
 [log]
 level = "warn"
 EOF
-    taskset -c $SERVER_CPU "$BIN/csgate" --config "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
+    taskset -c $SERVER_CPU "$CSGATE_BIN" --config "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
     CS_PID=$!
     PIDS+=($CS_PID)
     wait_http "http://127.0.0.1:$CS_ADMIN/healthz"
@@ -339,67 +355,81 @@ throughput() { # phase uri-file system round
     duration_us=$(sed -E 's/.*"duration_us":([0-9]+).*/\1/' <<<"$json")
     # core_other: the share of core 0 that processes other than the server used (other
     # builds on a shared machine); anything above a few % makes the round noisy.
-    local rps cpu core_other
+    local rps cpu core_other cpu_us
     core_other=$(awk -v b="$((b1 - b0))" -v j="$((j1 - j0))" -v t="$((t1 - t0))" \
         'BEGIN { o = (j > 0) ? (b - t) / j : 0; if (o < 0) o = 0; printf "%.3f", o }')
     rps=$(awk -v r="$requests" -v d="$duration_us" 'BEGIN { printf "%.1f", r / (d / 1e6) }')
     cpu=$(awk -v t="$((t1 - t0))" -v h="$CLK_TCK" -v d="$duration_us" 'BEGIN { printf "%.3f", t / h / (d / 1e6) }')
-    emit "{\"kind\":\"throughput\",\"phase\":\"$phase\",\"system\":\"$system\",\"round\":$round,\"rps\":$rps,\"server_cpu\":$cpu,\"core_other\":$core_other,\"upstream_requests\":$((u1 - u0)),${json#\{}"
-    log "$phase $system round $round: $rps rps, server CPU $cpu, others on core $SERVER_CPU $core_other, upstream +$((u1 - u0))"
+    # CPU time the server spent per request: less sensitive than rps to other processes
+    # taking the core, since it counts only the server's own time.
+    cpu_us=$(awk -v t="$((t1 - t0))" -v h="$CLK_TCK" -v r="$requests" 'BEGIN { printf "%.1f", (r > 0) ? t / h * 1e6 / r : 0 }')
+    emit "{\"kind\":\"throughput\",\"phase\":\"$phase\",\"system\":\"$system\",\"round\":$round,\"rps\":$rps,\"server_cpu\":$cpu,\"core_other\":$core_other,\"cpu_us_per_req\":$cpu_us,\"upstream_requests\":$((u1 - u0)),${json#\{}"
+    log "$phase $system round $round: $rps rps, $cpu_us CPU-µs/req, server CPU $cpu, others on core $SERVER_CPU $core_other, upstream +$((u1 - u0))"
 }
 
-log "1. hit path: $ROUNDS rounds × ${DURATION}s, csgate / nginx / floor"
-for ((r = 1; r <= ROUNDS; r++)); do
-    for system in csgate nginx floor; do throughput hit "$TMP/hit.txt" "$system" "$r"; done
-done
+if phase hit; then
+    log "1. hit path: $ROUNDS rounds × ${DURATION}s, csgate / nginx / floor"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for system in csgate nginx floor; do throughput hit "$TMP/hit.txt" "$system" "$r"; done
+    done
+fi
 
-log "2. miss path: $ROUNDS rounds × ${DURATION}s, csgate / nginx"
-for ((r = 1; r <= ROUNDS; r++)); do
-    for system in csgate nginx; do throughput miss "$TMP/miss.txt" "$system" "$r"; done
-done
+if phase miss; then
+    log "2. miss path: $ROUNDS rounds × ${DURATION}s, csgate / nginx"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for system in csgate nginx; do throughput miss "$TMP/miss.txt" "$system" "$r"; done
+    done
+fi
 
 # ----------------------------------------------------------- 3: latency at fixed rates
-NGINX_HIT=$(grep '"kind":"throughput","phase":"hit","system":"nginx"' "$RAW" |
-    sed -E 's/.*"rps":([0-9.]+).*/\1/' | sort -n |
-    awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
-RATE50=$(awk -v m="$NGINX_HIT" 'BEGIN { printf "%.0f", m * 0.5 }')
-RATE80=$(awk -v m="$NGINX_HIT" 'BEGIN { printf "%.0f", m * 0.8 }')
+RATE50=0
+RATE80=0
+if phase rate; then
+    NGINX_HIT=$(grep '"kind":"throughput","phase":"hit","system":"nginx"' "$RAW" |
+        sed -E 's/.*"rps":([0-9.]+).*/\1/' | sort -n |
+        awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
+    RATE50=$(awk -v m="$NGINX_HIT" 'BEGIN { printf "%.0f", m * 0.5 }')
+    RATE80=$(awk -v m="$NGINX_HIT" 'BEGIN { printf "%.0f", m * 0.8 }')
 
-log "3. latency at ${RATE50} and ${RATE80} rps (50/80 % of nginx's $NGINX_HIT), ${RATE_DURATION}s each"
-warm "$CSGATE_PORT" "$TMP/hit.txt"
-warm "$NGX_PORT" "$TMP/hit.txt"
-for ((r = 1; r <= RATE_ROUNDS; r++)); do
-    for load in 50 80; do
-        rate=$RATE50
-        [[ $load == 80 ]] && rate=$RATE80
-        for system in csgate nginx; do
-            out=$(taskset -c $LOAD_CPU "$BIN/loadgen" rate --target "http://127.0.0.1:$(port_of $system)" \
-                --urls "$TMP/hit.txt" --rate "$rate" --duration "$RATE_DURATION" \
-                --connections $RATE_CONNECTIONS --header "ContactCenterId: $TENANT")
-            emit "{\"kind\":\"rate\",\"load\":$load,\"system\":\"$system\",\"round\":$r,${out#\{}"
-            log "rate $load% $system: $out"
+    log "3. latency at ${RATE50} and ${RATE80} rps (50/80 % of nginx's $NGINX_HIT), ${RATE_DURATION}s each"
+    warm "$CSGATE_PORT" "$TMP/hit.txt"
+    warm "$NGX_PORT" "$TMP/hit.txt"
+    for ((r = 1; r <= RATE_ROUNDS; r++)); do
+        for load in 50 80; do
+            rate=$RATE50
+            [[ $load == 80 ]] && rate=$RATE80
+            for system in csgate nginx; do
+                out=$(taskset -c $LOAD_CPU "$BIN/loadgen" rate --target "http://127.0.0.1:$(port_of $system)" \
+                    --urls "$TMP/hit.txt" --rate "$rate" --duration "$RATE_DURATION" \
+                    --connections $RATE_CONNECTIONS --header "ContactCenterId: $TENANT")
+                emit "{\"kind\":\"rate\",\"load\":$load,\"system\":\"$system\",\"round\":$r,${out#\{}"
+                log "rate $load% $system: $out"
+            done
         done
     done
-done
+fi
 
 # ------------------------------------------------------------------------ 4: stampede
-log "4. stampede: $STAMPEDE concurrent cold requests for one key, $STAMPEDE_ROUNDS rounds"
-for ((r = 1; r <= STAMPEDE_ROUNDS; r++)); do
-    for system in csgate nginx; do
-        key="stampede-$system-$STAMP-$r"
-        m0=$(upstream_marked)
-        out=$(taskset -c $LOAD_CPU "$BIN/loadgen" burst --target "http://127.0.0.1:$(port_of $system)" \
-            --path "$A/$key" --connections $STAMPEDE --header "ContactCenterId: $TENANT")
-        sleep 0.5
-        m1=$(upstream_marked)
-        emit "{\"kind\":\"stampede\",\"system\":\"$system\",\"round\":$r,\"upstream_requests\":$((m1 - m0)),${out#\{}"
-        log "stampede $system round $r: upstream +$((m1 - m0)); $out"
+if phase stampede; then
+    log "4. stampede: $STAMPEDE concurrent cold requests for one key, $STAMPEDE_ROUNDS rounds"
+    for ((r = 1; r <= STAMPEDE_ROUNDS; r++)); do
+        for system in csgate nginx; do
+            key="stampede-$system-$STAMP-$r"
+            m0=$(upstream_marked)
+            out=$(taskset -c $LOAD_CPU "$BIN/loadgen" burst --target "http://127.0.0.1:$(port_of $system)" \
+                --path "$A/$key" --connections $STAMPEDE --header "ContactCenterId: $TENANT")
+            sleep 0.5
+            m1=$(upstream_marked)
+            emit "{\"kind\":\"stampede\",\"system\":\"$system\",\"round\":$r,\"upstream_requests\":$((m1 - m0)),${out#\{}"
+            log "stampede $system round $r: upstream +$((m1 - m0)); $out"
+        done
     done
-done
+fi
 
 # -------------------------------------------------------------------------- 5: memory
 # A separate csgate per budget, ttl long enough that nothing expires while filling.
 kill "$FLOOR_PID" "$NGX_PID" 2>/dev/null || true
+phase memory || MEM_BUDGETS=()
 for budget in "${MEM_BUDGETS[@]}"; do
     start_csgate "mem-$budget" "$budget" 10m
     from=0
@@ -424,13 +454,20 @@ done
 
 # -------------------------------------------------------------------------- report
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
-emit "{\"kind\":\"meta\",\"mode\":\"$MODE\",\"date\":\"$STARTED\",\"commit\":\"$GIT_COMMIT\",\"dirty\":\"$GIT_DIRTY\",\"nproc\":$(nproc),\"cpu\":\"$(json_str "$CPU_MODEL")\",\"kernel\":\"$(uname -sr)\",\"loadavg_start\":\"$LOAD_START\",\"loadavg_end\":\"$LOAD_END\",\"nginx\":\"$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')\",\"wrk\":\"$(wrk -v 2>&1 | head -1 | awk '{ print $2 }')\",\"rustc\":\"$(rustc -V | awk '{ print $2 }')\",\"note\":\"$(json_str "$NOTE")\",\"rounds\":$ROUNDS,\"duration_s\":$DURATION,\"connections\":$CONNECTIONS,\"rate_connections\":$RATE_CONNECTIONS,\"keys\":$KEYS,\"variants\":$VARIANTS,\"hit_uris\":$HIT_URIS,\"slow_ms\":$SLOW_MS,\"anonymous_body_bytes\":$ANON_BYTES,\"rate50\":$RATE50,\"rate80\":$RATE80}"
+emit "{\"kind\":\"meta\",\"mode\":\"$MODE\",\"date\":\"$STARTED\",\"commit\":\"$GIT_COMMIT\",\"dirty\":\"$GIT_DIRTY\",\"nproc\":$(nproc),\"cpu\":\"$(json_str "$CPU_MODEL")\",\"kernel\":\"$(uname -sr)\",\"loadavg_start\":\"$LOAD_START\",\"loadavg_end\":\"$LOAD_END\",\"nginx\":\"$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')\",\"wrk\":\"$(wrk -v 2>&1 | head -1 | awk '{ print $2 }')\",\"rustc\":\"$(rustc -V | awk '{ print $2 }')\",\"csgate_bin\":\"$(json_str "$CSGATE_BIN")\",\"phases\":\"$PHASES\",\"note\":\"$(json_str "$NOTE")\",\"rounds\":$ROUNDS,\"duration_s\":$DURATION,\"connections\":$CONNECTIONS,\"rate_connections\":$RATE_CONNECTIONS,\"keys\":$KEYS,\"variants\":$VARIANTS,\"hit_uris\":$HIT_URIS,\"slow_ms\":$SLOW_MS,\"anonymous_body_bytes\":$ANON_BYTES,\"rate50\":$RATE50,\"rate80\":$RATE80}"
 
 mkdir -p "$RESULTS"
-cp "$RAW" "$RESULTS/raw-$MODE-$STAMP.jsonl"
-"$BIN/report" --raw "$RAW" --md "$RESULTS/$MODE-$STAMP.md" --svg "$RESULTS/$MODE-$STAMP.svg"
-cp "$RESULTS/$MODE-$STAMP.md" "$RESULTS/latest.md"
-cp "$RESULTS/$MODE-$STAMP.svg" "$RESULTS/latest.svg"
-sed -i "s/(latest.svg)/($MODE-$STAMP.svg)/" "$RESULTS/$MODE-$STAMP.md"
-log "wrote $RESULTS/latest.md and latest.svg (copies: $MODE-$STAMP.*)"
-cat "$RESULTS/latest.md"
+NAME="$MODE-$STAMP"
+[[ $PHASES == "hit,miss,rate,stampede,memory" ]] || NAME="$MODE-only-${PHASES//,/-}-$STAMP"
+cp "$RAW" "$RESULTS/raw-$NAME.jsonl"
+"$BIN/report" --raw "$RAW" --md "$RESULTS/$NAME.md" --svg "$RESULTS/$NAME.svg"
+sed -i "s/(latest.svg)/($NAME.svg)/" "$RESULTS/$NAME.md"
+if [[ $NAME == "$MODE-$STAMP" ]]; then
+    # Only a run of every phase replaces latest.*; partial runs keep their own name.
+    sed "s/($NAME.svg)/(latest.svg)/" "$RESULTS/$NAME.md" >"$RESULTS/latest.md"
+    cp "$RESULTS/$NAME.svg" "$RESULTS/latest.svg"
+    log "wrote $RESULTS/latest.md and latest.svg (copies: $NAME.*)"
+else
+    log "wrote $RESULTS/$NAME.md and $NAME.svg (partial run: latest.* untouched)"
+fi
+cat "$RESULTS/$NAME.md"

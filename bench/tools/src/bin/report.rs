@@ -65,6 +65,7 @@ struct Cell {
     p99_ms: f64,
     cpu: f64,
     core_other: f64,
+    cpu_us: f64,
     errors: f64,
     upstream: f64,
     rps_all: Vec<f64>,
@@ -79,6 +80,7 @@ impl Cell {
             p99_ms: col("p99_us") / 1000.0,
             cpu: col("server_cpu"),
             core_other: col("core_other"),
+            cpu_us: col("cpu_us_per_req"),
             errors: rows
                 .iter()
                 .map(|r| num(r, "errors") + num(r, "non200"))
@@ -185,7 +187,9 @@ impl Results {
              (wrk, {} connections, 1 thread). The hit path cycles through {} URIs ({} contact \
              keys × {} variants: all/active/completed, include flags in canonical and \
              non-canonical spellings, a date window, a type + extension filter). `server CPU` \
-             is the share of one core the server process(es) used during the round, `others on \
+             is the share of one core the server process(es) used during the round, \
+             `CPU-µs/req` the server's own CPU time per request (the figure least disturbed \
+             by other load on the machine; lower is better), `others on \
              its core` the share other processes on the machine took from that core: a \
              round is clean when the first is near 100 % and the second near 0 %; with the \
              server well under 100 % and nobody else on the core, the load generator was \
@@ -201,11 +205,12 @@ impl Results {
         let _ = writeln!(out, "## Throughput (closed loop, wrk)\n");
         let _ = writeln!(
             out,
-            "| path | system | rps (median) | p50 ms | p99 ms | × nginx | × floor | server CPU | others on its core | upstream req/round | errors | rounds (rps) |"
+            "| path | system | rps (median) | p50 ms | p99 ms | × nginx | × floor | server CPU-µs/req | CPU-µs × nginx | server CPU | others on its core | upstream req/round | errors | rounds (rps) |"
         );
-        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
         for phase in ["hit", "miss"] {
             let nginx = self.tp(phase, "nginx").map(|c| c.rps);
+            let nginx_us = self.tp(phase, "nginx").map(|c| c.cpu_us);
             let floor = self.tp(phase, "floor").map(|c| c.rps);
             for system in ["csgate", "nginx", "floor"] {
                 let Some(c) = self.tp(phase, system) else {
@@ -216,12 +221,14 @@ impl Results {
                 };
                 let _ = writeln!(
                     out,
-                    "| {phase} | {system} | {:.0} | {:.2} | {:.2} | {} | {} | {:.0} % | {:.0} % | {:.0} | {:.0} | {} |",
+                    "| {phase} | {system} | {:.0} | {:.2} | {:.2} | {} | {} | {:.1} | {} | {:.0} % | {:.0} % | {:.0} | {:.0} | {} |",
                     c.rps,
                     c.p50_ms,
                     c.p99_ms,
                     ratio(nginx),
                     ratio(floor),
+                    c.cpu_us,
+                    nginx_us.map_or("–".to_owned(), |n| format!("{:.2}", c.cpu_us / n)),
                     c.cpu * 100.0,
                     c.core_other * 100.0,
                     c.upstream,
