@@ -7,7 +7,7 @@
 # CSGATE_BIN=/path/to/csgate benchmarks that binary instead of building this checkout
 # (e.g. to compare a change before committing it); the report names the binary.
 #
-# --quick: 2 rounds of 4 s, one memory budget; under two minutes once built.
+# --quick: 2 rounds of 3 s, one memory budget; about two minutes once built.
 # full:    5 rounds of 15 s, two memory budgets; about 15 minutes.
 #
 # Needs: nginx, wrk (installed with apt-get when missing and running as root), curl,
@@ -37,7 +37,7 @@ if phase rate && ! phase hit; then
 fi
 
 if [[ $MODE == quick ]]; then
-    ROUNDS=2; DURATION=4; RATE_DURATION=4; RATE_ROUNDS=1; STAMPEDE_ROUNDS=2
+    ROUNDS=2; DURATION=3; RATE_DURATION=3; RATE_ROUNDS=1; STAMPEDE_ROUNDS=2
     MEM_BUDGETS=(64MiB); MEM_KEYS=(10000 100000)
 else
     ROUNDS=5; DURATION=15; RATE_DURATION=15; RATE_ROUNDS=3; STAMPEDE_ROUNDS=3
@@ -304,6 +304,7 @@ warm() { # port uri-file
     out=$(taskset -c $LOAD_CPU "$BIN/loadgen" warm --target "http://127.0.0.1:$1" \
         --urls "$2" --concurrency 16 --header "ContactCenterId: $TENANT")
     [[ $out == *'"non200":0'* && $out == *'"errors":0'* ]] || die "warming :$1 failed: $out"
+    log "warmed :$1 in $(sed -E 's/.*"secs":([0-9.]+).*/\1/' <<<"$out") s"
 }
 
 log "warming csgate and nginx with $HIT_URIS hit-path URIs"
