@@ -124,7 +124,10 @@ impl Results {
                     .entry((num(r, "load") as u32, text(r, "system")))
                     .or_default()
                     .push(r),
-                "stampede" => stampede.entry(text(r, "system")).or_default().push(r.clone()),
+                "stampede" => stampede
+                    .entry(text(r, "system"))
+                    .or_default()
+                    .push(r.clone()),
                 "memory" => memory.push(r.clone()),
                 _ => {}
             }
@@ -207,7 +210,10 @@ impl Results {
             out,
             "| path | system | rps (median) | p50 ms | p99 ms | × nginx | × floor | server CPU-µs/req | CPU-µs × nginx | server CPU | others on its core | upstream req/round | errors | rounds (rps) |"
         );
-        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(
+            out,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
         for phase in ["hit", "miss"] {
             let nginx = self.tp(phase, "nginx").map(|c| c.rps);
             let nginx_us = self.tp(phase, "nginx").map(|c| c.cpu_us);
@@ -261,7 +267,10 @@ impl Results {
         );
         let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
         for ((load, system), c) in &self.rate {
-            let nginx = self.rate.get(&(*load, "nginx".to_owned())).map(|n| n.p99_ms);
+            let nginx = self
+                .rate
+                .get(&(*load, "nginx".to_owned()))
+                .map(|n| n.p99_ms);
             let target = self
                 .meta
                 .get(format!("rate{load}").as_str())
@@ -278,7 +287,10 @@ impl Results {
             );
         }
 
-        let _ = writeln!(out, "\n## Stampede (1,000 concurrent cold requests, one key)\n");
+        let _ = writeln!(
+            out,
+            "\n## Stampede (1,000 concurrent cold requests, one key)\n"
+        );
         let _ = writeln!(
             out,
             "The upstream answers this key after {} ms so that the requests overlap; it counts \
@@ -362,7 +374,10 @@ impl Results {
             (Some(a), Some(b)) if b.rps > 0.0 => Some(a.rps / b.rps),
             _ => None,
         };
-        let mut push = |name: &str, value: Option<f64>, fmt: &dyn Fn(f64) -> String, ok: &dyn Fn(f64) -> bool| {
+        let mut push = |name: &str,
+                        value: Option<f64>,
+                        fmt: &dyn Fn(f64) -> String,
+                        ok: &dyn Fn(f64) -> bool| {
             t.push((
                 name.to_owned(),
                 value.map_or("–".to_owned(), fmt),
@@ -444,9 +459,7 @@ impl Results {
             text(&self.meta, "date"),
             text(&self.meta, "nproc")
         );
-        let root = root
-            .titled(&title, ("sans-serif", 18))
-            .expect("title");
+        let root = root.titled(&title, ("sans-serif", 18)).expect("title");
         let (left, right) = root.split_horizontally(560);
 
         let color = |system: &str| match system {
