@@ -189,7 +189,7 @@ impl Results {
              rounds (A B C A B C …); every figure is the median over {} rounds of {} s \
              (wrk, {} connections, 1 thread). The hit path cycles through {} URIs ({} contact \
              keys × {} variants: all/active/completed, include flags in canonical and \
-             non-canonical spellings, a date window, a type + extension filter). `server CPU` \
+             non-canonical spellings, a date window, a type + extension filter); cache TTL {} in both csgate and nginx. `server CPU` \
              is the share of one core the server process(es) used during the round, \
              `CPU-µs/req` the server's own CPU time per request (the figure least disturbed \
              by other load on the machine; lower is better), `others on \
@@ -203,6 +203,7 @@ impl Results {
             text(m, "hit_uris"),
             text(m, "keys"),
             text(m, "variants"),
+            text(m, "ttl"),
         );
 
         let _ = writeln!(out, "## Throughput (closed loop, wrk)\n");
