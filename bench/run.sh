@@ -93,7 +93,7 @@ else
     (cd "$REPO" && cargo build --release --quiet --bin csgate)
     CSGATE_BIN="$BIN/csgate"
 fi
-cargo build --release --quiet --manifest-path "$HERE/tools/Cargo.toml"
+cargo build --release --quiet --manifest-path "$HERE/tools/Cargo.toml" --target-dir "$TARGET_DIR"
 for b in upstream floor loadgen report; do
     [[ -x $BIN/$b ]] || die "missing binary $BIN/$b"
 done

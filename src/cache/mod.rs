@@ -275,8 +275,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// What an entry costs in the byte budget.
+/// What one stored answer costs in memory: the body, the key, and the bookkeeping
+/// the weigher would otherwise not see (moka's node and deque entries, the `Entry`,
+/// the owner and service-id index entries, allocator rounding). The constants were
+/// set from RSS measured by `bench/run.sh --only memory`.
 fn entry_weight(key: &Key, entry: &Entry) -> usize {
-    entry.body.len() + key.weight() + 64 * entry.service_ids.len() + 128
+    const PER_ENTRY: usize = 768;
+    const PER_SERVICE_ID: usize = 192;
+    entry.body.len()
+        + key.weight()
+        + entry.service_ids.iter().map(String::len).sum::<usize>()
+        + PER_SERVICE_ID * entry.service_ids.len()
+        + PER_ENTRY
+}
+
+/// One memoised variant: its bytes, its memo key and moka's node.
+fn variant_weight(query: &str, body: &Bytes) -> usize {
+    const PER_VARIANT: usize = 256;
+    body.len() + query.len() + PER_VARIANT
 }
 
 /// moka weighs in u32.
@@ -326,7 +342,7 @@ impl Cache {
             .build();
         let variants = moka::future::Cache::builder()
             .max_capacity(variant_budget)
-            .weigher(|key: &(u64, Arc<str>), body: &Bytes| weight(body.len() + key.1.len() + 96))
+            .weigher(|key: &(u64, Arc<str>), body: &Bytes| weight(variant_weight(&key.1, body)))
             .time_to_live(policy.retention())
             .build();
         let uncacheable_for = policy.ttl.min(UNCACHEABLE_FOR);
@@ -658,7 +674,9 @@ impl Cache {
         })?;
         let entry = Arc::new(Entry {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            body: fetched.body.clone(),
+            // A copy: `fetched.body` is a slice of hyper's connection read buffer, and
+            // keeping it would pin that whole buffer (8 KiB or more) per entry.
+            body: Bytes::copy_from_slice(&fetched.body),
             fetched_at: self.inner.clock.now(),
             service_ids: services
                 .iter()
