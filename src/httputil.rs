@@ -86,10 +86,17 @@ fn new_request_id() -> HeaderValue {
     use std::sync::OnceLock;
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:016x}-{n:016x}"))
-        .expect("hex digits and a dash are a valid header value")
+    let mut text = [b'-'; 33];
+    for (i, word) in [prefix, n].into_iter().enumerate() {
+        for digit in 0..16 {
+            let nibble = (word >> (60 - 4 * digit)) & 0xf;
+            text[i * 17 + digit] = HEX[nibble as usize];
+        }
+    }
+    HeaderValue::from_bytes(&text).expect("hex digits and a dash are a valid header value")
 }
 
 /// Bytes the request head's header fields take on the wire (`name: value\r\n`).

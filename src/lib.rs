@@ -126,6 +126,7 @@ impl Control {
         let cache = old.cache().cloned();
         if let Some(cache) = &cache {
             cache.set_policy(policy_for(config));
+            cache.set_types(config.service_types());
         }
         let upstreams = upstreams_for(config, &metrics);
         let new = Gateway::new(config, upstreams, cache, metrics);

@@ -74,11 +74,13 @@ impl Redactor {
         if !self.redact {
             return value.to_owned();
         }
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = Sha256::digest(value.as_bytes());
         let mut out = String::with_capacity(18);
         out.push_str("h:");
         for byte in &digest[..8] {
-            out.push_str(&format!("{byte:02x}"));
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0xf)]));
         }
         out
     }

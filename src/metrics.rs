@@ -24,8 +24,25 @@ const LATENCY_BUCKETS: [f64; 16] = [
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: &'static str,
-    method: String,
+    method: &'static str,
     status: u16,
+}
+
+/// A method as a static label: the standard ones by name, anything else `OTHER`, so a
+/// client cannot grow the label set (and no label is allocated per request).
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -181,7 +198,7 @@ impl Metrics {
             .requests
             .get_or_create(&RequestLabels {
                 route,
-                method: method.as_str().to_owned(),
+                method: method_label(method),
                 status: status.as_u16(),
             })
             .inc();

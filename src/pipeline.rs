@@ -95,6 +95,8 @@ struct Exchange {
     method: Method,
     route: &'static str,
     started: Instant,
+    /// The contact key or customer id, decoded. Personal data: logged only through
+    /// `Redactor::personal`, which is computed only when the access line is enabled.
     owner: Option<String>,
     cache: Option<CacheOutcome>,
     upstream: Option<Arc<str>>,
@@ -237,7 +239,9 @@ impl Gateway {
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, GatewayError> {
         let (query, base, path, contact_key) = self.validate(parts, owner, lifecycle, exchange)?;
-        let headers = self.query_headers(&parts.headers, peer, &exchange.id);
+        // Built only when a request goes upstream: a cache hit never needs them.
+        let request_id = exchange.id.clone();
+        let forward_headers = || self.query_headers(&parts.headers, peer, &request_id);
 
         if let (Owner::Anonymous { .. }, Some(cache)) = (owner, &self.inner.cache) {
             let (no_cache, no_store) = crate::cache::request_directives(&parts.headers);
@@ -249,10 +253,12 @@ impl Gateway {
                     .lookup(
                         &self.inner.upstreams,
                         LookupRequest {
-                            headers: &headers,
+                            client_headers: &parts.headers,
+                            forward_headers: &forward_headers,
                             contact_key: &contact_key,
                             key_path: &base,
                             query: &query,
+                            raw_query: parts.uri.query().unwrap_or(""),
                             no_cache,
                         },
                     )
@@ -278,7 +284,9 @@ impl Gateway {
         }
 
         let path_and_query = with_query(&path, &query.upstream_query());
-        let fetched = self.forward(&path_and_query, &headers, exchange).await?;
+        let fetched = self
+            .forward(&path_and_query, &forward_headers(), exchange)
+            .await?;
         if !fetched.status.is_success() {
             return Ok(respond_upstream_error(&parts.method, fetched));
         }
@@ -306,14 +314,14 @@ impl Gateway {
             Owner::Anonymous { contact_key } => {
                 let key = params::decode_path_param("contact_key", contact_key, max)
                     .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
-                exchange.owner = Some(s.redactor.personal(&key));
+                exchange.owner = Some(key.clone());
                 let path = format!("/services/anonymous/{}", params::encode_path_param(&key));
                 (true, path, key)
             }
             Owner::Customer { customer_id } => {
                 let id = params::decode_path_param("customer_id", customer_id, max)
                     .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
-                exchange.owner = Some(s.redactor.personal(&id));
+                exchange.owner = Some(id.clone());
                 let path = format!("/customers/{}/services", params::encode_path_param(&id));
                 (false, path, id)
             }
@@ -549,7 +557,10 @@ impl Gateway {
             route = exchange.route,
             status = status.as_u16(),
             cache = cache.unwrap_or("-"),
-            owner = exchange.owner.as_deref().unwrap_or("-"),
+            owner = exchange
+                .owner
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), |o| self.inner.settings.redactor.personal(o)),
             upstream = exchange.upstream.as_deref().unwrap_or("-"),
             upstream_ms = exchange.upstream_time.map_or(-1.0, |d| d.as_secs_f64() * 1000.0),
             total_ms = total.as_secs_f64() * 1000.0,

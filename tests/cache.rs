@@ -250,11 +250,14 @@ async fn a_dropped_lookup_future_leaves_the_fetch_to_the_others() {
         let query = query.clone();
         async move {
             let headers = HeaderMap::new();
+            let forward = || headers.clone();
             let request = LookupRequest {
-                headers: &headers,
+                client_headers: &headers,
+                forward_headers: &forward,
                 contact_key: KEY,
                 key_path: "/services/anonymous/408-832-7799",
                 query: &query,
+                raw_query: "",
                 no_cache: false,
             };
             match cache.lookup(&upstreams, request).await {
@@ -1259,11 +1262,14 @@ async fn the_byte_bound_holds_under_a_hundred_thousand_keys() {
             let mut stored = 0usize;
             for i in (worker..KEYS).step_by(WORKERS) {
                 let key = format!("key-{i:06}");
+                let forward = || headers.clone();
                 let request = LookupRequest {
-                    headers: &headers,
+                    client_headers: &headers,
+                    forward_headers: &forward,
                     contact_key: &key,
                     key_path: &format!("/services/anonymous/{key}"),
                     query: &query,
+                    raw_query: "",
                     no_cache: false,
                 };
                 match cache.lookup(&upstreams, request).await {

@@ -44,7 +44,7 @@ use crate::config::CacheConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::query::filter::{self, Service};
-use crate::query::{ServiceQuery, TypeMap};
+use crate::query::{Lifecycle, ServiceQuery, TypeMap};
 use crate::upstream::{Fetched, Upstreams};
 
 /// How long a key whose answer was too large bypasses the cache (at most `ttl`).
@@ -100,17 +100,61 @@ pub struct Answer {
 }
 
 /// What the pipeline hands the cache for one anonymous lookup.
-#[derive(Debug)]
 pub struct LookupRequest<'a> {
-    /// The headers forwarded upstream (tenant, authorization, request id...).
-    pub headers: &'a HeaderMap,
+    /// The client's request headers: the key's tenant, group and credential.
+    pub client_headers: &'a HeaderMap,
+    /// Builds the headers to send upstream; called only when a fetch starts.
+    pub forward_headers: &'a (dyn Fn() -> HeaderMap + Sync),
     /// Decoded.
     pub contact_key: &'a str,
     /// `/services/anonymous/{canonically encoded key}`.
     pub key_path: &'a str,
     pub query: &'a ServiceQuery,
+    /// The client's raw query string: with the lifecycle, the memo key of the variant.
+    pub raw_query: &'a str,
     /// Request `Cache-Control: no-cache`.
     pub no_cache: bool,
+}
+
+impl std::fmt::Debug for LookupRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookupRequest")
+            .field("key_path", &self.key_path)
+            .field("query", &self.query)
+            .field("no_cache", &self.no_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Identifies one variant of an entry without allocating: the lifecycle and the
+/// client's raw query, hashed. The memoised value repeats both, and a hit compares
+/// them, so a hash collision can only cost a recomputation, never a wrong answer.
+#[derive(Clone, Copy)]
+struct VariantKey<'a> {
+    lifecycle: Lifecycle,
+    raw_query: &'a str,
+    hash: u64,
+}
+
+impl<'a> VariantKey<'a> {
+    fn new(lifecycle: Lifecycle, raw_query: &'a str) -> VariantKey<'a> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        lifecycle.hash(&mut hasher);
+        raw_query.hash(&mut hasher);
+        VariantKey {
+            lifecycle,
+            raw_query,
+            hash: hasher.finish(),
+        }
+    }
+}
+
+/// A memoised variant.
+struct Variant {
+    lifecycle: Lifecycle,
+    raw_query: Box<str>,
+    body: Bytes,
 }
 
 type Shared = Arc<Result<Fetch, LookupError>>;
@@ -132,7 +176,8 @@ pub struct Cache {
 
 struct Inner {
     entries: moka::future::Cache<Arc<Key>, Arc<Entry>>,
-    variants: moka::future::Cache<(u64, Arc<str>), Bytes>,
+    /// (entry id, variant hash) → rendered bytes.
+    variants: moka::future::Cache<(u64, u64), Arc<Variant>>,
     /// Keys whose answers were too large to store, remembered briefly so their
     /// requests bypass instead of queueing behind a fetch that will not be stored.
     /// The value is when the mark ends, on `clock` (moka's own TTL is only a backstop
@@ -150,7 +195,8 @@ struct Inner {
     share_across_credentials: bool,
     /// How long a waiter waits for a fetch (the upstream deadline plus slack).
     wait_bound: Duration,
-    types: TypeMap,
+    /// The `service_type` map the variants were computed with (reloadable).
+    types: RwLock<TypeMap>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     stats: Arc<Stats>,
@@ -342,7 +388,9 @@ impl Cache {
             .build();
         let variants = moka::future::Cache::builder()
             .max_capacity(variant_budget)
-            .weigher(|key: &(u64, Arc<str>), body: &Bytes| weight(variant_weight(&key.1, body)))
+            .weigher(|_: &(u64, u64), variant: &Arc<Variant>| {
+                weight(variant_weight(&variant.raw_query, &variant.body))
+            })
             .time_to_live(policy.retention())
             .build();
         let uncacheable_for = policy.ttl.min(UNCACHEABLE_FOR);
@@ -365,7 +413,7 @@ impl Cache {
                 entry_budget: usize::try_from(entry_budget).unwrap_or(usize::MAX),
                 share_across_credentials: config.share_across_credentials,
                 wait_bound,
-                types,
+                types: RwLock::new(types),
                 clock,
                 metrics,
                 stats,
@@ -374,6 +422,17 @@ impl Cache {
     }
 
     /// Replaces the freshness policy (config reload). Stored entries keep their age.
+    /// Replaces the `service_type` map (config reload). Memoised variants were computed
+    /// with the old one, so they are dropped when it changes; stored answers stay.
+    pub fn set_types(&self, types: TypeMap) {
+        let mut current = self.inner.types.write().unwrap_or_else(|p| p.into_inner());
+        if *current != types {
+            *current = types;
+            drop(current);
+            self.inner.variants.invalidate_all();
+        }
+    }
+
     pub fn set_policy(&self, policy: Policy) {
         *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
     }
@@ -385,27 +444,32 @@ impl Cache {
     /// Serves an anonymous lookup from the cache, fetching the broad answer when needed.
     pub async fn lookup(&self, upstreams: &Upstreams, request: LookupRequest<'_>) -> Lookup {
         let key = Arc::new(Key::new(
-            request.headers,
+            request.client_headers,
             request.contact_key,
             &request.query.extensions,
             self.inner.share_across_credentials,
         ));
-        if self.is_uncacheable(&key) {
-            self.count_outcome(&CacheOutcome::Bypass);
-            return Lookup::Bypass;
-        }
+        let variant = VariantKey::new(request.query.lifecycle, request.raw_query);
         let policy = self.policy();
         let existing = self.inner.entries.get(&key).await;
         if let (Some(entry), false) = (&existing, request.no_cache) {
             let age = self.age(entry);
             match policy.freshness(age) {
-                Freshness::Fresh => return self.hit(entry, request.query, age, false).await,
+                Freshness::Fresh => {
+                    return self.hit(entry, request.query, variant, age, false).await
+                }
                 Freshness::Stale => {
                     self.refresh(upstreams, &key, &request, entry);
-                    return self.hit(entry, request.query, age, false).await;
+                    return self.hit(entry, request.query, variant, age, false).await;
                 }
                 Freshness::Expired => {}
             }
+        }
+        // Checked only without a usable entry: an answer too large to store also
+        // drops the entry it could not replace.
+        if self.is_uncacheable(&key) {
+            self.count_outcome(&CacheOutcome::Bypass);
+            return Lookup::Bypass;
         }
 
         let (receiver, leader) = self.join_or_start(upstreams, &key, &request);
@@ -428,6 +492,7 @@ impl Cache {
                         &fetch.entry,
                         Some(&fetch.services),
                         request.query,
+                        variant,
                         fetch.stored,
                     )
                     .await
@@ -444,7 +509,7 @@ impl Cache {
                 if let Some(entry) = existing.filter(|_| is_upstream_failure(error)) {
                     let age = self.age(&entry);
                     if policy.usable_if_error(age) {
-                        return self.hit(&entry, request.query, age, true).await;
+                        return self.hit(&entry, request.query, variant, age, true).await;
                     }
                 }
                 let outcome = CacheOutcome::Miss {
@@ -488,6 +553,7 @@ impl Cache {
         &self,
         entry: &Entry,
         query: &ServiceQuery,
+        variant: VariantKey<'_>,
         age: Duration,
         stale_if_error: bool,
     ) -> Lookup {
@@ -503,7 +569,7 @@ impl Cache {
         }
         self.count_outcome(&outcome);
         let result = self
-            .variant(entry, None, query, true)
+            .variant(entry, None, query, variant, true)
             .await
             .map(|body| Rendered {
                 body,
@@ -543,14 +609,15 @@ impl Cache {
         entry: &Entry,
         services: Option<&[Service]>,
         query: &ServiceQuery,
+        variant: VariantKey<'_>,
         memoise: bool,
     ) -> Result<Bytes, GatewayError> {
-        let variant: Arc<str> =
-            Arc::from(format!("{:?}?{}", query.lifecycle, query.upstream_query()));
-        let memo_key = (entry.id, variant);
+        let memo_key = (entry.id, variant.hash);
         if memoise {
-            if let Some(body) = self.inner.variants.get(&memo_key).await {
-                return Ok(body);
+            if let Some(memo) = self.inner.variants.get(&memo_key).await {
+                if memo.lifecycle == variant.lifecycle && *memo.raw_query == *variant.raw_query {
+                    return Ok(memo.body.clone());
+                }
             }
         }
         let services = match services {
@@ -559,7 +626,11 @@ impl Cache {
                 GatewayError::Internal(format!("a stored entry does not parse: {e}"))
             })?,
         };
-        let filtered = filter::filter_services(services, query, &self.inner.types);
+        let filtered = {
+            // Held for the synchronous filter only.
+            let types = self.inner.types.read().unwrap_or_else(|p| p.into_inner());
+            filter::filter_services(services, query, &types)
+        };
         if filtered.unparseable_timestamps > 0 {
             tracing::warn!(
                 count = filtered.unparseable_timestamps,
@@ -568,7 +639,12 @@ impl Cache {
         }
         let body = Bytes::from(filter::render(&filtered.services));
         if memoise {
-            self.inner.variants.insert(memo_key, body.clone()).await;
+            let memo = Variant {
+                lifecycle: variant.lifecycle,
+                raw_query: variant.raw_query.into(),
+                body: body.clone(),
+            };
+            self.inner.variants.insert(memo_key, Arc::new(memo)).await;
         }
         Ok(body)
     }
@@ -620,7 +696,7 @@ impl Cache {
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
         let broad = request.query.broad();
         let path_and_query = format!("{}?{}", request.key_path, broad.upstream_query());
-        let headers = request.headers.clone();
+        let headers = (request.forward_headers)();
         let this = self.clone();
         let upstreams = upstreams.clone();
         let key = key.clone();
