@@ -17,6 +17,12 @@ use csgate::store::{Store, StoreConfig};
 use csgate::Control;
 use csgate::Listeners;
 
+/// mimalloc instead of glibc malloc: the gateway allocates many small, short-lived
+/// objects per request (header maps, JSON values), and glibc's malloc/free took about
+/// a fifth of the CPU on the miss path (perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The config file read when `--config` is not given (if it exists).
 const DEFAULT_CONFIG: &str = "config/csgate.toml";
 

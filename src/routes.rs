@@ -68,9 +68,18 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayErr
         }
     };
     let trimmed = rest.strip_suffix('/').unwrap_or(rest);
-    let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
+    // No route has more than four segments; a fifth only makes the path a proxy path
+    // (every pattern below has an exact length), so five slots suffice and nothing is
+    // allocated.
+    let mut slots = [""; 5];
+    let mut count = 0;
+    for segment in trimmed.split('/').skip(1).take(slots.len()) {
+        slots[count] = segment;
+        count += 1;
+    }
+    let segments = &slots[..count];
 
-    let matched = match segments.as_slice() {
+    let matched = match segments {
         ["services", "anonymous", key] => Some(query(anonymous(key), Lifecycle::All)),
         ["services", "anonymous", key, "active"] => Some(query(anonymous(key), Lifecycle::Active)),
         ["services", "anonymous", key, "completed"] => {

@@ -115,12 +115,14 @@ impl CacheOutcome {
                 ttl,
                 stale_if_error,
             } => {
-                let detail = if *stale_if_error {
-                    "; detail=stale-if-error"
-                } else {
-                    ""
-                };
-                format!("csgate; hit; ttl={ttl}{detail}")
+                // The hot path: built without the formatting machinery.
+                let mut value = String::with_capacity(48);
+                value.push_str("csgate; hit; ttl=");
+                push_integer(&mut value, *ttl);
+                if *stale_if_error {
+                    value.push_str("; detail=stale-if-error");
+                }
+                value
             }
             CacheOutcome::Miss { stored, collapsed } => format!(
                 "csgate; fwd=uri-miss{}{}",
@@ -149,6 +151,25 @@ impl CacheOutcome {
             CacheOutcome::Bypass => "bypass",
         }
     }
+}
+
+/// Appends the decimal digits of `n`.
+fn push_integer(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut rest = n.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend(digits[..len].iter().rev().map(|d| char::from(*d)));
 }
 
 #[cfg(test)]
@@ -243,6 +264,27 @@ mod tests {
         for (outcome, header, label) in cases {
             assert_eq!(outcome.header(), header);
             assert_eq!(outcome.label(), label);
+        }
+    }
+
+    #[test]
+    fn integers_are_written_like_display() {
+        for n in [
+            0,
+            7,
+            -7,
+            10,
+            -10,
+            29,
+            300,
+            -300,
+            i64::MAX,
+            i64::MIN,
+            1_000_000_007,
+        ] {
+            let mut out = String::new();
+            push_integer(&mut out, n);
+            assert_eq!(out, n.to_string());
         }
     }
 
