@@ -3,13 +3,20 @@
 //! A write is classified from its method and path before it is forwarded; its 2xx
 //! answer then invalidates. A start names its contact key in the body (the pipeline
 //! reads it), every other write names a service id, found through the service-id index.
+//! Applying an invalidation (and the admin purges) lives here too.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::HeaderMap;
 use http::Method;
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-use super::key::Owner;
+use super::key::{Key, Owner};
+use super::lock;
 
 /// What a successful write invalidates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +83,91 @@ pub fn id_text(value: &Value) -> String {
 
 fn decode(segment: &str) -> String {
     percent_decode_str(segment).decode_utf8_lossy().into_owned()
+}
+
+impl super::Cache {
+    /// Applies a successful write. `started_service_id` is the id a start answered with.
+    pub async fn invalidate(&self, invalidation: &Invalidation, started_service_id: Option<&str>) {
+        let epoch = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = Instant::now();
+        let (keys, owners): (Vec<Arc<Key>>, Option<Vec<Owner>>) = {
+            let mut index = lock(&self.inner.index);
+            index.prune(self.inner.wait_bound * 2);
+            match invalidation {
+                Invalidation::ServiceStart { owner: None } => return,
+                Invalidation::ServiceStart { owner: Some(owner) } => {
+                    index.owner_written.insert(owner.clone(), (epoch, now));
+                    if let Some(id) = started_service_id {
+                        index.started.insert(id.to_owned(), owner.clone());
+                    }
+                    let keys = index
+                        .by_owner
+                        .get(owner)
+                        .map(|keys| keys.keys().cloned().collect())
+                        .unwrap_or_default();
+                    (keys, Some(vec![owner.clone()]))
+                }
+                Invalidation::Service { service_id } => {
+                    index
+                        .service_written
+                        .insert(service_id.clone(), (epoch, now));
+                    let keys: Vec<Arc<Key>> = index
+                        .by_service
+                        .get(service_id)
+                        .map(|keys| keys.keys().cloned().collect())
+                        .unwrap_or_default();
+                    let mut owners: Vec<Owner> = keys.iter().map(|k| k.owner.clone()).collect();
+                    owners.extend(index.started.get(service_id).cloned());
+                    owners.sort_by(|a, b| a.contact_key.cmp(&b.contact_key));
+                    owners.dedup();
+                    for owner in &owners {
+                        index.owner_written.insert(owner.clone(), (epoch, now));
+                    }
+                    // Unknown owner: any in-flight fetch might hold the service.
+                    (keys, (!owners.is_empty()).then_some(owners))
+                }
+                Invalidation::Everything => {
+                    index.all_written = epoch;
+                    (Vec::new(), None)
+                }
+            }
+        };
+        {
+            let mut inflight = lock(&self.inner.inflight);
+            match &owners {
+                Some(owners) => inflight.retain(|key, _| !owners.contains(&key.owner)),
+                None => inflight.clear(),
+            }
+        }
+        if matches!(invalidation, Invalidation::Everything) {
+            self.inner.entries.invalidate_all();
+            self.inner.variants.invalidate_all();
+            return;
+        }
+        for key in keys {
+            self.inner.entries.invalidate(&key).await;
+        }
+    }
+
+    /// Admin: drops everything.
+    pub async fn purge_all(&self) {
+        self.invalidate(&Invalidation::Everything, None).await;
+        self.inner.uncacheable.invalidate_all();
+        self.inner.entries.run_pending_tasks().await;
+    }
+
+    /// Admin: drops one contact key's entries in the tenant named by `headers`.
+    /// Returns how many entries were dropped.
+    pub async fn purge_contact(&self, headers: &HeaderMap, contact_key: &str) -> usize {
+        let owner = Owner::from_headers(headers, contact_key);
+        let count = lock(&self.inner.index)
+            .by_owner
+            .get(&owner)
+            .map_or(0, HashMap::len);
+        self.invalidate(&Invalidation::ServiceStart { owner: Some(owner) }, None)
+            .await;
+        count
+    }
 }
 
 #[cfg(test)]

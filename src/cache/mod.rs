@@ -21,13 +21,20 @@
 //! only, never across an `.await` and never while calling into moka (whose eviction
 //! listener takes `index`).
 
+mod fetch;
 mod freshness;
+mod index;
 mod invalidate;
 mod key;
+mod stats;
 
 pub use freshness::{CacheOutcome, Clock, Freshness, ManualClock, Policy, SystemClock};
 pub use invalidate::{id_text, Invalidation};
 pub use key::{Key, Owner};
+
+use fetch::Shared;
+use index::Index;
+use stats::{Stats, Waiting};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,8 +42,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, CACHE_CONTROL, SET_COOKIE};
-use http::Method;
+use http::header::{HeaderMap, CACHE_CONTROL};
 use moka::notification::RemovalCause;
 use tokio::sync::watch;
 
@@ -157,17 +163,6 @@ struct Variant {
     body: Bytes,
 }
 
-type Shared = Arc<Result<Fetch, LookupError>>;
-
-#[derive(Debug)]
-struct Fetch {
-    entry: Arc<Entry>,
-    services: Vec<Service>,
-    stored: bool,
-    target: Arc<str>,
-    elapsed: Duration,
-}
-
 /// The cache. Cheap to clone.
 #[derive(Clone)]
 pub struct Cache {
@@ -200,120 +195,6 @@ struct Inner {
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     stats: Arc<Stats>,
-}
-
-/// Service-id and owner indexes over stored entries, and the write epochs.
-#[derive(Default)]
-struct Index {
-    by_service: HashMap<String, HashMap<Arc<Key>, u64>>,
-    by_owner: HashMap<Owner, HashMap<Arc<Key>, u64>>,
-    /// Service id → owner, from start answers: a write to a service whose owner has no
-    /// stored entry yet still detaches that owner's in-flight fetches.
-    started: HashMap<String, Owner>,
-    owner_written: HashMap<Owner, (u64, Instant)>,
-    service_written: HashMap<String, (u64, Instant)>,
-    all_written: u64,
-}
-
-impl Index {
-    fn add(&mut self, key: &Arc<Key>, entry: &Entry) {
-        for id in &entry.service_ids {
-            self.by_service
-                .entry(id.clone())
-                .or_default()
-                .insert(key.clone(), entry.id);
-        }
-        self.by_owner
-            .entry(key.owner.clone())
-            .or_default()
-            .insert(key.clone(), entry.id);
-    }
-
-    fn remove(&mut self, key: &Arc<Key>, entry: &Entry) {
-        for id in &entry.service_ids {
-            if let Some(keys) = self.by_service.get_mut(id) {
-                if keys.get(key) == Some(&entry.id) {
-                    keys.remove(key);
-                }
-                if keys.is_empty() {
-                    self.by_service.remove(id);
-                }
-            }
-        }
-        if let Some(keys) = self.by_owner.get_mut(&key.owner) {
-            if keys.get(key) == Some(&entry.id) {
-                keys.remove(key);
-            }
-            if keys.is_empty() {
-                self.by_owner.remove(&key.owner);
-            }
-        }
-    }
-
-    /// Was the owner, or any of the services, written after `epoch`?
-    fn written_since(&self, owner: &Owner, service_ids: &[String], epoch: u64) -> bool {
-        self.all_written > epoch
-            || self
-                .owner_written
-                .get(owner)
-                .is_some_and(|(e, _)| *e > epoch)
-            || service_ids.iter().any(|id| {
-                self.service_written
-                    .get(id)
-                    .is_some_and(|(e, _)| *e > epoch)
-            })
-    }
-
-    /// Forgets write marks older than any fetch can be.
-    fn prune(&mut self, older_than: Duration) {
-        const LIMIT: usize = 4096;
-        let now = Instant::now();
-        if self.owner_written.len() > LIMIT {
-            self.owner_written
-                .retain(|_, (_, at)| now.duration_since(*at) < older_than);
-        }
-        if self.service_written.len() > LIMIT {
-            self.service_written
-                .retain(|_, (_, at)| now.duration_since(*at) < older_than);
-        }
-        if self.started.len() > 100_000 {
-            self.started.clear();
-        }
-    }
-}
-
-/// Counters behind `GET /cache/stats`.
-#[derive(Default)]
-struct Stats {
-    hits: AtomicU64,
-    stale: AtomicU64,
-    stale_if_error: AtomicU64,
-    misses: AtomicU64,
-    coalesced: AtomicU64,
-    bypass: AtomicU64,
-    evicted_size: AtomicU64,
-    evicted_expired: AtomicU64,
-    evicted_explicit: AtomicU64,
-    evicted_replaced: AtomicU64,
-    /// Requests waiting on a fetch right now (a gauge, not a counter).
-    waiting: AtomicU64,
-}
-
-/// Counts one request in `Stats::waiting` while it waits; a request future dropped
-/// mid-wait (client gone) cannot leak the count.
-struct Waiting<'a>(&'a AtomicU64);
-
-impl<'a> Waiting<'a> {
-    fn enter(gauge: &'a AtomicU64) -> Waiting<'a> {
-        gauge.fetch_add(1, Ordering::Relaxed);
-        Waiting(gauge)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -648,297 +529,6 @@ impl Cache {
         }
         Ok(body)
     }
-
-    /// Starts the one background refresh of a stale entry.
-    ///
-    /// The single-flight map alone does not make it one: a stale hit that read the
-    /// entry just before the refresh stored its successor, and reaches the map just
-    /// after the refresh left it, would start a second. So the first stale hit of an
-    /// entry claims its refresh; the claim is given back only if the refresh fails.
-    fn refresh(
-        &self,
-        upstreams: &Upstreams,
-        key: &Arc<Key>,
-        request: &LookupRequest<'_>,
-        entry: &Arc<Entry>,
-    ) {
-        if entry.refreshing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let (mut receiver, _) = self.join_or_start(upstreams, key, request);
-        let entry = entry.clone();
-        tokio::spawn(async move {
-            let succeeded = receiver
-                .wait_for(Option::is_some)
-                .await
-                .is_ok_and(|done| done.as_ref().is_some_and(|result| result.is_ok()));
-            if !succeeded {
-                entry.refreshing.store(false, Ordering::Release);
-            }
-        });
-    }
-
-    /// Joins the in-flight fetch for `key`, or starts one as its own task.
-    fn join_or_start(
-        &self,
-        upstreams: &Upstreams,
-        key: &Arc<Key>,
-        request: &LookupRequest<'_>,
-    ) -> (watch::Receiver<Option<Shared>>, bool) {
-        let mut inflight = lock(&self.inner.inflight);
-        if let Some(receiver) = inflight.get(key) {
-            return (receiver.clone(), false);
-        }
-        let (sender, receiver) = watch::channel(None);
-        inflight.insert(key.clone(), receiver.clone());
-        drop(inflight);
-
-        let epoch = self.inner.epoch.load(Ordering::SeqCst);
-        let broad = request.query.broad();
-        let path_and_query = format!("{}?{}", request.key_path, broad.upstream_query());
-        let headers = (request.forward_headers)();
-        let this = self.clone();
-        let upstreams = upstreams.clone();
-        let key = key.clone();
-        let mine = receiver.clone();
-        tokio::spawn(async move {
-            let result = this
-                .fetch_and_store(&upstreams, &key, &headers, &path_and_query, epoch)
-                .await;
-            let _ = sender.send(Some(Arc::new(result)));
-            let mut inflight = lock(&this.inner.inflight);
-            if inflight.get(&key).is_some_and(|r| r.same_channel(&mine)) {
-                inflight.remove(&key);
-            }
-        });
-        (receiver, true)
-    }
-
-    async fn wait(&self, mut receiver: watch::Receiver<Option<Shared>>) -> Shared {
-        let _waiting = Waiting::enter(&self.inner.stats.waiting);
-        let waited = tokio::time::timeout(
-            self.inner.wait_bound,
-            receiver.wait_for(|value| value.is_some()),
-        )
-        .await;
-        match waited {
-            Ok(Ok(value)) => value.clone().expect("wait_for returned a set value"),
-            Ok(Err(_)) => Arc::new(Err(LookupError::Gateway(GatewayError::Internal(
-                "cache fetch task ended without an answer".into(),
-            )))),
-            Err(_) => Arc::new(Err(LookupError::Gateway(GatewayError::UpstreamTimeout))),
-        }
-    }
-
-    async fn fetch_and_store(
-        &self,
-        upstreams: &Upstreams,
-        key: &Arc<Key>,
-        headers: &HeaderMap,
-        path_and_query: &str,
-        epoch: u64,
-    ) -> Result<Fetch, LookupError> {
-        let fetched = upstreams
-            .fetch(Method::GET, path_and_query, headers)
-            .await
-            .map_err(|e| LookupError::Gateway(e.into()))?;
-        if !fetched.status.is_success() {
-            return Err(LookupError::Upstream(Box::new(fetched)));
-        }
-        let services = filter::parse_services(&fetched.body).map_err(|e| {
-            LookupError::Gateway(GatewayError::UpstreamInvalidResponse(e.to_string()))
-        })?;
-        let entry = Arc::new(Entry {
-            id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            // A copy: `fetched.body` is a slice of hyper's connection read buffer, and
-            // keeping it would pin that whole buffer (8 KiB or more) per entry.
-            body: Bytes::copy_from_slice(&fetched.body),
-            fetched_at: self.inner.clock.now(),
-            service_ids: services
-                .iter()
-                .filter_map(|s| s.get("service_id"))
-                .map(id_text)
-                .collect(),
-            refreshing: AtomicBool::new(false),
-        });
-        let too_large = entry.body.len() > self.inner.max_entry_bytes
-            || entry_weight(key, &entry) > self.inner.entry_budget;
-        if too_large {
-            let until = self.inner.clock.now() + self.inner.uncacheable_for;
-            self.inner.uncacheable.insert(key.clone(), until);
-        }
-        let cacheable = !too_large && storable(&fetched.headers);
-        if !cacheable {
-            // Whatever the key held is older than the answer being served now; left in
-            // place it would be served as fresh to the next client.
-            self.inner.entries.invalidate(key).await;
-        }
-        let mut stored = cacheable;
-        if stored {
-            let mut index = lock(&self.inner.index);
-            stored = !index.written_since(&key.owner, &entry.service_ids, epoch);
-            if stored {
-                index.add(key, &entry);
-            }
-        }
-        if stored {
-            self.inner.entries.insert(key.clone(), entry.clone()).await;
-            // An invalidation may have run between the check and the insert.
-            let raced =
-                lock(&self.inner.index).written_since(&key.owner, &entry.service_ids, epoch);
-            if raced {
-                self.inner.entries.invalidate(key).await;
-                stored = false;
-            }
-        }
-        Ok(Fetch {
-            entry,
-            services,
-            stored,
-            target: fetched.target,
-            elapsed: fetched.elapsed,
-        })
-    }
-
-    /// Applies a successful write. `started_service_id` is the id a start answered with.
-    pub async fn invalidate(&self, invalidation: &Invalidation, started_service_id: Option<&str>) {
-        let epoch = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        let now = Instant::now();
-        let (keys, owners): (Vec<Arc<Key>>, Option<Vec<Owner>>) = {
-            let mut index = lock(&self.inner.index);
-            index.prune(self.inner.wait_bound * 2);
-            match invalidation {
-                Invalidation::ServiceStart { owner: None } => return,
-                Invalidation::ServiceStart { owner: Some(owner) } => {
-                    index.owner_written.insert(owner.clone(), (epoch, now));
-                    if let Some(id) = started_service_id {
-                        index.started.insert(id.to_owned(), owner.clone());
-                    }
-                    let keys = index
-                        .by_owner
-                        .get(owner)
-                        .map(|keys| keys.keys().cloned().collect())
-                        .unwrap_or_default();
-                    (keys, Some(vec![owner.clone()]))
-                }
-                Invalidation::Service { service_id } => {
-                    index
-                        .service_written
-                        .insert(service_id.clone(), (epoch, now));
-                    let keys: Vec<Arc<Key>> = index
-                        .by_service
-                        .get(service_id)
-                        .map(|keys| keys.keys().cloned().collect())
-                        .unwrap_or_default();
-                    let mut owners: Vec<Owner> = keys.iter().map(|k| k.owner.clone()).collect();
-                    owners.extend(index.started.get(service_id).cloned());
-                    owners.sort_by(|a, b| a.contact_key.cmp(&b.contact_key));
-                    owners.dedup();
-                    for owner in &owners {
-                        index.owner_written.insert(owner.clone(), (epoch, now));
-                    }
-                    // Unknown owner: any in-flight fetch might hold the service.
-                    (keys, (!owners.is_empty()).then_some(owners))
-                }
-                Invalidation::Everything => {
-                    index.all_written = epoch;
-                    (Vec::new(), None)
-                }
-            }
-        };
-        {
-            let mut inflight = lock(&self.inner.inflight);
-            match &owners {
-                Some(owners) => inflight.retain(|key, _| !owners.contains(&key.owner)),
-                None => inflight.clear(),
-            }
-        }
-        if matches!(invalidation, Invalidation::Everything) {
-            self.inner.entries.invalidate_all();
-            self.inner.variants.invalidate_all();
-            return;
-        }
-        for key in keys {
-            self.inner.entries.invalidate(&key).await;
-        }
-    }
-
-    /// Admin: drops everything.
-    pub async fn purge_all(&self) {
-        self.invalidate(&Invalidation::Everything, None).await;
-        self.inner.uncacheable.invalidate_all();
-        self.inner.entries.run_pending_tasks().await;
-    }
-
-    /// Admin: drops one contact key's entries in the tenant named by `headers`.
-    /// Returns how many entries were dropped.
-    pub async fn purge_contact(&self, headers: &HeaderMap, contact_key: &str) -> usize {
-        let owner = Owner::from_headers(headers, contact_key);
-        let count = lock(&self.inner.index)
-            .by_owner
-            .get(&owner)
-            .map_or(0, HashMap::len);
-        self.invalidate(&Invalidation::ServiceStart { owner: Some(owner) }, None)
-            .await;
-        count
-    }
-
-    /// Admin and metrics: entry count and weighted bytes (answers plus variants),
-    /// after moka's pending housekeeping.
-    pub async fn size(&self) -> (u64, u64) {
-        self.inner.entries.run_pending_tasks().await;
-        self.inner.variants.run_pending_tasks().await;
-        let entries = self.inner.entries.entry_count();
-        let bytes = self.inner.entries.weighted_size() + self.inner.variants.weighted_size();
-        self.inner.metrics.set_cache_size(entries, bytes);
-        (entries, bytes)
-    }
-
-    /// `GET /cache/stats`.
-    pub async fn stats(&self) -> serde_json::Value {
-        let (entries, bytes) = self.size().await;
-        let s = &self.inner.stats;
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "entries": entries,
-            "bytes": bytes,
-            "variants": self.inner.variants.entry_count(),
-            "hits": get(&s.hits),
-            "stale": get(&s.stale),
-            "stale_if_error": get(&s.stale_if_error),
-            "misses": get(&s.misses),
-            "coalesced": get(&s.coalesced),
-            "bypass": get(&s.bypass),
-            "waiting": get(&s.waiting),
-            "evictions": {
-                "size": get(&s.evicted_size),
-                "expired": get(&s.evicted_expired),
-                "explicit": get(&s.evicted_explicit),
-                "replaced": get(&s.evicted_replaced),
-            },
-        })
-    }
-}
-
-/// May this upstream answer be stored? Not with `Cache-Control: no-store`/`private`,
-/// nor with `Set-Cookie`.
-fn storable(headers: &HeaderMap) -> bool {
-    if headers.contains_key(SET_COOKIE) {
-        return false;
-    }
-    !headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|d| {
-            d.trim()
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase()
-        })
-        .any(|d| d == "no-store" || d == "private")
 }
 
 /// Failures a stale entry may stand in for: connect errors, timeouts, 5xx.
@@ -983,25 +573,6 @@ pub fn request_directives(headers: &HeaderMap) -> (bool, bool) {
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    #[test]
-    fn upstream_answers_that_must_not_be_stored() {
-        let cases: [(&[(&str, &str)], bool); 6] = [
-            (&[], true),
-            (&[("cache-control", "max-age=10")], true),
-            (&[("cache-control", "no-store")], false),
-            (&[("cache-control", "max-age=0, Private")], false),
-            (&[("cache-control", "private=\"x\"")], false),
-            (&[("set-cookie", "a=b")], false),
-        ];
-        for (pairs, expected) in cases {
-            let mut h = HeaderMap::new();
-            for (n, v) in pairs {
-                h.append(*n, HeaderValue::from_str(v).expect("valid"));
-            }
-            assert_eq!(storable(&h), expected, "{pairs:?}");
-        }
-    }
 
     #[test]
     fn request_directives_are_read() {
