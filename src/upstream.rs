@@ -229,50 +229,30 @@ impl Upstreams {
         path_and_query: &str,
         headers: &HeaderMap,
     ) -> Result<Fetched, UpstreamError> {
-        let started = Instant::now();
-        let deadline = started + self.inner.config.deadline;
         let max = self.inner.config.max_response_bytes;
-        self.inner.budget.deposit();
-        let mut tried: Vec<usize> = Vec::new();
-        loop {
-            let index = self.pick(&tried).ok_or(UpstreamError::NoHealthy)?;
-            tried.push(index);
-            let target = &self.inner.targets[index];
-            let request = self.build(target, &method, path_and_query, headers, empty());
-            let attempt_started = Instant::now();
-            let budget = self
-                .inner
-                .config
-                .request_timeout
-                .min(deadline.saturating_duration_since(attempt_started));
-            let attempt = async {
-                let response = self.inner.client.request(request).await?;
+        let client = &self.inner.client;
+        let ((parts, body), target, elapsed) = self
+            .retried(&method, path_and_query, headers, |request| async move {
+                let response = client
+                    .request(request)
+                    .await
+                    .map_err(|e| classify(&e, max))?;
                 let (parts, body) = response.into_parts();
-                let bytes = Limited::new(body, max).collect().await?.to_bytes();
-                Ok::<_, BoxedError>((parts, bytes))
-            };
-            let result = match tokio::time::timeout(budget, attempt).await {
-                Err(_) => Err(UpstreamError::Timeout),
-                Ok(Err(error)) => Err(classify(error.as_ref(), max)),
-                Ok(Ok(ok)) => Ok(ok),
-            };
-            let outcome = match &result {
-                Ok((parts, _)) if is_retryable_status(parts.status) => Outcome::BadStatus,
-                Ok(_) => Outcome::Success,
-                Err(e) => outcome_of(e),
-            };
-            self.record(index, outcome, attempt_started.elapsed());
-            if self.retry(outcome, &tried, deadline) {
-                continue;
-            }
-            return result.map(|(parts, body)| Fetched {
-                status: parts.status,
-                headers: parts.headers,
-                body,
-                target: target.label.clone(),
-                elapsed: started.elapsed(),
-            });
-        }
+                let bytes = Limited::new(body, max)
+                    .collect()
+                    .await
+                    .map_err(|e| classify(e.as_ref(), max))?
+                    .to_bytes();
+                Ok((parts.status, (parts, bytes)))
+            })
+            .await?;
+        Ok(Fetched {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            target,
+            elapsed,
+        })
     }
 
     /// A bodiless GET/HEAD with the answer streamed back, retried like [`Self::fetch`]
@@ -284,6 +264,36 @@ impl Upstreams {
         path_and_query: &str,
         headers: &HeaderMap,
     ) -> Result<Streamed, UpstreamError> {
+        let client = &self.inner.client;
+        let (response, target, elapsed) = self
+            .retried(&method, path_and_query, headers, |request| async move {
+                let response = client.request(request).await.map_err(|e| classify(&e, 0))?;
+                Ok((response.status(), response))
+            })
+            .await?;
+        Ok(Streamed {
+            response,
+            target,
+            elapsed,
+        })
+    }
+
+    /// Sends a bodiless request to successive healthy targets until an attempt is not
+    /// worth retrying (see `retry`). `attempt` sends one request and reads as much of the
+    /// answer as the caller needs; it gets `request_timeout`, capped by what is left of
+    /// the overall deadline. Returns the value, the target that gave it, and the time
+    /// spent over all attempts.
+    async fn retried<T, F, Fut>(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        attempt: F,
+    ) -> Result<(T, Arc<str>, Duration), UpstreamError>
+    where
+        F: Fn(Request<Body>) -> Fut,
+        Fut: std::future::Future<Output = Result<(StatusCode, T), UpstreamError>>,
+    {
         let started = Instant::now();
         let deadline = started + self.inner.config.deadline;
         self.inner.budget.deposit();
@@ -292,21 +302,19 @@ impl Upstreams {
             let index = self.pick(&tried).ok_or(UpstreamError::NoHealthy)?;
             tried.push(index);
             let target = &self.inner.targets[index];
-            let request = self.build(target, &method, path_and_query, headers, empty());
+            let request = self.build(target, method, path_and_query, headers, empty());
             let attempt_started = Instant::now();
             let budget = self
                 .inner
                 .config
                 .request_timeout
                 .min(deadline.saturating_duration_since(attempt_started));
-            let result =
-                match tokio::time::timeout(budget, self.inner.client.request(request)).await {
-                    Err(_) => Err(UpstreamError::Timeout),
-                    Ok(Err(error)) => Err(classify(&error, 0)),
-                    Ok(Ok(response)) => Ok(response),
-                };
+            let result = match tokio::time::timeout(budget, attempt(request)).await {
+                Err(_) => Err(UpstreamError::Timeout),
+                Ok(result) => result,
+            };
             let outcome = match &result {
-                Ok(r) if is_retryable_status(r.status()) => Outcome::BadStatus,
+                Ok((status, _)) if is_retryable_status(*status) => Outcome::BadStatus,
                 Ok(_) => Outcome::Success,
                 Err(e) => outcome_of(e),
             };
@@ -314,11 +322,7 @@ impl Upstreams {
             if self.retry(outcome, &tried, deadline) {
                 continue;
             }
-            return result.map(|response| Streamed {
-                response,
-                target: target.label.clone(),
-                elapsed: started.elapsed(),
-            });
+            return result.map(|(_, value)| (value, target.label.clone(), started.elapsed()));
         }
     }
 
@@ -421,8 +425,6 @@ impl Upstreams {
         self.inner.epoch.elapsed().as_millis() as u64
     }
 }
-
-type BoxedError = Box<dyn std::error::Error + Send + Sync>;
 
 fn is_retryable_status(status: StatusCode) -> bool {
     matches!(
