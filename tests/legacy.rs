@@ -13,6 +13,7 @@ use http::Method;
 use serde_json::{json, Value};
 
 use common::*;
+use csgate::query::SERVICE_FIELDS;
 use csgate::store::{Store, StoreConfig};
 
 async fn start_store(dir: &std::path::Path, legacy: bool) -> String {
@@ -173,24 +174,6 @@ const QUERIES: [(&str, &[&str]); 16] = [
     ("/services/anonymous/408-832-7799?extensions=*", &["*"]),
     ("/customers/ABC1234/services?active_states=true&extensions=score", &["score"]),
     ("/customers/ABC1234/services/completed", &[]),
-];
-
-/// Top-level Service fields; every other top-level key is attached data.
-const SERVICE_FIELDS: [&str; 14] = [
-    "service_id",
-    "service_type",
-    "customer_id",
-    "contact_key",
-    "est_duration",
-    "duration",
-    "started",
-    "completed",
-    "disposition",
-    "disposition_desc",
-    "active_states",
-    "completed_states",
-    "active_tasks",
-    "completed_tasks",
 ];
 
 /// A legacy backend returns attached data nobody named, and the contract passes

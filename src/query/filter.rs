@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::{date, Include, Lifecycle, ServiceQuery, ServiceType, TypeMap, Window};
+use super::{date, json_kind, Include, Lifecycle, ServiceQuery, ServiceType, TypeMap, Window};
 
 /// The upstream body was not a JSON array of objects (or not a JSON object, for `parse_service`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,13 +29,13 @@ pub fn parse_services(body: &[u8]) -> Result<Vec<Service>, InvalidBody> {
                 Value::Object(service) => Ok(service),
                 other => Err(InvalidBody(format!(
                     "element {i} of the service array is {}, not an object",
-                    kind(&other)
+                    json_kind(&other)
                 ))),
             })
             .collect(),
         other => Err(InvalidBody(format!(
             "expected a JSON array of services, got {}",
-            kind(&other)
+            json_kind(&other)
         ))),
     }
 }
@@ -46,7 +46,7 @@ pub fn parse_service(body: &[u8]) -> Result<Service, InvalidBody> {
         Value::Object(service) => Ok(service),
         other => Err(InvalidBody(format!(
             "expected a JSON service object, got {}",
-            kind(&other)
+            json_kind(&other)
         ))),
     }
 }
@@ -54,17 +54,6 @@ pub fn parse_service(body: &[u8]) -> Result<Service, InvalidBody> {
 fn parse_json(body: &[u8]) -> Result<Value, InvalidBody> {
     // serde_json's syntax errors name a position, never the input, so no body leaks into logs.
     serde_json::from_slice(body).map_err(|e| InvalidBody(format!("not JSON: {e}")))
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// What the filter kept, plus data problems found upstream (for one log line by the caller).

@@ -15,6 +15,37 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+/// The top-level fields of a Service. Every other top-level key is attached data
+/// (an extension), so none of these can be an extension filter or an extension name.
+pub const SERVICE_FIELDS: [&str; 14] = [
+    "service_id",
+    "service_type",
+    "customer_id",
+    "contact_key",
+    "started",
+    "completed",
+    "est_duration",
+    "duration",
+    "disposition",
+    "disposition_desc",
+    "active_states",
+    "completed_states",
+    "active_tasks",
+    "completed_tasks",
+];
+
+/// A JSON value's kind, as an error message names it ("an object", "a number").
+pub fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Which services a Query Services route selects by lifecycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Lifecycle {

@@ -48,22 +48,7 @@ const EXTENSIONS: &str = "extensions";
 
 /// Top-level Service fields: filtering on them is not an attached-data filter. The four
 /// include flags are parsed as flags before this list is consulted.
-const RESERVED_FIELDS: [&str; 14] = [
-    "service_id",
-    "service_type",
-    "customer_id",
-    "contact_key",
-    "started",
-    "completed",
-    "est_duration",
-    "duration",
-    "disposition",
-    "disposition_desc",
-    "active_states",
-    "completed_states",
-    "active_tasks",
-    "completed_tasks",
-];
+const RESERVED_FIELDS: [&str; 14] = super::SERVICE_FIELDS;
 
 /// Why a parameter was refused. Display is the whole client-facing message: it names the
 /// parameter and quotes the bad value, e.g.

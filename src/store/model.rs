@@ -6,7 +6,7 @@
 use rusqlite::Row;
 use serde_json::{Map, Value};
 
-use super::body::{Object, RESERVED};
+use super::body::{is_reserved, Object};
 use super::error::StoreError;
 use crate::query::{Extensions, Include};
 
@@ -300,9 +300,10 @@ fn render_all<'a>(
 pub fn keep_extensions(service: &mut Object, which: &Extensions) {
     match which {
         Extensions::All => {}
-        Extensions::None => service.retain(|key, _| RESERVED.contains(&key.as_str())),
-        Extensions::Names(names) => service
-            .retain(|key, _| RESERVED.contains(&key.as_str()) || names.iter().any(|n| n == key)),
+        Extensions::None => service.retain(|key, _| is_reserved(key)),
+        Extensions::Names(names) => {
+            service.retain(|key, _| is_reserved(key) || names.iter().any(|n| n == key))
+        }
     }
 }
 

@@ -64,6 +64,34 @@ impl Gate {
         self.released
             .send_replace(self.arrived.load(Ordering::SeqCst));
     }
+
+    /// Plays a scripted reply; `ticket` is the request's place at the gate.
+    fn play(&self, reply: Reply, ticket: usize) -> Played<'_> {
+        Box::pin(async move {
+            match reply {
+                Reply::Full(status, headers, body) => {
+                    let mut response = Response::new(Full::new(body));
+                    *response.status_mut() = StatusCode::from_u16(status).expect("status");
+                    for (name, value) in headers {
+                        response.headers_mut().append(
+                            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                            HeaderValue::from_str(&value).expect("value"),
+                        );
+                    }
+                    Ok(response)
+                }
+                Reply::Delay(delay, then) => {
+                    tokio::time::sleep(delay).await;
+                    self.play(*then, ticket).await
+                }
+                Reply::Gate(then) => {
+                    self.pass(ticket).await;
+                    self.play(*then, ticket).await
+                }
+                Reply::Hangup => Err(std::io::Error::other("hang up")),
+            }
+        })
+    }
 }
 
 /// A scripted reply.
@@ -184,30 +212,7 @@ impl FakeUpstream {
     }
 
     fn play(&self, reply: Reply, ticket: usize) -> Played<'_> {
-        Box::pin(async move {
-            match reply {
-                Reply::Full(status, headers, body) => {
-                    let mut response = Response::new(Full::new(body));
-                    *response.status_mut() = StatusCode::from_u16(status).expect("status");
-                    for (name, value) in headers {
-                        response.headers_mut().append(
-                            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                            HeaderValue::from_str(&value).expect("value"),
-                        );
-                    }
-                    Ok(response)
-                }
-                Reply::Delay(delay, then) => {
-                    tokio::time::sleep(delay).await;
-                    self.play(*then, ticket).await
-                }
-                Reply::Gate(then) => {
-                    self.gate.pass(ticket).await;
-                    self.play(*then, ticket).await
-                }
-                Reply::Hangup => Err(std::io::Error::other("hang up")),
-            }
-        })
+        self.gate.play(reply, ticket)
     }
 
     /// Replies for the next requests, in order; then the default again.
@@ -562,30 +567,7 @@ impl FnUpstream {
     }
 
     fn play(&self, reply: Reply, ticket: usize) -> Played<'_> {
-        Box::pin(async move {
-            match reply {
-                Reply::Full(status, headers, body) => {
-                    let mut response = Response::new(Full::new(body));
-                    *response.status_mut() = StatusCode::from_u16(status).expect("status");
-                    for (name, value) in headers {
-                        response.headers_mut().append(
-                            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                            HeaderValue::from_str(&value).expect("value"),
-                        );
-                    }
-                    Ok(response)
-                }
-                Reply::Delay(delay, then) => {
-                    tokio::time::sleep(delay).await;
-                    self.play(*then, ticket).await
-                }
-                Reply::Gate(then) => {
-                    self.gate.pass(ticket).await;
-                    self.play(*then, ticket).await
-                }
-                Reply::Hangup => Err(std::io::Error::other("hang up")),
-            }
-        })
+        self.gate.play(reply, ticket)
     }
 
     /// Replaces the responder for the following requests.

@@ -4,8 +4,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::{Attributes, Event, Expiry, Object, Outcome, RESERVED};
+use super::{is_reserved, Attributes, Event, Expiry, Object, Outcome};
 use crate::query::date;
+use crate::query::json_kind;
 use crate::store::error::ApiError;
 
 /// The keys of one body object, consumed field by field; what remains is attached data.
@@ -32,7 +33,7 @@ impl<'a> Fields<'a> {
                 };
                 Err(ApiError::invalid(
                     field,
-                    format!("must be a JSON object, not {}", kind(&other)),
+                    format!("must be a JSON object, not {}", json_kind(&other)),
                 ))
             }
         }
@@ -45,7 +46,7 @@ impl<'a> Fields<'a> {
     pub(super) fn wrong_type(&self, field: &str, expected: &str, got: &Value) -> ApiError {
         ApiError::invalid(
             self.name(field),
-            format!("must be {expected}, not {}", kind(got)),
+            format!("must be {expected}, not {}", json_kind(got)),
         )
     }
 
@@ -208,7 +209,7 @@ impl<'a> Fields<'a> {
 
     /// What is left: attached data.
     pub(super) fn extensions(self) -> Result<Object, ApiError> {
-        if let Some(name) = self.map.keys().find(|k| RESERVED.contains(&k.as_str())) {
+        if let Some(name) = self.map.keys().find(|k| is_reserved(k)) {
             return Err(ApiError::invalid(
                 format!("{}{name}", self.prefix),
                 "cannot be set in this request",
@@ -218,16 +219,5 @@ impl<'a> Fields<'a> {
             return Err(ApiError::invalid("", "an extension name cannot be empty"));
         }
         Ok(self.map)
-    }
-}
-
-pub(super) fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }

@@ -14,32 +14,18 @@ mod fields;
 mod tests;
 
 use super::error::ApiError;
-use crate::query::TypeMap;
+use crate::query::{TypeMap, SERVICE_FIELDS};
 use fields::Fields;
 
 pub type Object = Map<String, Value>;
 
+/// The fields of rendered states and tasks beyond a Service's own.
+const ITEM_FIELDS: [&str; 4] = ["state_id", "task_id", "state_type", "task_type"];
+
 /// Names a client cannot use for attached data: the fields of rendered objects.
-pub const RESERVED: &[&str] = &[
-    "service_id",
-    "state_id",
-    "task_id",
-    "service_type",
-    "state_type",
-    "task_type",
-    "customer_id",
-    "contact_key",
-    "est_duration",
-    "duration",
-    "started",
-    "completed",
-    "disposition",
-    "disposition_desc",
-    "active_states",
-    "completed_states",
-    "active_tasks",
-    "completed_tasks",
-];
+pub fn is_reserved(name: &str) -> bool {
+    SERVICE_FIELDS.contains(&name) || ITEM_FIELDS.contains(&name)
+}
 
 /// Resolves business-attribute maps by attribute name; `None` when none is configured.
 pub trait Attributes {
@@ -276,7 +262,7 @@ pub fn extension_name(name: &str) -> Result<(), ApiError> {
             "an extension name cannot be empty",
         ));
     }
-    if RESERVED.contains(&name) {
+    if is_reserved(name) {
         return Err(ApiError::invalid(
             name,
             "is a documented field, not an extension",
