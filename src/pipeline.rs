@@ -283,6 +283,10 @@ impl Gateway {
             }
         }
 
+        if matches!(owner, Owner::Anonymous { .. }) && self.inner.cache.is_none() {
+            // The contract puts Cache-Status on every anonymous answer.
+            exchange.cache = Some(CacheOutcome::Bypass);
+        }
         let path_and_query = with_query(&path, &query.upstream_query());
         let fetched = self
             .forward(&path_and_query, &forward_headers(), exchange)

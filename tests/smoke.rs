@@ -57,3 +57,21 @@ async fn every_number_keeps_its_text_and_a_client_cannot_claim_https() {
         Some(&b"http"[..])
     );
 }
+
+#[tokio::test]
+async fn anonymous_answers_say_bypass_when_the_cache_is_disabled() {
+    let upstream = FakeUpstream::start(Reply::json(200, "[]")).await;
+    let gw = start_gateway("[cache]\nenabled = false\n", &[upstream.url()]).await;
+    let anonymous = get(&gw.url("/genesys/1/cs/services/anonymous/k1/active")).await;
+    assert_eq!(anonymous.status, 200);
+    assert_eq!(
+        anonymous.header("cache-status").as_deref(),
+        Some("csgate; fwd=bypass")
+    );
+    let customer = get(&gw.url("/genesys/1/cs/customers/c1/services")).await;
+    assert_eq!(
+        customer.header("cache-status"),
+        None,
+        "customer routes are not cached"
+    );
+}
