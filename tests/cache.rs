@@ -366,7 +366,11 @@ async fn every_variant_is_served_from_one_fetch_and_matches_the_miss_path() {
                     "csgate; hit; ttl=30"
                 };
                 assert_eq!(status_of(&hit), expected_status, "{path}");
-                assert_eq!(miss.header("cache-status"), None, "{path}");
+                assert_eq!(
+                    miss.header("cache-status").as_deref(),
+                    Some("csgate; fwd=bypass"),
+                    "{path}: the cache-disabled gateway says so"
+                );
                 first = false;
                 bodies.insert(hit.text());
                 answered += 1;

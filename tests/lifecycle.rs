@@ -71,7 +71,12 @@ async fn an_idle_keep_alive_connection_does_not_delay_exit() {
 
     process.signal("TERM");
     let status = process.exit_within(Duration::from_secs(20)).await;
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status:?}; printed: {:#?}",
+        process.lines.lock().expect("lines")
+    );
     drop(idle);
 }
 
