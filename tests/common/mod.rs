@@ -94,6 +94,25 @@ impl Gate {
     }
 }
 
+impl Recorded {
+    /// Reads a whole request as a fake upstream records it.
+    async fn read(request: Request<Incoming>) -> Recorded {
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Recorded {
+            method: parts.method,
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
 /// A scripted reply.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -186,19 +205,8 @@ impl FakeUpstream {
         &self,
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, std::io::Error> {
-        let (parts, body) = request.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        self.log.lock().expect("log").push(Recorded {
-            method: parts.method,
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().map(str::to_owned),
-            headers: parts.headers,
-            body,
-        });
+        let recorded = Recorded::read(request).await;
+        self.log.lock().expect("log").push(recorded);
         let ticket = self.gate.arrive();
         self.count.fetch_add(1, Ordering::SeqCst);
         let reply = {
@@ -546,19 +554,7 @@ impl FnUpstream {
         &self,
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, std::io::Error> {
-        let (parts, body) = request.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let recorded = Recorded {
-            method: parts.method,
-            path: parts.uri.path().to_owned(),
-            query: parts.uri.query().map(str::to_owned),
-            headers: parts.headers,
-            body,
-        };
+        let recorded = Recorded::read(request).await;
         let responder = self.responder.lock().expect("responder").clone();
         let reply = responder(&recorded);
         let ticket = self.gate.arrive();
