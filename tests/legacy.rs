@@ -26,6 +26,7 @@ async fn start_store(dir: &std::path::Path, legacy: bool) -> String {
         legacy,
         business_attributes: BTreeMap::new(),
         sweep_interval: Duration::ZERO,
+        max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
     })
     .expect("open store");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -50,6 +50,7 @@ fn config(db: &Path, legacy: bool) -> StoreConfig {
         legacy,
         business_attributes,
         sweep_interval: Duration::ZERO,
+        max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
     }
 }
 

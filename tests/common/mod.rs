@@ -321,21 +321,30 @@ pub async fn start_gateway_with_clock(
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = public.local_addr().expect("addr");
     let admin_addr = admin.local_addr().expect("addr");
-    let gateway = csgate::build_gateway(&config, clock);
     let (stop, stopped) = oneshot::channel::<()>();
-    let served = gateway.clone();
+    let (started, control) = oneshot::channel();
+    let options = csgate::app::Options {
+        clock,
+        started: Some(started),
+        ..csgate::app::Options::default()
+    };
+    // No reload is ever sent: the sender is dropped at once.
+    let (_, reloads) = tokio::sync::mpsc::channel(1);
     let task = tokio::spawn(async move {
-        csgate::serve_gateway(
-            served,
-            &config,
-            csgate::Listeners { public, admin },
+        csgate::app::run(
+            config,
+            csgate::app::Sources::default(),
+            csgate::app::Listeners { public, admin },
             async move {
                 let _ = stopped.await;
             },
+            reloads,
+            options,
         )
         .await
         .expect("gateway runs");
     });
+    let gateway = control.await.expect("the gateway starts").gateway();
     TestGateway {
         addr,
         admin: admin_addr,
