@@ -31,6 +31,35 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
+impl Listeners {
+    /// Binds `server.listen` and `admin.listen`; an error names the key.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        Ok(Listeners {
+            public: bind(&config.server.listen.to_string(), "server.listen").await?,
+            admin: bind(&config.admin.listen.to_string(), "admin.listen").await?,
+        })
+    }
+}
+
+async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("{what}: cannot bind {address}"))
+}
+
+/// `csgate --check`: what validation cannot see without reading other files (TLS
+/// material), so a missing or unreadable file fails the check, not the start.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    if let Some(tls) = &config.server.tls {
+        Tls::load(tls)?;
+    }
+    Ok(())
+}
+
+/// The config file read when `--config` is not given (if it exists), relative to the
+/// working directory.
+pub const DEFAULT_CONFIG: &str = "config/csgate.toml";
+
 /// Where the configuration comes from, so a reload reads it the same way start-up did:
 /// the file, and the command-line and environment overrides already merged
 /// (`Overrides::over`). [`Sources::load`] is the only place they are applied.
@@ -42,6 +71,15 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// What the binary reads: `--config` (else [`DEFAULT_CONFIG`] when it exists), with
+    /// the command-line `flags` over the process environment (`CSGATE_*`).
+    pub fn from_process(config: Option<PathBuf>, flags: Overrides) -> Sources {
+        Sources {
+            path: config.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists())),
+            overrides: flags.over(Overrides::from_env(std::env::vars())),
+        }
+    }
+
     /// Reads, overrides and validates the configuration.
     pub fn load(&self) -> Result<Config, ConfigError> {
         Config::load(self.path.as_deref(), &self.overrides)
@@ -85,6 +123,16 @@ pub struct Options {
     /// Told the control handle once the gateway is built (tests reach the cache and the
     /// upstreams through it).
     pub started: Option<oneshot::Sender<Control>>,
+}
+
+impl Options {
+    /// The defaults, with reload setting the log level through `log_level`.
+    pub fn with_log_level(log_level: Option<LevelHandle>) -> Options {
+        Options {
+            log_level,
+            ..Options::default()
+        }
+    }
 }
 
 impl Default for Options {
@@ -214,18 +262,24 @@ pub async fn run(
     Ok(())
 }
 
-/// Runs the reference store on its own (`csgate store`) until `shutdown` resolves.
+/// Runs the reference store on its own (`csgate store`) until `shutdown` resolves:
+/// `[store]` with the subcommand's `--db` and `--legacy` over it.
 pub async fn run_store(
-    config: StoreConfig,
-    listener: TcpListener,
+    config: &Config,
+    db: Option<PathBuf>,
+    legacy: bool,
+    listen: &str,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let db = config.db.clone();
-    let legacy = config.legacy;
-    let store =
-        Store::open(config).with_context(|| format!("opening the store at {}", db.display()))?;
+    let listener = bind(listen, "--listen").await?;
+    let mut store = config.store.store_config(&config.business_attributes);
+    store.db = db.unwrap_or(store.db);
+    store.legacy |= legacy;
+    let db = store.db.clone();
+    let opened =
+        Store::open(store).with_context(|| format!("opening the store at {}", db.display()))?;
     tracing::info!(listen = %listener.local_addr()?, db = %db.display(), legacy, "store started");
-    store::serve(listener, store, shutdown).await;
+    store::serve(listener, opened, shutdown).await;
     Ok(())
 }
 
@@ -243,9 +297,7 @@ async fn start_embedded(
     let legacy = config.legacy;
     let store = Store::open(config)
         .with_context(|| format!("opening the embedded store at {}", db.display()))?;
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("embedded store: cannot bind 127.0.0.1:0")?;
+    let listener = bind("127.0.0.1:0", "embedded store").await?;
     let address = listener.local_addr()?;
     tracing::info!(db = %db.display(), %address, legacy, "embedded store started");
     Ok(Embedded {

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
 
 use csgate::app::{self, Listeners, Options, Reload, Sources};
 use csgate::config::Overrides;
@@ -19,15 +19,10 @@ use csgate::config::Overrides;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The config file read when `--config` is not given (if it exists).
-const DEFAULT_CONFIG: &str = "config/csgate.toml";
-
+// `about` is the package description: "A caching, validating gateway for the Genesys
+// Context Services API".
 #[derive(Parser, Debug)]
-#[command(
-    name = "csgate",
-    version,
-    about = "A caching, validating gateway for the Genesys Context Services API"
-)]
+#[command(name = "csgate", version, about)]
 struct Cli {
     /// Config file (TOML). Default: config/csgate.toml when it exists.
     #[arg(long, global = true)]
@@ -65,98 +60,69 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let sources = Sources {
-        path: cli
-            .config
-            .clone()
-            .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|path| path.exists())),
-        overrides: Overrides {
-            listen: cli.listen.clone(),
-            admin_listen: cli.admin_listen.clone(),
-            upstreams: cli.upstreams.clone(),
-            ..Overrides::default()
-        }
-        .over(Overrides::from_env(std::env::vars())),
-    };
-    let config = match sources.load() {
-        Ok(config) => config,
-        Err(error) => return fail(&format!("invalid configuration: {error:#}")),
-    };
-    if cli.check {
-        // TLS material is part of the configuration: a missing or unreadable file
-        // fails the check, not the start.
-        if let Some(Err(error)) = config.server.tls.as_ref().map(csgate::tls::Tls::load) {
-            return fail(&format!("invalid configuration: {error}"));
-        }
-        println!("configuration is valid");
-        return ExitCode::SUCCESS;
-    }
-    let (log_level, _log_guard) = csgate::logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => return fail(&format!("cannot start the runtime: {error}")),
-    };
-    let result = runtime.block_on(async move {
-        if let Some(Command::Store { listen, db, legacy }) = cli.command {
-            let mut store = config.store.store_config(&config.business_attributes);
-            store.db = db.unwrap_or(store.db);
-            store.legacy |= legacy;
-            return app::run_store(store, bind(&listen, "--listen").await?, shutdown()).await;
-        }
-        let listeners = Listeners {
-            public: bind(&config.server.listen.to_string(), "server.listen").await?,
-            admin: bind(&config.admin.listen.to_string(), "admin.listen").await?,
-        };
-        let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
-        let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
-        tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                tracing::info!("SIGHUP received: reloading configuration");
-                // A full channel already holds a reload that will read the newest file.
-                let _ = reload_tx.try_send(Reload::new());
-            }
-        });
-        let options = Options {
-            log_level,
-            ..Options::default()
-        };
-        app::run(config, sources, listeners, shutdown(), reloads, options).await
-    });
-    match result {
+    match start(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
-            fail(&format!("{error:#}"))
+            eprintln!("csgate: {error:#}");
+            ExitCode::from(1)
         }
     }
 }
 
-fn fail(message: &str) -> ExitCode {
-    eprintln!("csgate: {message}");
-    ExitCode::from(1)
-}
-
-async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .with_context(|| format!("{what}: cannot bind {address}"))
+fn start(cli: Cli) -> anyhow::Result<()> {
+    let flags = Overrides {
+        listen: cli.listen.clone(),
+        admin_listen: cli.admin_listen.clone(),
+        upstreams: cli.upstreams.clone(),
+        ..Overrides::default()
+    };
+    let sources = Sources::from_process(cli.config.clone(), flags);
+    let config = sources.load().context("invalid configuration")?;
+    if cli.check {
+        app::check(&config).context("invalid configuration")?;
+        println!("configuration is valid");
+        return Ok(());
+    }
+    let (log_level, _log_guard) = csgate::logging::init(&config.log);
+    let serve = async move {
+        let shutdown = shutdown_on_sigterm_or_sigint()?;
+        if let Some(Command::Store { listen, db, legacy }) = cli.command {
+            return app::run_store(&config, db, legacy, &listen, shutdown).await;
+        }
+        let listeners = Listeners::bind(&config).await?;
+        let reloads = reload_on_sighup()?;
+        let options = Options::with_log_level(log_level);
+        app::run(config, sources, listeners, shutdown, reloads, options).await
+    };
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
+        .and_then(|runtime| runtime.block_on(serve));
+    result.inspect_err(|error| tracing::error!("{error:#}"))
 }
 
 /// Resolves on SIGTERM or SIGINT (linkerd2-proxy's `signal` crate does the same).
-async fn shutdown() {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+fn shutdown_on_sigterm_or_sigint() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    })
+}
+
+/// One reload request per SIGHUP; a full channel already holds a reload that will read
+/// the newest file.
+fn reload_on_sighup() -> anyhow::Result<mpsc::Receiver<Reload>> {
+    let mut hangups = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+    let (requests, reloads) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading configuration");
+            let _ = requests.try_send(Reload::new());
+        }
+    });
+    Ok(reloads)
 }
