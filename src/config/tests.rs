@@ -128,3 +128,86 @@ fn sizes() {
     assert!(parse_size("5 parsecs").is_err());
     assert!(parse_size("99999999999999999999GiB").is_err());
 }
+
+/// The value a `Default: …` comment states: a quoted string, or the word up to the next
+/// space (without a trailing `.`/`,`). `None` for defaults that are an absence.
+fn documented_default(comment: &str) -> Option<String> {
+    let rest = comment.split("Default: ").nth(1)?;
+    let value = match rest.strip_prefix('"') {
+        Some(quoted) => format!("\"{}\"", quoted.split('"').next()?),
+        None => rest
+            .split_whitespace()
+            .next()?
+            .trim_end_matches(['.', ','])
+            .to_owned(),
+    };
+    (!matches!(value.as_str(), "none" | "absent" | "no")).then_some(value)
+}
+
+/// The section's validated settings, printed, for comparing a single key's effect.
+fn section(config: &Config, table: &str) -> String {
+    match table {
+        "server" => format!("{:?}", config.server),
+        "upstream" => format!("{:?}", config.upstream),
+        "cache" => format!("{:?}", config.cache),
+        "admin" => format!("{:?}", config.admin),
+        "log" => format!("{:?}", config.log),
+        "store" => format!("{:?}", config.store),
+        other => panic!("config/csgate.toml documents a default in unknown table [{other}]"),
+    }
+}
+
+/// Every `Default: X` that config/csgate.toml states for a key, set alone in its table,
+/// gives exactly the settings the code uses without it: the documented defaults are the
+/// code's (and `defaults` is where the code keeps them).
+#[test]
+fn the_defaults_documented_in_the_shipped_file_are_the_codes() {
+    let text = include_str!("../../config/csgate.toml");
+    let code = Config::default();
+    let mut table = String::new();
+    let mut stated: Option<String> = None;
+    let mut checked = 0;
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = name.to_owned();
+            stated = None;
+            continue;
+        }
+        let body = line.trim_start_matches('#').trim();
+        let Some((key, _)) = body
+            .split_once(" = ")
+            .filter(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        else {
+            stated = documented_default(body).or(stated.take());
+            continue;
+        };
+        let Some(value) = stated.take() else {
+            continue;
+        };
+        let (outer, inner) = table.split_once('.').unwrap_or((&table, ""));
+        let toml = if inner.is_empty() {
+            format!("[{outer}]\n{key} = {value}\n")
+        } else {
+            format!("[{outer}.{inner}]\n{key} = {value}\n")
+        };
+        let alone = load(&toml).unwrap_or_else(|e| panic!("{toml}: {e}"));
+        assert_eq!(
+            section(&alone, outer),
+            section(&code, outer),
+            "config/csgate.toml says [{table}] {key} defaults to {value}; the code differs"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 30,
+        "only {checked} documented defaults were found"
+    );
+}
+
+#[test]
+fn absent_defaults_are_absent_in_the_code() {
+    let code = Config::default();
+    assert!(matches!(code.upstream.target, Upstream::Embedded(_)));
+    assert!(code.server.tls.is_none());
+    assert!(code.business_attributes.is_empty());
+}
