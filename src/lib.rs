@@ -6,9 +6,12 @@
 //! - [`server`]: the accept loop every listener uses (HTTP/1.1 + h2, graceful shutdown).
 //! - [`routes`]: which route a request is (six Query Services routes, by-id, proxy).
 //! - [`query`]: Query Services parameters (`params`, `date`) and the post-filter (`filter`).
-//! - [`pipeline`]: the public request pipeline as named stages, and transparent proxying.
+//! - [`pipeline`]: the public request pipeline, one module per stage: `admit` → `route`
+//!   ([`routes`]) → `validate` → `lookup` → `forward` → `post_filter` → `respond` → `log`;
+//!   and `proxy` (transparent proxying). `forward` alone talks to [`upstream`].
 //! - [`upstream`]: pooled client, health, retries, deadlines.
-//! - [`cache`]: the anonymous-lookup cache (moka), its freshness and invalidation.
+//! - [`cache`]: the anonymous-lookup cache, a single-flight store on moka (`get_or_fetch`
+//!   runs the pipeline's fetch): keys, freshness, invalidation, the variant memo store.
 //! - [`admin`]: health, readiness, metrics, cache administration on the admin listener.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: gateway-made errors and the one place they become responses.

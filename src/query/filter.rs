@@ -9,7 +9,9 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::{date, json_kind, Include, Lifecycle, ServiceQuery, ServiceType, TypeMap, Window};
+use super::{
+    date, json_kind, Include, Lifecycle, Section, ServiceQuery, ServiceType, TypeMap, Window,
+};
 
 /// The upstream body was not a JSON array of objects (or not a JSON object, for `parse_service`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -297,16 +299,14 @@ fn number_eq_int(n: &Number, i: i128) -> bool {
         .is_some_and(|f| f.fract() == 0.0 && (MIN..=MAX).contains(&f) && f as i128 == i)
 }
 
-/// The four optional sections, in the order the flags are declared.
+/// The section names, in `Section::ALL` order (for the tests' tables).
+#[cfg(test)]
 const SECTIONS: [&str; 4] = [
-    "active_states",
-    "completed_states",
-    "active_tasks",
-    "completed_tasks",
+    Section::ActiveStates.name(),
+    Section::CompletedStates.name(),
+    Section::ActiveTasks.name(),
+    Section::CompletedTasks.name(),
 ];
-/// Sections whose elements are state objects, which carry no nested task arrays.
-const STATE_SECTIONS: [&str; 2] = ["active_states", "completed_states"];
-const NESTED_TASKS: [&str; 2] = ["active_tasks", "completed_tasks"];
 
 /// Make the four sections present exactly when their flag is true (an empty array when true and
 /// absent upstream), absent otherwise; state objects inside active_states/completed_states lose any
@@ -315,28 +315,22 @@ const NESTED_TASKS: [&str; 2] = ["active_tasks", "completed_tasks"];
 /// A section that is `null` upstream counts as absent. Removals keep the order of the other
 /// keys; a section added because it was missing goes last.
 pub fn trim_service(service: &mut Service, include: Include) {
-    let wanted = [
-        include.active_states,
-        include.completed_states,
-        include.active_tasks,
-        include.completed_tasks,
-    ];
-    let unwanted = |key: &str| SECTIONS.iter().zip(wanted).any(|(s, w)| !w && *s == key);
-    if SECTIONS
+    let unwanted = |key: &str| Section::from_name(key).is_some_and(|s| !include.get(s));
+    if Section::ALL
         .iter()
-        .any(|s| unwanted(s) && service.contains_key(*s))
+        .any(|s| !include.get(*s) && service.contains_key(s.name()))
     {
         service.retain(|key, _| !unwanted(key));
     }
-    for (section, _) in SECTIONS.iter().zip(wanted).filter(|(_, w)| *w) {
-        match service.get_mut(*section) {
+    for section in Section::ALL.into_iter().filter(|s| include.get(*s)) {
+        match service.get_mut(section.name()) {
             Some(Value::Null) | None => {
-                service.insert((*section).to_owned(), Value::Array(Vec::new()));
+                service.insert(section.name().to_owned(), Value::Array(Vec::new()));
             }
-            Some(Value::Array(items)) if STATE_SECTIONS.contains(section) => {
+            Some(Value::Array(items)) if section.holds_states() => {
                 for state in items.iter_mut().filter_map(Value::as_object_mut) {
-                    for nested in NESTED_TASKS {
-                        state.shift_remove(nested);
+                    for nested in Section::ALL.into_iter().filter(|s| s.holds_tasks()) {
+                        state.shift_remove(nested.name());
                     }
                 }
             }

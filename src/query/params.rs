@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use super::date::{self, DateError};
 use super::{
-    ExtensionFilter, Extensions, Include, Lifecycle, ServiceQuery, ServiceType, TypeMap, Window,
+    ExtensionFilter, Extensions, Include, Lifecycle, Section, ServiceQuery, ServiceType, TypeMap,
+    Window,
 };
 
 /// How much of a client's text an error message echoes back.
@@ -36,12 +37,13 @@ const COMPLETED_FROM: &str = "completed_from";
 const COMPLETED_TO: &str = "completed_to";
 /// In the order they are written upstream.
 const DATE_PARAMS: [&str; 4] = [STARTED_FROM, STARTED_TO, COMPLETED_FROM, COMPLETED_TO];
-/// In the order they are written upstream.
+/// The flag names, in `Section::ALL` order (for the tests' tables).
+#[cfg(test)]
 const FLAG_PARAMS: [&str; 4] = [
-    "active_states",
-    "completed_states",
-    "active_tasks",
-    "completed_tasks",
+    Section::ActiveStates.name(),
+    Section::CompletedStates.name(),
+    Section::ActiveTasks.name(),
+    Section::CompletedTasks.name(),
 ];
 const SERVICE_TYPES: &str = "service_types";
 const EXTENSIONS: &str = "extensions";
@@ -227,9 +229,9 @@ impl ServiceQuery {
                 .collect();
             out.push(format!("{SERVICE_TYPES}={}", items.join(",")));
         }
-        for (name, on) in FLAG_PARAMS.iter().zip(flags(&self.include)) {
-            if on {
-                out.push(format!("{name}=true"));
+        for section in Section::ALL {
+            if self.include.get(section) {
+                out.push(format!("{}=true", section.name()));
             }
         }
         match &self.extensions {
@@ -261,28 +263,27 @@ pub fn parse_include_flags(raw_query: Option<&str>) -> Result<(Include, String),
         // A key that does not decode cannot be a flag name; it is not ours to judge.
         let flag = decode(raw_key, true)
             .ok()
-            .and_then(|key| FLAG_PARAMS.iter().position(|f| *f == key));
+            .and_then(|key| Section::from_name(&key));
         match flag {
-            Some(i) => {
+            Some(section) => {
                 let value = raw_value
                     .map(|raw| {
                         decode(raw, true).map_err(|problem| ParamError::Encoding {
-                            name: FLAG_PARAMS[i].to_owned(),
+                            name: section.name().to_owned(),
                             value: shown(raw),
                             problem,
                         })
                     })
                     .transpose()?;
-                set_flag(&mut include, &mut seen, i, value.as_deref())?;
+                set_flag(&mut include, &mut seen, section, value.as_deref())?;
             }
             None => others.push(piece),
         }
     }
-    let query = FLAG_PARAMS
-        .iter()
-        .zip(flags(&include))
-        .filter(|(_, on)| *on)
-        .map(|(name, _)| format!("{name}=true"))
+    let query = Section::ALL
+        .into_iter()
+        .filter(|section| include.get(*section))
+        .map(|section| format!("{}=true", section.name()))
         .chain(others.into_iter().map(str::to_owned))
         .collect::<Vec<_>>()
         .join("&");
@@ -351,8 +352,13 @@ impl QueryBuilder<'_> {
         if let Some(i) = DATE_PARAMS.iter().position(|p| *p == key) {
             return self.add_date(i, value);
         }
-        if let Some(i) = FLAG_PARAMS.iter().position(|p| *p == key) {
-            return set_flag(&mut self.include, &mut self.flags_seen, i, value.as_deref());
+        if let Some(section) = Section::from_name(&key) {
+            return set_flag(
+                &mut self.include,
+                &mut self.flags_seen,
+                section,
+                value.as_deref(),
+            );
         }
         match key.as_str() {
             SERVICE_TYPES => self.add_service_types(value.as_deref().unwrap_or("")),
@@ -489,14 +495,16 @@ fn window(
     })
 }
 
-/// Sets include flag `i` from its decoded value (`None`: a bare key, meaning true).
+/// Sets a section's include flag from its decoded value (`None`: a bare key, meaning
+/// true). `seen` is indexed by the section's place in `Section::ALL`.
 fn set_flag(
     include: &mut Include,
     seen: &mut [bool; 4],
-    i: usize,
+    section: Section,
     value: Option<&str>,
 ) -> Result<(), ParamError> {
-    let name = FLAG_PARAMS[i];
+    let name = section.name();
+    let i = section as usize;
     if seen[i] {
         return Err(ParamError::Repeated {
             name: name.to_owned(),
@@ -514,24 +522,8 @@ fn set_flag(
             })
         }
     };
-    let slot = match i {
-        0 => &mut include.active_states,
-        1 => &mut include.completed_states,
-        2 => &mut include.active_tasks,
-        _ => &mut include.completed_tasks,
-    };
-    *slot = on;
+    include.set(section, on);
     Ok(())
-}
-
-/// The flags in `FLAG_PARAMS` order.
-fn flags(include: &Include) -> [bool; 4] {
-    [
-        include.active_states,
-        include.completed_states,
-        include.active_tasks,
-        include.completed_tasks,
-    ]
 }
 
 /// An optional `-` then ASCII digits, within `i64`. (`str::parse` alone would also take `+7`.)
