@@ -8,7 +8,9 @@ use super::error::ApiError;
 use super::model::Kind;
 use crate::query::Lifecycle;
 
-pub const PREFIX: &str = "/genesys/1/cs";
+/// The store serves the API where GMS does, which is the gateway's default upstream
+/// prefix.
+pub const PREFIX: &str = crate::config::defaults::PATH_PREFIX;
 
 /// Whose services a Query Services route lists (raw path segment).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod store;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
