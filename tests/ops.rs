@@ -3,12 +3,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
@@ -199,46 +195,15 @@ async fn tls_with_a_self_signed_certificate() {
     )
     .await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).expect("root");
-    let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-    let tcp = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("TLS handshake");
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .expect("http handshake");
-    tokio::spawn(connection);
-    let request = http::Request::builder()
-        .method(Method::GET)
-        .uri("/genesys/1/cs/customers/C1/services")
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let response = sender.send_request(request).await.expect("response");
-    assert_eq!(response.status(), 200);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    assert_eq!(&body[..], br#"[{"service_id":7}]"#);
+    let answer = get_tls(
+        gw.addr,
+        "localhost",
+        cert.cert.der().clone(),
+        "/genesys/1/cs/customers/C1/services",
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(&answer.body[..], br#"[{"service_id":7}]"#);
     let forwarded = &upstream.requests()[0];
     assert_eq!(
         forwarded

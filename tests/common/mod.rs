@@ -398,6 +398,23 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    try_send_body(method, url, headers, body)
+        .await
+        .expect("request")
+}
+
+/// [`send_body`], with a failed exchange (refused, reset) as `None` instead of a panic.
+pub async fn try_send_body<B>(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: B,
+) -> Option<Answer>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let client: Client<_, B> = Client::builder(TokioExecutor::new()).build_http();
     let mut request = Request::new(body);
     *request.method_mut() = method;
@@ -408,18 +425,65 @@ where
             HeaderValue::from_str(value).expect("value"),
         );
     }
-    let response = client.request(request).await.expect("request");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Answer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
+    Answer::read(client.request(request).await.ok()?).await
+}
+
+impl Answer {
+    /// Collects a whole response; `None` when the body fails midway.
+    async fn read(response: Response<Incoming>) -> Option<Answer> {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
     }
+}
+
+/// The TLS variant of [`get`]: one GET over HTTP/1.1 on a fresh TLS connection to
+/// `addr`, trusting only `root` and verifying the certificate for `server_name` (sent as
+/// SNI and `Host`).
+pub async fn get_tls(
+    addr: SocketAddr,
+    server_name: &str,
+    root: rustls::pki_types::CertificateDer<'static>,
+    path: &str,
+) -> Answer {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).expect("root");
+    let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("name");
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("http handshake");
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header("host", server_name)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    Answer::read(response).await.expect("body")
 }
 
 pub async fn get(url: &str) -> Answer {
     send(Method::GET, url, &[], Bytes::new()).await
+}
+
+/// A GET that may fail to connect (a server still starting or already gone).
+pub async fn try_get(url: &str) -> Option<Answer> {
+    try_send_body(Method::GET, url, &[], Full::new(Bytes::new())).await
 }
 
 pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
