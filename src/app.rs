@@ -6,7 +6,8 @@
 //! with a channel and a oneshot, so SIGHUP and the embedded store are tested in-process.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
@@ -123,6 +124,8 @@ pub struct Options {
     /// Told the control handle once the gateway is built (tests reach the cache and the
     /// upstreams through it).
     pub started: Option<oneshot::Sender<Control>>,
+    /// Where to write the [`ReadyFile`] once the gateway is built (`--ready-file`).
+    pub ready_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -133,6 +136,38 @@ impl Options {
             ..Options::default()
         }
     }
+
+    /// These options, writing the [`ReadyFile`] to `path` when it is given.
+    #[must_use]
+    pub fn ready_file(self, path: Option<PathBuf>) -> Options {
+        Options {
+            ready_file: path,
+            ..self
+        }
+    }
+}
+
+/// What `--ready-file PATH` holds once the gateway serves: the addresses the listeners
+/// are bound to, as JSON (`{"listen": "127.0.0.1:8080", "admin": "127.0.0.1:9090"}`).
+/// It is how a supervisor or a test that asked for port 0 learns the ports without
+/// reading logs; whether the gateway is ready is `GET /readyz` on `admin`. The file is
+/// written to a temporary name and renamed, so a reader never sees half of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReadyFile {
+    /// The public listener's bound address.
+    pub listen: SocketAddr,
+    /// The admin listener's bound address.
+    pub admin: SocketAddr,
+}
+
+impl ReadyFile {
+    fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let partial = path.with_extension("partial");
+        let json = serde_json::to_vec(self).context("encoding the ready file")?;
+        std::fs::write(&partial, json)
+            .and_then(|()| std::fs::rename(&partial, path))
+            .with_context(|| format!("--ready-file: cannot write {}", path.display()))
+    }
 }
 
 impl Default for Options {
@@ -141,6 +176,7 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             log_level: None,
             started: None,
+            ready_file: None,
         }
     }
 }
@@ -190,6 +226,13 @@ pub async fn run(
     );
     if let Some(started) = options.started {
         let _ = started.send(control.clone());
+    }
+    if let Some(path) = &options.ready_file {
+        let bound = ReadyFile {
+            listen: listeners.public.local_addr()?,
+            admin: listeners.admin.local_addr()?,
+        };
+        bound.write(path)?;
     }
 
     let draining = Draining::default();

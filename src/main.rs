@@ -39,6 +39,9 @@ struct Cli {
     /// Validate the configuration and exit: 0 when valid, 1 with the key named otherwise.
     #[arg(long)]
     check: bool,
+    /// Once listening, write the bound addresses to this file as JSON (`app::ReadyFile`).
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -60,13 +63,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match start(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("csgate: {error:#}");
-            ExitCode::from(1)
-        }
-    }
+    let Err(error) = start(Cli::parse()) else {
+        return ExitCode::SUCCESS;
+    };
+    eprintln!("csgate: {error:#}");
+    ExitCode::from(1)
 }
 
 fn start(cli: Cli) -> anyhow::Result<()> {
@@ -91,7 +92,7 @@ fn start(cli: Cli) -> anyhow::Result<()> {
         }
         let listeners = Listeners::bind(&config).await?;
         let reloads = reload_on_sighup()?;
-        let options = Options::with_log_level(log_level);
+        let options = Options::with_log_level(log_level).ready_file(cli.ready_file);
         app::run(config, sources, listeners, shutdown, reloads, options).await
     };
     let result = tokio::runtime::Builder::new_multi_thread()
