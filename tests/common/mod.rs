@@ -262,13 +262,52 @@ impl FakeUpstream {
     }
 }
 
+/// A serve task and the channel that stops it: the shape every in-process server of the
+/// harness shares. Dropping it stops serving without waiting; [`Serving::stop`] waits.
+pub struct Serving {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Spawns `serve(stopped)`; `stopped` resolves on [`Serving::stop`] or drop.
+    pub fn spawn<F>(serve: impl FnOnce(oneshot::Receiver<()>) -> F) -> Serving
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        Serving {
+            stop: Some(stop),
+            task: Some(tokio::spawn(serve(stopped))),
+        }
+    }
+
+    /// Stops serving and waits for the serve task; `Err` if it panicked.
+    pub async fn stop(&mut self) -> Result<(), tokio::task::JoinError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// A running gateway.
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub gateway: Gateway,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl TestGateway {
@@ -281,20 +320,7 @@ impl TestGateway {
     }
 
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.serving.stop().await;
     }
 }
 
@@ -322,7 +348,6 @@ pub async fn start_gateway_with_clock(
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = public.local_addr().expect("addr");
     let admin_addr = admin.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
     let (started, control) = oneshot::channel();
     let options = csgate::app::Options {
         clock,
@@ -331,7 +356,7 @@ pub async fn start_gateway_with_clock(
     };
     // No reload is ever sent: the sender is dropped at once.
     let (_, reloads) = tokio::sync::mpsc::channel(1);
-    let task = tokio::spawn(async move {
+    let serving = Serving::spawn(|stopped| async move {
         csgate::app::run(
             config,
             csgate::app::Sources::default(),
@@ -350,8 +375,7 @@ pub async fn start_gateway_with_clock(
         addr,
         admin: admin_addr,
         gateway,
-        stop: Some(stop),
-        task: Some(task),
+        serving,
     }
 }
 

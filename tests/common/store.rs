@@ -7,15 +7,15 @@ use std::path::PathBuf;
 
 use csgate::store::{serve, Store, StoreConfig};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+
+use super::Serving;
 
 /// A store served on an ephemeral loopback port; dropping it stops serving.
 pub struct TestStore {
     pub addr: SocketAddr,
     pub store: Store,
     pub db: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    served: Option<tokio::task::JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl TestStore {
@@ -25,16 +25,17 @@ impl TestStore {
         let store = Store::open(config).expect("store opens");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(serve(listener, store.clone(), async {
-            let _ = stopped.await;
-        }));
+        let served = store.clone();
+        let serving = Serving::spawn(|stopped| {
+            serve(listener, served, async move {
+                let _ = stopped.await;
+            })
+        });
         TestStore {
             addr,
             store,
             db,
-            stop: Some(stop),
-            served: Some(served),
+            serving,
         }
     }
 
@@ -45,19 +46,6 @@ impl TestStore {
 
     /// Stops serving and waits until the serve task has finished.
     pub async fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(served) = self.served.take() {
-            served.await.expect("serve task");
-        }
-    }
-}
-
-impl Drop for TestStore {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.serving.stop().await.expect("serve task");
     }
 }
