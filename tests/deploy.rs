@@ -419,43 +419,18 @@ fn shipped_config_documents_every_key_at_its_default() {
     assert!(!examples.upstream.urls().is_empty());
     assert!(examples.server.tls.is_some());
     let defaults = Config::default();
-    for (name, a, b) in [
-        (
-            "server",
-            format!("{:?}", shipped.server),
-            format!("{:?}", defaults.server),
-        ),
-        (
-            "upstream",
-            format!("{:?}", shipped.upstream),
-            format!("{:?}", defaults.upstream),
-        ),
-        (
-            "cache",
-            format!("{:?}", shipped.cache),
-            format!("{:?}", defaults.cache),
-        ),
-        (
-            "admin",
-            format!("{:?}", shipped.admin),
-            format!("{:?}", defaults.admin),
-        ),
-        (
-            "log",
-            format!("{:?}", shipped.log),
-            format!("{:?}", defaults.log),
-        ),
-        (
-            "store",
-            format!("{:?}", shipped.store),
-            format!("{:?}", defaults.store),
-        ),
-    ] {
-        assert_eq!(
-            a, b,
-            "[{name}] in config/csgate.toml differs from the defaults"
-        );
+    // Section by section, through Debug, so a difference names its section.
+    macro_rules! at_defaults {
+        ($($section:ident),*) => {$(
+            assert_eq!(
+                format!("{:?}", shipped.$section),
+                format!("{:?}", defaults.$section),
+                "[{}] in config/csgate.toml differs from the defaults",
+                stringify!($section)
+            );
+        )*};
     }
+    at_defaults!(server, upstream, cache, admin, log, store);
     assert!(shipped.upstream.urls().is_empty());
     assert!(shipped.server.tls.is_none());
     assert!(!shipped.service_types().is_empty());
