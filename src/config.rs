@@ -37,6 +37,12 @@ pub mod defaults {
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     /// Contract: contact keys and customer ids are 1..=256 bytes by default.
     pub const MAX_KEY_BYTES: usize = 256;
+    /// An idle keep-alive connection (HTTP/1 or h2) is closed after a minute.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// hyper's own HTTP/1 default; csgate enforces it itself to answer 431 in the CS shape.
+    pub const MAX_HEADERS: usize = 100;
+    /// Without a load balancer in front, nothing sends requests after SIGTERM.
+    pub const DRAIN_DELAY: Duration = Duration::ZERO;
     /// Contract: at most 32 extension filters.
     pub const MAX_FILTERS: usize = 32;
 
@@ -127,6 +133,10 @@ struct RawServer {
     max_header_bytes: Option<Size>,
     max_body_bytes: Option<Size>,
     max_key_bytes: Option<Size>,
+    idle_timeout: Option<String>,
+    max_connections: Option<usize>,
+    max_headers: Option<usize>,
+    drain_delay: Option<String>,
     tls: Option<RawTls>,
 }
 
@@ -178,6 +188,7 @@ struct RawLog {
     format: Option<String>,
     level: Option<String>,
     redact: Option<bool>,
+    redact_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -224,6 +235,15 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub max_key_bytes: usize,
+    /// Keep-alive connections with no request in flight are closed after this.
+    pub idle_timeout: Duration,
+    /// Open public connections; `None`: derived from the open-file limit at start.
+    pub max_connections: Option<usize>,
+    /// Request header fields; more get 431.
+    pub max_headers: usize,
+    /// After SIGTERM, requests on open connections are still answered (with
+    /// `Connection: close`) for this long before connections are closed.
+    pub drain_delay: Duration,
     pub tls: Option<TlsConfig>,
 }
 
@@ -286,6 +306,8 @@ pub struct LogConfig {
     pub level: String,
     /// Hash contact keys and customer ids in logs.
     pub redact: bool,
+    /// The HMAC key for redaction (`CSGATE_REDACT_KEY` wins over it).
+    pub redact_key_file: Option<PathBuf>,
 }
 
 /// `[store]`: the embedded reference store.
@@ -449,6 +471,20 @@ impl RawConfig {
                 s.max_key_bytes,
                 defaults::MAX_KEY_BYTES,
             )?,
+            idle_timeout: positive(
+                "server.idle_timeout",
+                s.idle_timeout,
+                defaults::IDLE_TIMEOUT,
+            )?,
+            max_connections: s
+                .max_connections
+                .map(|n| at_least_one("server.max_connections", n))
+                .transpose()?,
+            max_headers: at_least_one(
+                "server.max_headers",
+                s.max_headers.unwrap_or(defaults::MAX_HEADERS),
+            )?,
+            drain_delay: duration("server.drain_delay", s.drain_delay, defaults::DRAIN_DELAY)?,
             tls: s.tls.map(|t| TlsConfig {
                 cert: t.cert,
                 key: t.key,
@@ -576,10 +612,23 @@ impl RawConfig {
                 format!("'{level}' is not a valid filter: {e}"),
             ));
         }
+        if let Some(path) = &l.redact_key_file {
+            match std::fs::read(path) {
+                Ok(key) if !key.trim_ascii().is_empty() => {}
+                Ok(_) => return Err(invalid("log.redact_key_file", "the key file is empty")),
+                Err(e) => {
+                    return Err(invalid(
+                        "log.redact_key_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    ))
+                }
+            }
+        }
         let log = LogConfig {
             format,
             level,
             redact: l.redact.unwrap_or(true),
+            redact_key_file: l.redact_key_file,
         };
 
         let st = self.store;
@@ -642,7 +691,18 @@ fn addr(key: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, Con
 }
 
 fn upstream_url(key: &str, text: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text).map_err(|e| invalid(key, format!("'{text}': {e}")))?;
+    // A URL that may hold a credential is never echoed into an error (or a log).
+    let url = Url::parse(text).map_err(|e| match text.contains('@') {
+        true => invalid(key, e.to_string()),
+        false => invalid(key, format!("'{text}': {e}")),
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Never echo the URL: it holds a credential.
+        return Err(invalid(
+            key,
+            "credentials (user:password@) in an upstream URL are refused; they would not be sent",
+        ));
+    }
     if url.scheme() != "http" {
         return Err(invalid(
             key,
@@ -781,6 +841,11 @@ mod tests {
             ("[server]\nlisten = \"nope\"", "server.listen"),
             ("[server]\nlistne = \"127.0.0.1:1\"", "listne"),
             ("[upstream]\nurls = [\"ftp://x\"]", "upstream.urls[0]"),
+            ("[upstream]\nurls = [\"http://u:pw@x\"]", "upstream.urls[0]"),
+            (
+                "[log]\nredact_key_file = \"/nonexistent/key\"",
+                "log.redact_key_file",
+            ),
             (
                 "[upstream]\nconnect_timeout = \"soon\"",
                 "upstream.connect_timeout",

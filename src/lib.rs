@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML file, validated once into typed settings; defaults; precedence.
-//! - [`server`]: the accept loop every listener uses (HTTP/1.1 + h2, graceful shutdown).
+//! - [`server`]: the accept loop every listener uses (HTTP/1.1 + h2, connection limits and
+//!   timeouts, graceful shutdown and drain).
 //! - [`routes`]: which route a request is (six Query Services routes, by-id, proxy).
 //! - [`query`]: Query Services parameters (`params`, `date`) and the post-filter (`filter`).
 //! - [`pipeline`]: the public request pipeline as named stages, and transparent proxying.
@@ -205,6 +206,14 @@ pub async fn serve(
         max_buf_size: ((config.server.max_header_bytes + config.server.max_query_bytes) * 4)
             .max(256 * 1024),
         shutdown_grace: config.server.shutdown_grace,
+        idle_timeout: config.server.idle_timeout,
+        max_connections: config
+            .server
+            .max_connections
+            .unwrap_or_else(server::limits::default_max_connections),
+        // hyper refuses more with a bare 431; the gateway counts to its own limit first.
+        max_headers: config.server.max_headers.saturating_mul(2).max(200),
+        drain_delay: config.server.drain_delay,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // The admin listener outlives the public one: probes must see readiness go 503
@@ -220,7 +229,10 @@ pub async fn serve(
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         Plain,
-        ServeOptions::default(),
+        ServeOptions {
+            header_read_timeout: config.server.header_read_timeout,
+            ..ServeOptions::default()
+        },
         move |request, _peer| {
             admin::handle(admin_control.gateway(), admin_draining.clone(), request)
         },

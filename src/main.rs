@@ -90,6 +90,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let (log_level, _log_guard) = csgate::logging::init(&config.log);
+    let open_files = csgate::server::limits::raise_open_file_limit();
+    tracing::info!(?open_files, "open-file limit");
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

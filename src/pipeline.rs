@@ -67,6 +67,7 @@ pub struct Settings {
     pub limits: Limits,
     pub max_query_bytes: usize,
     pub max_header_bytes: usize,
+    pub max_headers: usize,
     pub max_body_bytes: usize,
     pub redactor: Redactor,
 }
@@ -81,10 +82,9 @@ impl Settings {
             },
             max_query_bytes: config.server.max_query_bytes,
             max_header_bytes: config.server.max_header_bytes,
+            max_headers: config.server.max_headers,
             max_body_bytes: config.server.max_body_bytes,
-            redactor: Redactor {
-                redact: config.log.redact,
-            },
+            redactor: Redactor::from_config(&config.log),
         }
     }
 }
@@ -216,6 +216,12 @@ impl Gateway {
             return Err(GatewayError::HeadersTooLarge {
                 len: header_bytes,
                 max: s.max_header_bytes,
+            });
+        }
+        if parts.headers.len() > s.max_headers {
+            return Err(GatewayError::TooManyHeaders {
+                count: parts.headers.len(),
+                max: s.max_headers,
             });
         }
         let query_len = parts.uri.query().map_or(0, str::len);
