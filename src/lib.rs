@@ -231,6 +231,7 @@ pub async fn serve(
         Plain,
         ServeOptions {
             header_read_timeout: config.server.header_read_timeout,
+            max_connections: server::limits::ADMIN_MAX_CONNECTIONS,
             ..ServeOptions::default()
         },
         move |request, _peer| {

@@ -78,8 +78,11 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            max_connections: limits::ADMIN_MAX_CONNECTIONS,
+            // Longer than the gateway's upstream pool idle timeout (60 s), so on the
+            // embedded store's listener the client end closes an idle connection first
+            // and never sends on one the server is closing.
+            idle_timeout: Duration::from_secs(120),
+            max_connections: limits::default_max_connections(),
             max_headers: 100,
             drain_delay: Duration::ZERO,
             max_buf_size: 64 * 1024,
@@ -133,7 +136,9 @@ pub async fn serve<A, H, F>(
         .keep_alive_interval(options.idle_timeout / 2)
         .keep_alive_timeout(options.header_read_timeout);
 
-    let permits = Arc::new(Semaphore::new(options.max_connections));
+    // Bounded so that shutdown can wait for every permit with one `acquire_many`.
+    let cap = options.max_connections.min(u32::MAX as usize).max(1);
+    let permits = Arc::new(Semaphore::new(cap));
     // `draining`: answer with `Connection: close`; `close`: finish and close now.
     let (draining_tx, draining_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);
@@ -233,7 +238,7 @@ pub async fn serve<A, H, F>(
     }
     let _ = close_tx.send(true);
     // Every connection task holds a permit: all are back when every connection is gone.
-    let all = u32::try_from(options.max_connections).unwrap_or(u32::MAX);
+    let all = u32::try_from(cap).expect("cap is at most u32::MAX");
     tokio::select! {
         _ = permits.acquire_many(all) => {}
         () = tokio::time::sleep_until(grace_ends) => {
