@@ -7,15 +7,13 @@ use std::time::{Duration, Instant};
 /// listener's connections, the log writer, the embedded store's database.
 const RESERVED_DESCRIPTORS: u64 = 64;
 
-/// Connections the admin listener accepts at once: probes and a scraper, never a crowd.
-pub const ADMIN_MAX_CONNECTIONS: usize = 16;
-
 /// Raises the soft open-file limit to the hard limit and returns the new soft limit
 /// (`None` where the platform has no such limit). Called once at start: the default
 /// soft limit (often 1024) is far below what a gateway needs, and the hard limit is
 /// what the operator granted.
+/// Logs the limit it ends with.
 pub fn raise_open_file_limit() -> Option<u64> {
-    match rlimit::increase_nofile_limit(u64::MAX) {
+    let open_files = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => Some(limit),
         Err(error) => {
             tracing::warn!(%error, "could not raise the open-file limit");
@@ -23,7 +21,9 @@ pub fn raise_open_file_limit() -> Option<u64> {
                 .ok()
                 .map(|(soft, _)| soft)
         }
-    }
+    };
+    tracing::info!(?open_files, "open-file limit");
+    open_files
 }
 
 /// The default `[server] max_connections` for the current open-file limit: a third of

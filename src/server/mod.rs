@@ -44,6 +44,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use self::connection::{Activity, Closed};
 use self::limits::AcceptBackoff;
+use crate::config::defaults;
 
 /// Errors carried inside response and request bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -74,19 +75,22 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
 }
 
-impl Default for ServeOptions {
-    fn default() -> Self {
+impl ServeOptions {
+    /// For the admin listener and the store, whose clients send small heads: the
+    /// default header timeout, header count and grace, a 64 KiB buffer, no drain delay,
+    /// an idle timeout that outlasts the gateway's upstream pool's
+    /// ([`defaults::INTERNAL_IDLE_TIMEOUT`]), and the connection cap that follows the
+    /// open-file limit (the admin listener sets its own). The public listener's come
+    /// from `ServerConfig::serve_options`.
+    pub fn internal() -> ServeOptions {
         ServeOptions {
-            header_read_timeout: Duration::from_secs(10),
-            // Longer than the gateway's upstream pool idle timeout (60 s), so on the
-            // embedded store's listener the client end closes an idle connection first
-            // and never sends on one the server is closing.
-            idle_timeout: Duration::from_secs(120),
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+            idle_timeout: defaults::INTERNAL_IDLE_TIMEOUT,
             max_connections: limits::default_max_connections(),
-            max_headers: 100,
+            max_headers: defaults::MAX_HEADERS,
             drain_delay: Duration::ZERO,
-            max_buf_size: 64 * 1024,
-            shutdown_grace: Duration::from_secs(30),
+            max_buf_size: defaults::INTERNAL_MAX_BUF_SIZE,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
         }
     }
 }
