@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::admin::{self, Draining};
 use crate::cache::{Cache, Clock, SystemClock};
-use crate::config::{Config, ConfigError, Overrides, Upstream};
+use crate::config::{defaults, Config, ConfigError, Overrides, Upstream};
 use crate::logging::LevelHandle;
 use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
@@ -236,10 +236,17 @@ pub async fn run(
     }
 
     let draining = Draining::default();
+    // Its own connection cap keeps the admin listener reachable when the public one is
+    // saturated; its clients get the configured header read timeout.
+    let admin_options = ServeOptions {
+        header_read_timeout: config.server.header_read_timeout,
+        max_connections: defaults::ADMIN_MAX_CONNECTIONS,
+        ..ServeOptions::internal()
+    };
     let admin = tokio::spawn(server::serve(
         listeners.admin,
         Plain,
-        ServeOptions::internal(),
+        admin_options,
         {
             let control = control.clone();
             let draining = draining.clone();

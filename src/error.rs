@@ -26,6 +26,8 @@ pub enum GatewayError {
     QueryTooLong { len: usize, max: usize },
     #[error("request headers are {len} bytes; the limit is {max}")]
     HeadersTooLarge { len: usize, max: usize },
+    #[error("request has {count} header fields; the limit is {max}")]
+    TooManyHeaders { count: usize, max: usize },
     #[error("request body is larger than the limit of {max} bytes")]
     PayloadTooLarge { max: usize },
     /// Connection refused, reset, or the upstream closed mid-answer.
@@ -57,7 +59,7 @@ impl GatewayError {
                 (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
             }
             GatewayError::QueryTooLong { .. } => (StatusCode::URI_TOO_LONG, "PayloadTooLarge"),
-            GatewayError::HeadersTooLarge { .. } => (
+            GatewayError::HeadersTooLarge { .. } | GatewayError::TooManyHeaders { .. } => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "PayloadTooLarge",
             ),
@@ -85,6 +87,7 @@ impl GatewayError {
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::QueryTooLong { .. }
             | GatewayError::HeadersTooLarge { .. }
+            | GatewayError::TooManyHeaders { .. }
             | GatewayError::PayloadTooLarge { .. } => Blame::Downstream,
             GatewayError::UpstreamUnavailable
             | GatewayError::NoHealthyUpstream
@@ -179,6 +182,14 @@ mod tests {
                 },
                 431,
                 json!({"message": "request headers are 20000 bytes; the limit is 16384", "exception": "PayloadTooLarge"}),
+            ),
+            (
+                GatewayError::TooManyHeaders {
+                    count: 101,
+                    max: 100,
+                },
+                431,
+                json!({"message": "request has 101 header fields; the limit is 100", "exception": "PayloadTooLarge"}),
             ),
             (
                 GatewayError::PayloadTooLarge { max: 10 },

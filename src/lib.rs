@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`app`]: the one start-up path: embedded store, reload, listeners, shutdown order.
 //! - [`config`]: the TOML file, validated once into typed settings; defaults; precedence.
-//! - [`server`]: the accept loop every listener uses (HTTP/1.1 + h2, graceful shutdown).
+//! - [`server`]: the accept loop every listener uses (HTTP/1.1 + h2, connection limits and
+//!   timeouts, graceful shutdown and drain).
 //! - [`routes`]: which route a request is (six Query Services routes, by-id, proxy).
 //! - [`query`]: Query Services parameters (`params`, `date`) and the post-filter (`filter`).
 //! - [`pipeline`]: the public request pipeline, one module per stage: `admit` → `route`

@@ -85,6 +85,7 @@ fn start(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     let (log_level, _log_guard) = csgate::logging::init(&config.log);
+    csgate::server::limits::raise_open_file_limit();
     let serve = async move {
         let shutdown = shutdown_on_sigterm_or_sigint()?;
         if let Some(Command::Store { listen, db, legacy }) = cli.command {

@@ -755,6 +755,16 @@ fn kubernetes_manifests_match_the_code() {
         "terminationGracePeriodSeconds {termination} must exceed preStop {sleep}s + shutdown_grace {:?}",
         config.server.shutdown_grace
     );
+    // After the preStop sleep, load balancers may still send on open connections: the
+    // cluster config keeps answering them for drain_delay, which is counted inside
+    // shutdown_grace.
+    assert!(
+        !config.server.drain_delay.is_zero()
+            && config.server.drain_delay < config.server.shutdown_grace,
+        "configmap drain_delay {:?} must be set and below shutdown_grace {:?}",
+        config.server.drain_delay,
+        config.server.shutdown_grace
+    );
 
     // Non-root (the image's user), read-only root, memory above the cache bound.
     assert_eq!(scalar(at(pod, "/securityContext/runAsNonRoot")), "true");

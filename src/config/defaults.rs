@@ -21,6 +21,13 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Contract: contact keys and customer ids are 1..=256 bytes by default.
 pub const MAX_KEY_BYTES: usize = 256;
+/// An idle keep-alive connection (HTTP/1 or h2) holds a descriptor and memory for
+/// nothing; a minute keeps a client's burst on one connection, then lets it go.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// hyper's own HTTP/1 default; csgate enforces it itself to answer 431 in the CS shape.
+pub const MAX_HEADERS: usize = 100;
+/// Without a load balancer in front, nothing sends requests after SIGTERM.
+pub const DRAIN_DELAY: Duration = Duration::ZERO;
 /// Contract: at most 32 extension filters.
 pub const MAX_FILTERS: usize = 32;
 /// Lowest hyper read buffer on the public listener: well above the gateway's own head
@@ -30,6 +37,16 @@ pub const PUBLIC_MAX_BUF_FLOOR: usize = 256 * 1024;
 /// hyper read buffer of the admin and store listeners: their clients are probes, tools
 /// and this gateway, whose heads are small.
 pub const INTERNAL_MAX_BUF_SIZE: usize = 64 * 1024;
+/// Idle timeout of the admin and store listeners: longer than the gateway's upstream
+/// pool idle timeout ([`POOL_IDLE_TIMEOUT`]), so on the embedded store's listener the
+/// client end closes an idle connection first and never sends on one the server is
+/// closing.
+pub const INTERNAL_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Connections the admin listener accepts at once: probes and a scraper, never a crowd;
+/// its own cap keeps it reachable when the public listener is saturated. Only the admin
+/// listener has it: on the embedded store's, a cap of 16 would park the gateway's 17th
+/// pooled upstream connection in the backlog.
+pub const ADMIN_MAX_CONNECTIONS: usize = 16;
 
 /// GMS serves Context Services under this prefix.
 pub const PATH_PREFIX: &str = "/genesys/1/cs";
@@ -80,6 +97,8 @@ pub const LOG_FORMAT: &str = "text";
 pub const LOG_LEVEL: &str = "info";
 /// Contact keys and customer ids are personal data: hashed unless told otherwise.
 pub const LOG_REDACT: bool = true;
+// `[log] redact_key_file` has no default: without it (and without CSGATE_REDACT_KEY) a
+// random per-process key is made, so no key is ever shipped in a file everyone has.
 
 /// Relative to the working directory; `data/` is git-ignored.
 pub const STORE_DB: &str = "data/csgate-store.sqlite";

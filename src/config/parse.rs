@@ -23,7 +23,18 @@ pub(super) fn addr(
 }
 
 pub(super) fn upstream_url(key: &str, text: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text).map_err(|e| invalid(key, format!("'{text}': {e}")))?;
+    // A URL that may hold a credential is never echoed into an error (or a log).
+    let url = Url::parse(text).map_err(|e| match text.contains('@') {
+        true => invalid(key, e.to_string()),
+        false => invalid(key, format!("'{text}': {e}")),
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        // Never echo the URL: it holds a credential.
+        return Err(invalid(
+            key,
+            "credentials (user:password@) in an upstream URL are refused; they would not be sent",
+        ));
+    }
     if url.scheme() != "http" {
         return Err(invalid(
             key,

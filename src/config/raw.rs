@@ -29,6 +29,10 @@ pub(super) struct RawServer {
     pub max_header_bytes: Option<Size>,
     pub max_body_bytes: Option<Size>,
     pub max_key_bytes: Option<Size>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub drain_delay: Option<String>,
     pub tls: Option<RawTls>,
 }
 
@@ -80,6 +84,7 @@ pub(super) struct RawLog {
     pub format: Option<String>,
     pub level: Option<String>,
     pub redact: Option<bool>,
+    pub redact_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

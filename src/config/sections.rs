@@ -15,7 +15,7 @@ use super::{defaults, invalid, ConfigError};
 use crate::cache::Policy;
 use crate::query::params::Limits;
 use crate::query::TypeMap;
-use crate::server::ServeOptions;
+use crate::server::{limits, ServeOptions};
 use crate::store::StoreConfig;
 
 /// `[server]`: the public listener and request limits.
@@ -29,6 +29,15 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub max_key_bytes: usize,
+    /// Keep-alive connections with no request in flight are closed after this.
+    pub idle_timeout: Duration,
+    /// Open public connections; `None`: derived from the open-file limit at start.
+    pub max_connections: Option<usize>,
+    /// Request header fields; more get 431.
+    pub max_headers: usize,
+    /// After SIGTERM, requests on open connections are still answered (with
+    /// `Connection: close`) for this long before connections are closed.
+    pub drain_delay: Duration,
     pub tls: Option<TlsConfig>,
 }
 
@@ -39,7 +48,8 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
-/// `[server]`: durations and sizes parsed, counts at least one.
+/// `[server]`: durations and sizes parsed, counts at least one; `max_connections` left
+/// absent when not set (the default depends on the open-file limit at start).
 impl TryFrom<RawServer> for ServerConfig {
     type Error = ConfigError;
 
@@ -80,6 +90,20 @@ impl TryFrom<RawServer> for ServerConfig {
                 s.max_key_bytes,
                 defaults::MAX_KEY_BYTES,
             )?,
+            idle_timeout: positive(
+                "server.idle_timeout",
+                s.idle_timeout,
+                defaults::IDLE_TIMEOUT,
+            )?,
+            max_connections: s
+                .max_connections
+                .map(|n| at_least_one("server.max_connections", n))
+                .transpose()?,
+            max_headers: at_least_one(
+                "server.max_headers",
+                s.max_headers.unwrap_or(defaults::MAX_HEADERS),
+            )?,
+            drain_delay: duration("server.drain_delay", s.drain_delay, defaults::DRAIN_DELAY)?,
             tls: s.tls.map(|t| TlsConfig {
                 cert: t.cert,
                 key: t.key,
@@ -91,10 +115,22 @@ impl TryFrom<RawServer> for ServerConfig {
 impl ServerConfig {
     /// Connection settings of the public listener. hyper's read buffer is four times
     /// the gateway's own head limits (and at least [`defaults::PUBLIC_MAX_BUF_FLOOR`]),
-    /// so the gateway answers 414/431 itself, in the CS error shape.
+    /// and hyper's header count twice the gateway's (at least twice
+    /// [`defaults::MAX_HEADERS`]), so the gateway answers 414/431 itself, in the CS error
+    /// shape. Without `max_connections` the cap follows the open-file limit (read now,
+    /// after start-up has raised it).
     pub fn serve_options(&self) -> ServeOptions {
         ServeOptions {
             header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(limits::default_max_connections),
+            max_headers: self
+                .max_headers
+                .saturating_mul(2)
+                .max(2 * defaults::MAX_HEADERS),
+            drain_delay: self.drain_delay,
             max_buf_size: ((self.max_header_bytes + self.max_query_bytes) * 4)
                 .max(defaults::PUBLIC_MAX_BUF_FLOOR),
             shutdown_grace: self.shutdown_grace,
@@ -319,9 +355,12 @@ pub struct LogConfig {
     pub level: String,
     /// Hash contact keys and customer ids in logs.
     pub redact: bool,
+    /// The HMAC key for redaction (`CSGATE_REDACT_KEY` wins over it).
+    pub redact_key_file: Option<PathBuf>,
 }
 
-/// `[log]`: the format one of the two known, the level a valid `tracing` filter.
+/// `[log]`: the format one of the two known, the level a valid `tracing` filter, the
+/// redaction key file (when named) readable and not empty.
 impl TryFrom<RawLog> for LogConfig {
     type Error = ConfigError;
 
@@ -343,10 +382,23 @@ impl TryFrom<RawLog> for LogConfig {
                 format!("'{level}' is not a valid filter: {e}"),
             ));
         }
+        if let Some(path) = &l.redact_key_file {
+            match std::fs::read(path) {
+                Ok(key) if !key.trim_ascii().is_empty() => {}
+                Ok(_) => return Err(invalid("log.redact_key_file", "the key file is empty")),
+                Err(e) => {
+                    return Err(invalid(
+                        "log.redact_key_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    ))
+                }
+            }
+        }
         Ok(LogConfig {
             format,
             level,
             redact: l.redact.unwrap_or(defaults::LOG_REDACT),
+            redact_key_file: l.redact_key_file,
         })
     }
 }

@@ -62,6 +62,11 @@ fn errors_name_the_key() {
         ("[server]\nlisten = \"nope\"", "server.listen"),
         ("[server]\nlistne = \"127.0.0.1:1\"", "listne"),
         ("[upstream]\nurls = [\"ftp://x\"]", "upstream.urls[0]"),
+        ("[upstream]\nurls = [\"http://u:pw@x\"]", "upstream.urls[0]"),
+        (
+            "[log]\nredact_key_file = \"/nonexistent/key\"",
+            "log.redact_key_file",
+        ),
         (
             "[upstream]\nconnect_timeout = \"soon\"",
             "upstream.connect_timeout",

@@ -1,5 +1,6 @@
-//! Stage `admit`: the request-size limits, checked before anything else looks at the
-//! request. (Load shedding, the in-flight bound, is a permit taken in `handle`.)
+//! Stage `admit`: the request-size limits (head bytes, header count, query length),
+//! checked before anything else looks at the request. (Load shedding, the in-flight
+//! bound, is a permit taken in `handle`.)
 
 use http::request::Parts;
 
@@ -15,6 +16,12 @@ impl Gateway {
             return Err(GatewayError::HeadersTooLarge {
                 len: header_bytes,
                 max: s.max_header_bytes,
+            });
+        }
+        if parts.headers.len() > s.max_headers {
+            return Err(GatewayError::TooManyHeaders {
+                count: parts.headers.len(),
+                max: s.max_headers,
             });
         }
         let query_len = parts.uri.query().map_or(0, str::len);

@@ -68,6 +68,7 @@ pub struct Settings {
     pub limits: Limits,
     pub max_query_bytes: usize,
     pub max_header_bytes: usize,
+    pub max_headers: usize,
     pub max_body_bytes: usize,
     pub redactor: Redactor,
 }
@@ -82,10 +83,9 @@ impl Settings {
             },
             max_query_bytes: config.server.max_query_bytes,
             max_header_bytes: config.server.max_header_bytes,
+            max_headers: config.server.max_headers,
             max_body_bytes: config.server.max_body_bytes,
-            redactor: Redactor {
-                redact: config.log.redact,
-            },
+            redactor: Redactor::from_config(&config.log),
         }
     }
 }
