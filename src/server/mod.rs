@@ -225,10 +225,10 @@ pub async fn serve<A, H, F>(
             match ended {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
-                    tracing::debug!(%error, %peer, "connection ended with an error")
+                    tracing::debug!(%error, %peer, "connection ended with an error");
                 }
                 Err(Closed::NoFirstRequest) => {
-                    tracing::debug!(%peer, "no request within the header read timeout; closed")
+                    tracing::debug!(%peer, "no request within the header read timeout; closed");
                 }
             }
         });
