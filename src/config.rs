@@ -14,6 +14,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::query::TypeMap;
+use crate::upstream::FailureSet;
 
 /// Every default, each with the reason for its value.
 pub mod defaults {
@@ -27,6 +28,8 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
     /// A client that cannot send its headers in 10 s is broken or hostile (slowloris).
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// A client that cannot send a 1 MiB body in 10 s of our waiting is broken or hostile.
+    pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
     /// Far above what one core serves at the target latency; past it, shed fast.
     pub const MAX_INFLIGHT: usize = 4096;
     /// Contract: a query string over 8 KiB is answered 414.
@@ -62,6 +65,10 @@ pub mod defaults {
     pub const EJECT_AFTER: u32 = 5;
     /// Ejection cool-down before an active probe may bring it back.
     pub const EJECT_FOR: Duration = Duration::from_secs(10);
+    /// Failures that count toward ejection: see `upstream::FailureSet::EJECT_ON`.
+    pub const EJECT_ON: &[&str] = crate::upstream::FailureSet::EJECT_ON;
+    /// Failures that allow a retry: see `upstream::FailureSet::RETRY_ON`.
+    pub const RETRY_ON: &[&str] = crate::upstream::FailureSet::RETRY_ON;
 
     /// Contract default: 30 s bounds staleness for writes that bypass the gateway.
     pub const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -122,6 +129,7 @@ struct RawServer {
     listen: Option<String>,
     shutdown_grace: Option<String>,
     header_read_timeout: Option<String>,
+    body_read_timeout: Option<String>,
     max_inflight: Option<usize>,
     max_query_bytes: Option<Size>,
     max_header_bytes: Option<Size>,
@@ -152,6 +160,8 @@ struct RawUpstream {
     max_retries: Option<u32>,
     eject_after: Option<u32>,
     eject_for: Option<String>,
+    eject_on: Option<Vec<String>>,
+    retry_on: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -219,6 +229,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
+    /// Time spent waiting for a request body, summed; past it 408.
+    pub body_read_timeout: Duration,
     pub max_inflight: usize,
     pub max_query_bytes: usize,
     pub max_header_bytes: usize,
@@ -251,6 +263,10 @@ pub struct UpstreamConfig {
     pub max_retries: u32,
     pub eject_after: u32,
     pub eject_for: Duration,
+    /// Outcomes that count toward `eject_after`.
+    pub eject_on: FailureSet,
+    /// Outcomes after which a bodiless GET/HEAD is tried at the next upstream.
+    pub retry_on: FailureSet,
 }
 
 /// `[cache]`.
@@ -425,6 +441,11 @@ impl RawConfig {
                 s.header_read_timeout,
                 defaults::HEADER_READ_TIMEOUT,
             )?,
+            body_read_timeout: positive(
+                "server.body_read_timeout",
+                s.body_read_timeout,
+                defaults::BODY_READ_TIMEOUT,
+            )?,
             max_inflight: at_least_one(
                 "server.max_inflight",
                 s.max_inflight.unwrap_or(defaults::MAX_INFLIGHT),
@@ -513,6 +534,8 @@ impl RawConfig {
                 u.eject_after.unwrap_or(defaults::EJECT_AFTER) as usize,
             )? as u32,
             eject_for: positive("upstream.eject_for", u.eject_for, defaults::EJECT_FOR)?,
+            eject_on: failures("upstream.eject_on", u.eject_on, defaults::EJECT_ON)?,
+            retry_on: failures("upstream.retry_on", u.retry_on, defaults::RETRY_ON)?,
         };
 
         let c = self.cache;
@@ -679,6 +702,18 @@ fn positive(key: &str, value: Option<String>, default: Duration) -> Result<Durat
         return Err(invalid(key, "must be greater than zero"));
     }
     Ok(d)
+}
+
+fn failures(
+    key: &str,
+    value: Option<Vec<String>>,
+    default: &[&str],
+) -> Result<FailureSet, ConfigError> {
+    match value {
+        None => FailureSet::parse(default),
+        Some(names) => FailureSet::parse(&names),
+    }
+    .map_err(|m| invalid(key, m))
 }
 
 fn at_least_one(key: &str, value: usize) -> Result<usize, ConfigError> {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
@@ -30,7 +30,7 @@ use crate::query::params::{self, Limits};
 use crate::query::{Lifecycle, ServiceQuery, TypeMap};
 use crate::routes::{self, Owner, Route};
 use crate::server::Body;
-use crate::upstream::{Fetched, UpstreamError, Upstreams};
+use crate::upstream::{ClientBody, Fetched, Prefix, Upstreams};
 
 /// Request headers forwarded on Query Services routes (the contract's list; the
 /// `X-Forwarded-*` and `X-Request-Id` headers are set by `forwarding_headers`).
@@ -68,6 +68,7 @@ pub struct Settings {
     pub max_query_bytes: usize,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
     pub redactor: Redactor,
 }
 
@@ -82,6 +83,7 @@ impl Settings {
             max_query_bytes: config.server.max_query_bytes,
             max_header_bytes: config.server.max_header_bytes,
             max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: config.server.body_read_timeout,
             redactor: Redactor {
                 redact: config.log.redact,
             },
@@ -364,7 +366,7 @@ impl Gateway {
             exchange.upstream_time = Some(fetched.elapsed);
         }
         result.map_err(|e| {
-            if let UpstreamError::Connect(detail) | UpstreamError::Transport(detail) = &e {
+            if let Some(detail) = e.detail() {
                 tracing::warn!(request_id = ?exchange.id, %detail, "upstream request failed");
             }
             GatewayError::from(e)
@@ -487,13 +489,14 @@ impl Gateway {
 
         // A start names its contact key in the body: read it (it is small and bounded),
         // then forward the same bytes.
-        let (upstream_body, invalidation): (Body, _) = match invalidation {
+        let body = ClientBody::new(body, max, self.inner.settings.body_read_timeout);
+        let (upstream_body, invalidation) = match invalidation {
             Some(start @ Invalidation::ServiceStart { .. }) => {
-                let bytes = read_bounded(body, max).await?;
+                let bytes = body.collect().await?;
                 let start = start.with_start_body(&parts.headers, &bytes);
-                (full(bytes), Some(start))
+                (ClientBody::full(bytes), Some(start))
             }
-            other => (Limited::new(body, max).map_err(Into::into).boxed(), other),
+            other => (body, other),
         };
         // A bodiless read may be retried at another upstream; anything else is sent once.
         let streamed = if is_bodiless_read(&parts) {
@@ -512,13 +515,7 @@ impl Gateway {
                 )
                 .await
         };
-        let streamed = match streamed {
-            Ok(s) => s,
-            Err(UpstreamError::RequestBodyTooLarge) => {
-                return Err(GatewayError::PayloadTooLarge { max })
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let streamed = streamed?;
         exchange.upstream = Some(streamed.target.clone());
         exchange.upstream_time = Some(streamed.elapsed);
 
@@ -528,10 +525,16 @@ impl Gateway {
             (head.status.is_success(), &self.inner.cache, invalidation)
         {
             if let Invalidation::ServiceStart { owner: Some(_) } = invalidation {
-                // The answer names the new service id, for the service-id index.
-                let bytes = read_bounded(incoming, self.inner.settings.max_body_bytes)
-                    .await
-                    .map_err(|_| GatewayError::UpstreamUnavailable)?;
+                // The answer names the new service id, for the service-id index; one too
+                // large to read is streamed on all the same (the write has happened).
+                let bytes = match Prefix::read(incoming, max).await {
+                    Ok(Prefix::Whole(bytes)) => bytes,
+                    Ok(Prefix::Partial(body)) => {
+                        cache.invalidate(&invalidation, None).await;
+                        return Ok(Response::from_parts(head, body));
+                    }
+                    Err(_) => return Err(GatewayError::UpstreamUnavailable),
+                };
                 let id = serde_json::from_slice::<serde_json::Value>(&bytes)
                     .ok()
                     .and_then(|v| v.get("service_id").map(crate::cache::id_text));
@@ -573,7 +576,7 @@ impl Gateway {
 
     fn log_error(&self, error: &GatewayError, exchange: &Exchange) {
         match error.blame() {
-            Blame::Downstream => {}
+            Blame::Downstream | Blame::Overload => {}
             Blame::Upstream => tracing::warn!(
                 request_id = exchange.id.to_str().unwrap_or("-"),
                 route = exchange.route,
@@ -587,23 +590,6 @@ impl Gateway {
                 }
             }
         }
-    }
-}
-
-/// Reads a whole body, refusing one over `max` bytes.
-async fn read_bounded<B>(body: B, max: usize) -> Result<Bytes, GatewayError>
-where
-    B: hyper::body::Body,
-    B::Error: Into<crate::server::BoxError>,
-{
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::PayloadTooLarge { max })
-        }
-        Err(_) => Err(GatewayError::InvalidParameter(
-            "the request body could not be read".into(),
-        )),
     }
 }
 
