@@ -147,10 +147,12 @@ async fn an_ejected_upstream_stays_out_for_eject_for_then_one_trial_decides() {
         &[failing.url(), healthy.url()],
     )
     .await;
-    let url = gw.url(&format!("{CS}/customers/C1/services"));
+    // A write: never retried, so every answer shows which upstream took it.
+    let url = gw.url(&format!("{CS}/services/42/end"));
+    let post = |url: String| async move { send(Method::POST, &url, &[], "{}").await };
 
     // Round-robin starts at the first upstream: one 503, passed through, ejects it.
-    assert_eq!(get(&url).await.status, 503);
+    assert_eq!(post(url.clone()).await.status, 503);
     let ejected_at = Instant::now();
     assert_eq!(failing.count(), 1);
 
@@ -158,7 +160,7 @@ async fn an_ejected_upstream_stays_out_for_eject_for_then_one_trial_decides() {
     // accepts connections all along).
     let mut served = 0;
     while ejected_at.elapsed() < eject_for * 8 / 10 {
-        let answer = get(&url).await;
+        let answer = post(url.clone()).await;
         assert_eq!(answer.status, 200, "{}", answer.text());
         served += 1;
     }
@@ -172,7 +174,7 @@ async fn an_ejected_upstream_stays_out_for_eject_for_then_one_trial_decides() {
     let burst: Vec<_> = (0..10)
         .map(|_| {
             let url = url.clone();
-            tokio::spawn(async move { get(&url).await.status })
+            tokio::spawn(async move { post(url.clone()).await.status })
         })
         .collect();
     healthy.wait_for_count(before + 9).await;
@@ -192,10 +194,10 @@ async fn an_ejected_upstream_stays_out_for_eject_for_then_one_trial_decides() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while failing.count() < 3 {
         assert!(Instant::now() < deadline, "no second trial");
-        assert_eq!(get(&url).await.status, 200);
+        assert_eq!(post(url.clone()).await.status, 200);
     }
     for _ in 0..4 {
-        assert_eq!(get(&url).await.status, 200);
+        assert_eq!(post(url.clone()).await.status, 200);
     }
     assert!(
         failing.count() >= 4,
