@@ -79,7 +79,7 @@ impl WaitClock {
     fn waiting(&self, budget: Duration) -> Instant {
         let mut waits = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let since = *waits.since.get_or_insert_with(Instant::now);
-        since + budget.saturating_sub(waits.done)
+        super::later(since, budget.saturating_sub(waits.done))
     }
 
     fn stop_waiting(&self) {

@@ -332,7 +332,12 @@ impl Upstreams {
         let request = self.build(target, &method, path_and_query, headers, body.boxed());
         let timeout = self.inner.config.request_timeout;
         // The upstream's own time: elapsed minus what the client's body kept us waiting.
-        let upstream_deadline = || started + timeout + clock.waited(Instant::now());
+        let upstream_deadline = || {
+            later(
+                started,
+                timeout.saturating_add(clock.waited(Instant::now())),
+            )
+        };
         let timer = async {
             loop {
                 let due = upstream_deadline();
@@ -390,7 +395,7 @@ impl Upstreams {
         headers: &HeaderMap,
     ) -> Result<Head, UpstreamError> {
         let config = &self.inner.config;
-        let deadline = Instant::now() + config.deadline;
+        let deadline = later(Instant::now(), config.deadline);
         self.inner.budget.deposit();
         let mut tried: Vec<usize> = Vec::new();
         let mut pick = self.pick(&tried).ok_or(UpstreamError::NoHealthy)?;
@@ -405,7 +410,7 @@ impl Upstreams {
                 empty(),
             );
             let attempt_started = Instant::now();
-            let attempt_deadline = (attempt_started + config.request_timeout).min(deadline);
+            let attempt_deadline = later(attempt_started, config.request_timeout).min(deadline);
             let sent = tokio::time::timeout_at(
                 tokio::time::Instant::from_std(attempt_deadline),
                 self.inner.client.request(request),
@@ -560,6 +565,13 @@ impl Upstreams {
     fn now_ms(&self) -> u64 {
         self.inner.epoch.elapsed().as_millis() as u64
     }
+}
+
+/// `at + by`, saturating at a far future instead of overflowing on an absurd setting.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    at.checked_add(by.min(FAR))
+        .unwrap_or_else(|| at + Duration::from_secs(24 * 3600))
 }
 
 /// Refuses an answer the gateway cannot pass on: `101 Switching Protocols` when no
