@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use url::Url;
 
 pub use self::body::{ClientBody, ClientBodyError, Prefix, UpstreamBody, UpstreamBodyError};
 use self::health::{Change, Health, State, TrialGuard};
@@ -170,8 +171,12 @@ struct Head {
 }
 
 impl Upstreams {
-    /// Builds the pool for `config.urls`.
-    pub fn new(config: &UpstreamConfig, observer: Option<AttemptObserver>) -> Upstreams {
+    /// Builds the pool for `urls` (the configured ones, or the embedded store's).
+    pub fn new(
+        config: &UpstreamConfig,
+        urls: &[Url],
+        observer: Option<AttemptObserver>,
+    ) -> Upstreams {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -182,8 +187,7 @@ impl Upstreams {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        let targets = config
-            .urls
+        let targets = urls
             .iter()
             .map(|url| {
                 let authority = match url.port_or_known_default() {
@@ -605,7 +609,7 @@ mod tests {
             &Default::default(),
         )
         .expect("valid");
-        let ups = Upstreams::new(&config.upstream, None);
+        let ups = Upstreams::new(&config.upstream, config.upstream.urls(), None);
         let bases: Vec<_> = ups.targets().iter().map(|t| t.base.as_str()).collect();
         assert_eq!(bases, ["http://a:81/x/cs", "http://b:80/custom/cs"]);
     }

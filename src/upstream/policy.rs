@@ -98,14 +98,6 @@ pub enum Failure {
 pub struct FailureSet(Vec<Failure>);
 
 impl FailureSet {
-    /// `eject_on` default: transport failures and the gateway statuses (Envoy's
-    /// "gateway errors"), so an upstream that only answers 502/503/504 is rested.
-    pub const EJECT_ON: &'static [&'static str] =
-        &["connect-failure", "reset", "timeout", "502", "503", "504"];
-    /// `retry_on` default: only when nothing was received (nginx and Envoy defaults), so
-    /// the client never gets a second upstream's answer in place of the first's.
-    pub const RETRY_ON: &'static [&'static str] = &["connect-failure", "reset", "timeout"];
-
     /// Parses names: `connect-failure`, `reset`, `timeout`, `invalid-response`, or a
     /// status code 100..=599. The error names the first bad entry.
     pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<FailureSet, String> {
@@ -234,6 +226,7 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::defaults;
 
     #[test]
     fn retry_budget_allows_the_floor_then_the_ratio() {
@@ -250,8 +243,8 @@ mod tests {
 
     #[test]
     fn the_defaults_eject_on_gateway_statuses_and_retry_only_when_nothing_came_back() {
-        let eject = FailureSet::parse(FailureSet::EJECT_ON).expect("default parses");
-        let retry = FailureSet::parse(FailureSet::RETRY_ON).expect("default parses");
+        let eject = FailureSet::parse(defaults::EJECT_ON).expect("default parses");
+        let retry = FailureSet::parse(defaults::RETRY_ON).expect("default parses");
         let s = |code| Outcome::Answered(StatusCode::from_u16(code).expect("status"));
         let table = [
             // outcome, ejects, retried
