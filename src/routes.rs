@@ -17,6 +17,10 @@ pub const PUBLIC_PREFIX: &str = "/genesys/1/cs";
 /// Methods the read-only routes allow.
 pub const READ_METHODS: &str = "GET, HEAD";
 
+/// Methods the proxied routes allow: everything but `CONNECT` (and `TRACE`, which the
+/// upstream may refuse itself), since no route is a tunnel.
+pub const PROXY_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 /// Whose services a Query Services route asks for, as the raw path segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathOwner<'a> {
@@ -61,6 +65,12 @@ impl Route<'_> {
 /// Matches `method` and `path` (no query). Paths outside the prefix are `NotFound`;
 /// other methods on the Query Services routes are `MethodNotAllowed`.
 pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayError> {
+    if *method == Method::CONNECT {
+        return Err(GatewayError::MethodNotAllowed {
+            method: method.to_string(),
+            allow: PROXY_METHODS,
+        });
+    }
     let rest = match path.strip_prefix(PUBLIC_PREFIX) {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
         _ => {

@@ -154,26 +154,32 @@ async fn a_dead_upstream_is_ejected_and_traffic_moves_to_the_healthy_one() {
 }
 
 #[tokio::test]
-async fn with_every_upstream_ejected_requests_fail_fast_and_readiness_is_503() {
+async fn with_every_upstream_ejected_requests_still_go_upstream_and_readiness_holds() {
     let dead = refused_url().await;
     let gw = start_gateway(
         "[upstream]\neject_after = 1\neject_for = \"60s\"\n[cache]\nenabled = false\n",
-        &[dead],
+        std::slice::from_ref(&dead),
     )
     .await;
     let url = gw.url("/genesys/1/cs/customers/C1/services");
-    let first = get(&url).await;
-    assert_eq!(first.status, 502);
-    assert_eq!(first.json()["exception"], "UpstreamUnavailable");
-    let fast = get(&url).await;
-    assert_eq!(fast.status, 503);
-    assert_eq!(
-        fast.json(),
-        serde_json::json!({"message": "no healthy Context Services upstream is available", "exception": "UpstreamUnavailable"})
-    );
-    let ready = get(&gw.admin_url("/readyz")).await;
-    assert_eq!(ready.status, 503);
-    assert_eq!(ready.json()["reason"], "no healthy upstream");
+    // Panic mode: the ejected upstream is still tried, so the client learns what the
+    // upstream did (refused: 502), never a 503 the gateway made up.
+    for _ in 0..3 {
+        let answer = get(&url).await;
+        assert_eq!(answer.status, 502);
+        assert_eq!(answer.json()["exception"], "UpstreamUnavailable");
+    }
+    let text = get(&gw.admin_url("/metrics")).await.text();
+    for expected in [
+        format!(
+            "csgate_upstream_requests_total{{upstream=\"{dead}\",outcome=\"connect_error\"}} 3"
+        ),
+        format!("csgate_upstream_healthy{{upstream=\"{dead}\"}} 0"),
+        "csgate_upstream_panic 1".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "missing {expected}\n{text}");
+    }
+    assert_eq!(get(&gw.admin_url("/readyz")).await.status, 200);
 }
 
 #[tokio::test]

@@ -11,6 +11,8 @@ pub const ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
 /// A client that cannot send its headers in 10 s is broken or hostile (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that cannot send a 1 MiB body in 10 s of our waiting is broken or hostile.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Far above what one core serves at the target latency; past it, shed fast.
 pub const MAX_INFLIGHT: usize = 4096;
 /// Contract: a query string over 8 KiB is answered 414.
@@ -68,8 +70,14 @@ pub const RETRY_BUDGET: f64 = 0.2;
 pub const MAX_RETRIES: u32 = 2;
 /// Consecutive failures before an upstream is ejected.
 pub const EJECT_AFTER: u32 = 5;
-/// Ejection cool-down before an active probe may bring it back.
+/// Ejection cool-down; after it one trial request at a time decides (half-open).
 pub const EJECT_FOR: Duration = Duration::from_secs(10);
+/// Outcomes that count toward ejection: transport failures and the gateway statuses
+/// (Envoy's "gateway errors"), so an upstream that only answers 502/503/504 is rested.
+pub const EJECT_ON: &[&str] = &["connect-failure", "reset", "timeout", "502", "503", "504"];
+/// Outcomes that allow a retry: only when nothing was received (nginx and Envoy
+/// defaults), so the client never gets a second upstream's answer in place of the first's.
+pub const RETRY_ON: &[&str] = &["connect-failure", "reset", "timeout"];
 
 /// Caching anonymous look-ups is the gateway's reason to exist.
 pub const CACHE_ENABLED: bool = true;

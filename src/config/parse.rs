@@ -7,6 +7,7 @@ use url::Url;
 
 use super::raw::Size;
 use super::{invalid, ConfigError};
+use crate::upstream::FailureSet;
 
 pub(super) fn addr(
     key: &str,
@@ -79,6 +80,19 @@ pub(super) fn positive(
         return Err(invalid(key, "must be greater than zero"));
     }
     Ok(d)
+}
+
+/// An `eject_on`/`retry_on` list: the default when absent, the first bad name named.
+pub(super) fn failures(
+    key: &str,
+    value: Option<Vec<String>>,
+    default: &[&str],
+) -> Result<FailureSet, ConfigError> {
+    match value {
+        None => FailureSet::parse(default),
+        Some(names) => FailureSet::parse(&names),
+    }
+    .map_err(|m| invalid(key, m))
 }
 
 pub(super) fn at_least_one(key: &str, value: usize) -> Result<usize, ConfigError> {

@@ -24,6 +24,7 @@ pub(super) struct RawServer {
     pub listen: Option<String>,
     pub shutdown_grace: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
     pub max_inflight: Option<usize>,
     pub max_query_bytes: Option<Size>,
     pub max_header_bytes: Option<Size>,
@@ -58,6 +59,8 @@ pub(super) struct RawUpstream {
     pub max_retries: Option<u32>,
     pub eject_after: Option<u32>,
     pub eject_for: Option<String>,
+    pub eject_on: Option<Vec<String>>,
+    pub retry_on: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

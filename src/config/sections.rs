@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::parse::{addr, at_least_one, duration, positive, size, upstream_url};
+use super::parse::{addr, at_least_one, duration, failures, positive, size, upstream_url};
 use super::raw::{RawAdmin, RawCache, RawLog, RawServer, RawStore, RawUpstream};
 use super::{defaults, invalid, ConfigError};
 use crate::cache::Policy;
@@ -17,6 +17,7 @@ use crate::query::params::Limits;
 use crate::query::TypeMap;
 use crate::server::{limits, ServeOptions};
 use crate::store::StoreConfig;
+use crate::upstream::FailureSet;
 
 /// `[server]`: the public listener and request limits.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
+    /// Time spent waiting for a request body, summed; past it 408.
+    pub body_read_timeout: Duration,
     pub max_inflight: usize,
     pub max_query_bytes: usize,
     pub max_header_bytes: usize,
@@ -65,6 +68,11 @@ impl TryFrom<RawServer> for ServerConfig {
                 "server.header_read_timeout",
                 s.header_read_timeout,
                 defaults::HEADER_READ_TIMEOUT,
+            )?,
+            body_read_timeout: positive(
+                "server.body_read_timeout",
+                s.body_read_timeout,
+                defaults::BODY_READ_TIMEOUT,
             )?,
             max_inflight: at_least_one(
                 "server.max_inflight",
@@ -175,10 +183,14 @@ pub struct UpstreamConfig {
     pub max_retries: u32,
     pub eject_after: u32,
     pub eject_for: Duration,
+    /// Outcomes that count toward `eject_after`.
+    pub eject_on: FailureSet,
+    /// Outcomes after which a bodiless GET/HEAD is tried at the next upstream.
+    pub retry_on: FailureSet,
 }
 
 /// `[upstream]`: every URL checked (http, a host, no query), the prefix absolute, the
-/// retry budget a fraction.
+/// retry budget a fraction, `eject_on`/`retry_on` known outcome names or status codes.
 impl TryFrom<RawUpstream> for UpstreamConfig {
     type Error = ConfigError;
 
@@ -241,6 +253,8 @@ impl TryFrom<RawUpstream> for UpstreamConfig {
             )?)
             .map_err(|_| invalid("upstream.eject_after", "too large"))?,
             eject_for: positive("upstream.eject_for", u.eject_for, defaults::EJECT_FOR)?,
+            eject_on: failures("upstream.eject_on", u.eject_on, defaults::EJECT_ON)?,
+            retry_on: failures("upstream.retry_on", u.retry_on, defaults::RETRY_ON)?,
         })
     }
 }

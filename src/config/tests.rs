@@ -76,6 +76,15 @@ fn errors_name_the_key() {
             "upstream.request_timeout",
         ),
         ("[upstream]\nretry_budget = 2.0", "upstream.retry_budget"),
+        ("[upstream]\neject_on = [\"5xx\"]", "upstream.eject_on"),
+        (
+            "[upstream]\nretry_on = [\"reset\", \"600\"]",
+            "upstream.retry_on",
+        ),
+        (
+            "[server]\nbody_read_timeout = \"0s\"",
+            "server.body_read_timeout",
+        ),
         ("[cache]\nmax_bytes = \"lots\"", "cache.max_bytes"),
         (
             "[cache]\nmax_bytes = \"1MiB\"\nmax_entry_bytes = \"2MiB\"",
@@ -134,10 +143,14 @@ fn sizes() {
     assert!(parse_size("99999999999999999999GiB").is_err());
 }
 
-/// The value a `Default: …` comment states: a quoted string, or the word up to the next
-/// space (without a trailing `.`/`,`). `None` for defaults that are an absence.
+/// The value a `Default: …` comment states: a quoted string, a `[…]` list, or the word
+/// up to the next space (without a trailing `.`/`,`). `None` for defaults that are an
+/// absence.
 fn documented_default(comment: &str) -> Option<String> {
     let rest = comment.split("Default: ").nth(1)?;
+    if let Some(list) = rest.strip_prefix('[') {
+        return Some(format!("[{}]", list.split(']').next()?));
+    }
     let value = match rest.strip_prefix('"') {
         Some(quoted) => format!("\"{}\"", quoted.split('"').next()?),
         None => rest

@@ -11,8 +11,7 @@ use http::Method;
 use super::{Exchange, Gateway};
 use crate::error::GatewayError;
 use crate::httputil;
-use crate::server::Body;
-use crate::upstream::{Fetched, Streamed, UpstreamError, Upstreams};
+use crate::upstream::{ClientBody, Fetched, Streamed, Upstreams};
 
 /// Request headers forwarded on Query Services routes (the contract's list; the
 /// `X-Forwarded-*` and `X-Request-Id` headers are set by `forwarding_headers`).
@@ -44,7 +43,7 @@ impl Gateway {
             exchange.upstream_time = Some(fetched.elapsed);
         }
         result.map_err(|e| {
-            if let UpstreamError::Connect(detail) | UpstreamError::Transport(detail) = &e {
+            if let Some(detail) = e.detail() {
                 tracing::warn!(request_id = ?exchange.id, %detail, "upstream request failed");
             }
             GatewayError::from(e)
@@ -52,15 +51,16 @@ impl Gateway {
     }
 
     /// Sends a proxied request. A bodiless read (`body` is `None`) may be retried at
-    /// another upstream; anything else is sent once.
+    /// another upstream; anything else is sent once. A failing client body is the
+    /// client's error (413/400/408), never counted against the upstream.
     pub(super) async fn forward_stream(
         &self,
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
-        body: Option<Body>,
+        body: Option<ClientBody>,
         exchange: &mut Exchange,
-    ) -> Result<Streamed, UpstreamError> {
+    ) -> Result<Streamed, GatewayError> {
         let upstreams = &self.inner.upstreams;
         let streamed = match body {
             None => upstreams.stream_read(method, path_and_query, headers).await,

@@ -34,7 +34,7 @@ impl Gateway {
     /// Client mistakes are not logged as errors; ours and the upstream's are, once.
     pub(super) fn log_error(&self, error: &GatewayError, exchange: &Exchange) {
         match error.blame() {
-            Blame::Downstream => {}
+            Blame::Downstream | Blame::Overload => {}
             Blame::Upstream => tracing::warn!(
                 request_id = exchange.id.to_str().unwrap_or("-"),
                 route = exchange.route,

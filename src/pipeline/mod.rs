@@ -70,6 +70,8 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: usize,
+    /// Time spent waiting for a request body, summed; past it 408.
+    pub body_read_timeout: Duration,
     pub redactor: Redactor,
 }
 
@@ -85,6 +87,7 @@ impl Settings {
             max_header_bytes: config.server.max_header_bytes,
             max_headers: config.server.max_headers,
             max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: config.server.body_read_timeout,
             redactor: Redactor::from_config(&config.log),
         }
     }

@@ -1,14 +1,15 @@
 //! Transparent proxying of everything else under the public prefix: hop-by-hop
-//! headers stripped, forwarding headers set, bodies streamed (bounded), and a
-//! successful write invalidating the cache entries it can change.
+//! headers stripped, forwarding headers set, bodies streamed (the client's bounded in
+//! size and waiting time by [`ClientBody`], the upstream's by the attempt's deadline),
+//! and a successful write invalidating the cache entries it can change. A client body
+//! that fails is the client's: 413, 400 (unreadable) or 408 (`body_read_timeout`).
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use http::header;
 use http::request::Parts;
 use http::{Method, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::{with_query, Exchange, Gateway};
@@ -16,7 +17,7 @@ use crate::cache::Invalidation;
 use crate::error::GatewayError;
 use crate::httputil::{self, full};
 use crate::server::Body;
-use crate::upstream::UpstreamError;
+use crate::upstream::{ClientBody, Prefix};
 
 impl Gateway {
     pub(super) async fn proxy(
@@ -50,13 +51,14 @@ impl Gateway {
 
         // A start names its contact key in the body: read it (it is small and bounded),
         // then forward the same bytes.
-        let (upstream_body, invalidation): (Body, _) = match invalidation {
+        let body = ClientBody::new(body, max, self.inner.settings.body_read_timeout);
+        let (upstream_body, invalidation) = match invalidation {
             Some(start @ Invalidation::ServiceStart { .. }) => {
-                let bytes = read_bounded(body, max).await?;
+                let bytes = body.collect().await?;
                 let start = start.with_start_body(&parts.headers, &bytes);
-                (full(bytes), Some(start))
+                (ClientBody::full(bytes), Some(start))
             }
-            other => (Limited::new(body, max).map_err(Into::into).boxed(), other),
+            other => (body, other),
         };
         let upstream_body = (!is_bodiless_read(&parts)).then_some(upstream_body);
         let streamed = self
@@ -67,14 +69,7 @@ impl Gateway {
                 upstream_body,
                 exchange,
             )
-            .await;
-        let streamed = match streamed {
-            Ok(s) => s,
-            Err(UpstreamError::RequestBodyTooLarge) => {
-                return Err(GatewayError::PayloadTooLarge { max })
-            }
-            Err(e) => return Err(e.into()),
-        };
+            .await?;
 
         let (mut head, incoming) = streamed.response.into_parts();
         httputil::strip_hop_by_hop(&mut head.headers);
@@ -82,10 +77,16 @@ impl Gateway {
             (head.status.is_success(), &self.inner.cache, invalidation)
         {
             if let Invalidation::ServiceStart { owner: Some(_) } = invalidation {
-                // The answer names the new service id, for the service-id index.
-                let bytes = read_bounded(incoming, self.inner.settings.max_body_bytes)
-                    .await
-                    .map_err(|_| GatewayError::UpstreamUnavailable)?;
+                // The answer names the new service id, for the service-id index; one too
+                // large to read is streamed on all the same (the write has happened).
+                let bytes = match Prefix::read(incoming, max).await {
+                    Ok(Prefix::Whole(bytes)) => bytes,
+                    Ok(Prefix::Partial(body)) => {
+                        cache.invalidate(&invalidation, None).await;
+                        return Ok(Response::from_parts(head, body));
+                    }
+                    Err(_) => return Err(GatewayError::UpstreamUnavailable),
+                };
                 let id = serde_json::from_slice::<serde_json::Value>(&bytes)
                     .ok()
                     .and_then(|v| v.get("service_id").map(crate::cache::id_text));
@@ -98,23 +99,6 @@ impl Gateway {
             head,
             incoming.map_err(Into::into).boxed(),
         ))
-    }
-}
-
-/// Reads a whole body, refusing one over `max` bytes.
-async fn read_bounded<B>(body: B, max: usize) -> Result<Bytes, GatewayError>
-where
-    B: hyper::body::Body,
-    B::Error: Into<crate::server::BoxError>,
-{
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::PayloadTooLarge { max })
-        }
-        Err(_) => Err(GatewayError::InvalidParameter(
-            "the request body could not be read".into(),
-        )),
     }
 }
 
