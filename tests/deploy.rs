@@ -410,9 +410,18 @@ fn shipped_config_documents_every_key_at_its_default() {
 
     // The keys that are set carry their defaults; no upstream, so the embedded store runs.
     let shipped = load(&text, "config/csgate.toml", &Overrides::default());
-    // The commented-out examples are valid settings too.
+    // The commented-out examples are valid settings too. The redaction key file is read
+    // at load, so its example path is pointed at a real key.
+    let key_dir = tempfile::tempdir().expect("tempdir");
+    let key_file = key_dir.path().join("redact.key");
+    std::fs::write(&key_file, "an example redaction key").expect("write key");
+    let examples_text = uncommented(&text).replace(
+        "\"/etc/csgate/redact.key\"",
+        &format!("{:?}", key_file.display().to_string()),
+    );
+    assert_ne!(examples_text, uncommented(&text), "the redact_key_file example moved");
     let examples = load(
-        &uncommented(&text),
+        &examples_text,
         "config/csgate.toml, examples uncommented",
         &Overrides::default(),
     );
