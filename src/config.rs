@@ -73,6 +73,9 @@ pub mod defaults {
     pub const CACHE_MAX_BYTES: usize = 256 * 1024 * 1024;
     /// One runaway key must not evict thousands of normal ones.
     pub const CACHE_MAX_ENTRY_BYTES: usize = 1024 * 1024;
+    /// Query Services answers are personal data: only csgate's own cache, which
+    /// partitions by tenant and credential, may keep them; a CDN or proxy in front may not.
+    pub const DOWNSTREAM_CACHE_CONTROL: &str = "private, no-store";
 
     /// Relative to the working directory; `data/` is git-ignored.
     pub const STORE_DB: &str = "data/csgate-store.sqlite";
@@ -164,6 +167,7 @@ struct RawCache {
     max_bytes: Option<Size>,
     max_entry_bytes: Option<Size>,
     share_across_credentials: Option<bool>,
+    downstream_cache_control: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,6 +267,8 @@ pub struct CacheConfig {
     pub max_bytes: usize,
     pub max_entry_bytes: usize,
     pub share_across_credentials: bool,
+    /// `Cache-Control` on the Query Services answers csgate computes.
+    pub downstream_cache_control: http::HeaderValue,
 }
 
 /// `[admin]`.
@@ -536,6 +542,11 @@ impl RawConfig {
                 defaults::CACHE_MAX_ENTRY_BYTES,
             )?,
             share_across_credentials: c.share_across_credentials.unwrap_or(false),
+            downstream_cache_control: header_value(
+                "cache.downstream_cache_control",
+                c.downstream_cache_control.as_deref(),
+                defaults::DOWNSTREAM_CACHE_CONTROL,
+            )?,
         };
         if cache.max_entry_bytes > cache.max_bytes {
             return Err(invalid(
@@ -639,6 +650,22 @@ fn addr(key: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, Con
             format!("'{text}' is not a socket address like 127.0.0.1:8080"),
         )
     })
+}
+
+/// A header value written in the file: visible ASCII, not empty.
+fn header_value(
+    key: &str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<http::HeaderValue, ConfigError> {
+    let text = value.unwrap_or(default).trim();
+    match http::HeaderValue::from_str(text) {
+        Ok(v) if !text.is_empty() && text.is_ascii() => Ok(v),
+        _ => Err(invalid(
+            key,
+            format!("'{text}' is not a header value (visible ASCII, not empty)"),
+        )),
+    }
 }
 
 fn upstream_url(key: &str, text: &str) -> Result<Url, ConfigError> {

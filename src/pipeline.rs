@@ -69,6 +69,7 @@ pub struct Settings {
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub redactor: Redactor,
+    pub downstream_cache_control: HeaderValue,
 }
 
 impl Settings {
@@ -85,6 +86,7 @@ impl Settings {
             redactor: Redactor {
                 redact: config.log.redact,
             },
+            downstream_cache_control: config.cache.downstream_cache_control.clone(),
         }
     }
 }
@@ -191,14 +193,16 @@ impl Gateway {
         self.admit(&parts)?;
         let route = routes::route(&parts.method, parts.uri.path())?;
         exchange.route = route.name();
+        let cache_control = &self.inner.settings.downstream_cache_control;
         match route {
-            Route::QueryServices { owner, lifecycle } => {
-                self.query_services(&parts, owner, lifecycle, peer, exchange)
-                    .await
-            }
-            Route::ServiceById { service_id } => {
-                self.service_by_id(&parts, service_id, peer, exchange).await
-            }
+            Route::QueryServices { owner, lifecycle } => self
+                .query_services(&parts, owner, lifecycle, peer, exchange)
+                .await
+                .map(|r| httputil::with_cache_control(r, cache_control)),
+            Route::ServiceById { service_id } => self
+                .service_by_id(&parts, service_id, peer, exchange)
+                .await
+                .map(|r| httputil::with_cache_control(r, cache_control)),
             Route::Proxy { rest } => {
                 let rest = rest.to_owned();
                 self.proxy(parts, body, &rest, peer, exchange).await
