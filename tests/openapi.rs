@@ -243,9 +243,9 @@ async fn the_admin_listener_serves_both_documents() {
     gateway.stop().await;
 }
 
-/// Personal data is cached by csgate only: its Query Services answers say `private,
-/// no-store` (or what `[cache] downstream_cache_control` says), its errors `no-store`,
-/// and proxied answers keep the upstream's header.
+/// Personal data is cached by csgate only: its Query Services answers say `no-store`
+/// (or what `[cache] downstream_cache_control` says), its errors `no-store` too, and
+/// proxied answers keep the upstream's header.
 #[tokio::test]
 async fn downstream_caches_are_told_what_they_may_store() {
     let upstream = common::FakeUpstream::start(
@@ -260,7 +260,7 @@ async fn downstream_caches_are_told_what_they_may_store() {
             (answer.status, answer.header("cache-control"))
         }
     };
-    let private = Some("private, no-store".to_owned());
+    let private = Some("no-store".to_owned());
     for path in [
         "/services/anonymous/408-832-7799",
         "/services/anonymous/408-832-7799/active",
@@ -316,4 +316,78 @@ fn the_admin_document_lists_the_admin_routes() {
     ]
     .into();
     assert_eq!(doc, expected);
+}
+
+/// Found by httplint: a `201 Created` names what it created in `Location`; the store's
+/// answers are personal data or errors and say `no-store`, except the Query Services
+/// lists, which a gateway in front may cache.
+#[tokio::test]
+async fn the_store_names_what_it_creates_and_forbids_caching_but_for_query_lists() {
+    use csgate::store::{Store, StoreConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(StoreConfig {
+        db: dir.path().join("cs.sqlite"),
+        legacy: false,
+        business_attributes: BTreeMap::new(),
+        sweep_interval: std::time::Duration::ZERO,
+    })
+    .expect("open store");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!(
+        "http://{}/genesys/1/cs",
+        listener.local_addr().expect("addr")
+    );
+    tokio::spawn(csgate::store::serve(
+        listener,
+        store,
+        std::future::pending(),
+    ));
+    let json = [("content-type", "application/json")];
+    let post = |path: &str, body: &'static str| {
+        let url = format!("{base}{path}");
+        async move { common::send(Method::POST, &url, &json, body).await }
+    };
+    let started = post("/services/start", r#"{"contact_key": "k"}"#).await;
+    assert_eq!(started.status, 201);
+    let id = started.json()["service_id"].to_string();
+    let created = [
+        (started, format!("/genesys/1/cs/services/{id}")),
+        (
+            post(&format!("/services/{id}/states/start"), "{}").await,
+            format!("/genesys/1/cs/services/{id}/states/1"),
+        ),
+        (
+            post(&format!("/services/{id}/tasks/start"), "{}").await,
+            format!("/genesys/1/cs/services/{id}/tasks/1"),
+        ),
+        (
+            post(
+                &format!("/services/{id}/states/transition"),
+                r#"{"from": {"state_id": 1}, "to": {}}"#,
+            )
+            .await,
+            format!("/genesys/1/cs/services/{id}/states/2"),
+        ),
+    ];
+    for (answer, location) in created {
+        assert_eq!(answer.status, 201, "{}", answer.text());
+        assert_eq!(answer.header("location"), Some(location));
+        assert_eq!(answer.header("cache-control").as_deref(), Some("no-store"));
+    }
+    for (path, cache_control) in [
+        (format!("/services/{id}/states"), Some("no-store")),
+        (format!("/services/{id}"), Some("no-store")),
+        ("/services/999/tasks".to_owned(), Some("no-store")),
+        ("/services/anonymous/k".to_owned(), None),
+        ("/customers/c/services/active".to_owned(), None),
+    ] {
+        let answer = common::get(&format!("{base}{path}")).await;
+        assert_eq!(
+            answer.header("cache-control").as_deref(),
+            cache_control,
+            "{path}"
+        );
+    }
 }
