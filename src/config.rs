@@ -74,8 +74,11 @@ pub mod defaults {
     /// One runaway key must not evict thousands of normal ones.
     pub const CACHE_MAX_ENTRY_BYTES: usize = 1024 * 1024;
     /// Query Services answers are personal data: only csgate's own cache, which
-    /// partitions by tenant and credential, may keep them; a CDN or proxy in front may not.
-    pub const DOWNSTREAM_CACHE_CONTROL: &str = "private, no-store";
+    /// partitions by tenant and credential and is invalidated by writes, may keep them.
+    /// `no-store` forbids every other cache, shared (a CDN, a proxy) or private; adding
+    /// `private` would change nothing (RFC 9111 §5.2.2.5: no-store overrides it), and
+    /// httplint warns that it is ignored.
+    pub const DOWNSTREAM_CACHE_CONTROL: &str = "no-store";
 
     /// Relative to the working directory; `data/` is git-ignored.
     pub const STORE_DB: &str = "data/csgate-store.sqlite";
