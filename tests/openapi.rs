@@ -391,3 +391,25 @@ async fn the_store_names_what_it_creates_and_forbids_caching_but_for_query_lists
         );
     }
 }
+
+#[test]
+fn downstream_cache_control_is_a_header_value_or_a_startup_error_naming_the_key() {
+    use csgate::config::{Config, Overrides};
+    let load = |value: &str| {
+        Config::from_toml(
+            &format!("[cache]\ndownstream_cache_control = {value:?}\n"),
+            std::path::Path::new("t.toml"),
+            &Overrides::default(),
+        )
+    };
+    let config = load("private, max-age=5").expect("valid");
+    assert_eq!(config.cache.downstream_cache_control, "private, max-age=5");
+    assert_eq!(Config::default().cache.downstream_cache_control, "no-store");
+    for bad in ["", " ", "privé"] {
+        let error = load(bad).expect_err(bad).to_string();
+        assert!(
+            error.starts_with("cache.downstream_cache_control:"),
+            "{bad:?}: {error}"
+        );
+    }
+}
