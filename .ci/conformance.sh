@@ -31,6 +31,8 @@ cleanup() {
         kill -TERM "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     fi
+    # csgate's log outlives the run, for a failure's diagnosis.
+    cp "$work/csgate.log" "$root/target/conformance/csgate.log" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
