@@ -109,7 +109,7 @@ fn readiness(gateway: &Gateway, draining: &Draining) -> Response<Body> {
             r#"{"status":"draining","reason":"shutting down"}"#,
         );
     }
-    if !gateway.upstreams().any_healthy() {
+    if !gateway.upstreams().takes_traffic() {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"status":"unavailable","reason":"no healthy upstream"}"#,
@@ -125,6 +125,7 @@ async fn metrics(gateway: &Gateway) -> Response<Body> {
             .metrics()
             .set_upstream_healthy(&target.label, upstreams.is_healthy(target));
     }
+    gateway.metrics().set_upstream_panic(upstreams.in_panic());
     if let Some(cache) = gateway.cache() {
         cache.size().await;
     }

@@ -26,8 +26,16 @@ pub enum GatewayError {
     QueryTooLong { len: usize, max: usize },
     #[error("request headers are {len} bytes; the limit is {max}")]
     HeadersTooLarge { len: usize, max: usize },
+    #[error("request has {count} header fields; the limit is {max}")]
+    TooManyHeaders { count: usize, max: usize },
     #[error("request body is larger than the limit of {max} bytes")]
     PayloadTooLarge { max: usize },
+    /// The request body's framing was invalid, or the client went away mid-body.
+    #[error("the request body could not be read")]
+    UnreadableBody,
+    /// The client took longer than `[server] body_read_timeout` to send its body.
+    #[error("the request body did not arrive within {}", humantime::format_duration(*after))]
+    BodyReadTimeout { after: std::time::Duration },
     /// Connection refused, reset, or the upstream closed mid-answer.
     #[error("the Context Services upstream is unavailable")]
     UpstreamUnavailable,
@@ -39,6 +47,10 @@ pub enum GatewayError {
     /// The upstream answered 2xx with a body the gateway cannot use.
     #[error("the Context Services upstream sent an invalid response: {0}")]
     UpstreamInvalidResponse(String),
+    /// An answer the gateway must read whole (Query Services) is over
+    /// `[upstream] max_response_bytes`.
+    #[error("the Context Services upstream sent an answer larger than {max} bytes")]
+    UpstreamBodyTooLarge { max: usize },
     #[error("the gateway is overloaded; retry later")]
     Overloaded,
     /// Our own bug. The detail is logged, never sent.
@@ -57,19 +69,22 @@ impl GatewayError {
                 (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
             }
             GatewayError::QueryTooLong { .. } => (StatusCode::URI_TOO_LONG, "PayloadTooLarge"),
-            GatewayError::HeadersTooLarge { .. } => (
+            GatewayError::HeadersTooLarge { .. } | GatewayError::TooManyHeaders { .. } => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "PayloadTooLarge",
             ),
             GatewayError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge")
             }
+            GatewayError::UnreadableBody => (StatusCode::BAD_REQUEST, "InvalidParameter"),
+            GatewayError::BodyReadTimeout { .. } => (StatusCode::REQUEST_TIMEOUT, "RequestTimeout"),
             GatewayError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, "UpstreamUnavailable"),
             GatewayError::NoHealthyUpstream => {
                 (StatusCode::SERVICE_UNAVAILABLE, "UpstreamUnavailable")
             }
             GatewayError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "UpstreamTimeout"),
-            GatewayError::UpstreamInvalidResponse(_) => {
+            GatewayError::UpstreamInvalidResponse(_)
+            | GatewayError::UpstreamBodyTooLarge { .. } => {
                 (StatusCode::BAD_GATEWAY, "UpstreamInvalidResponse")
             }
             GatewayError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
@@ -85,12 +100,17 @@ impl GatewayError {
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::QueryTooLong { .. }
             | GatewayError::HeadersTooLarge { .. }
-            | GatewayError::PayloadTooLarge { .. } => Blame::Downstream,
+            | GatewayError::TooManyHeaders { .. }
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::UnreadableBody
+            | GatewayError::BodyReadTimeout { .. } => Blame::Downstream,
             GatewayError::UpstreamUnavailable
             | GatewayError::NoHealthyUpstream
             | GatewayError::UpstreamTimeout
-            | GatewayError::UpstreamInvalidResponse(_) => Blame::Upstream,
-            GatewayError::Overloaded | GatewayError::Internal(_) => Blame::Internal,
+            | GatewayError::UpstreamInvalidResponse(_)
+            | GatewayError::UpstreamBodyTooLarge { .. } => Blame::Upstream,
+            GatewayError::Overloaded => Blame::Overload,
+            GatewayError::Internal(_) => Blame::Internal,
         }
     }
 
@@ -119,8 +139,12 @@ impl GatewayError {
 /// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
+    /// The client: its request was bad, too big, or did not arrive.
     Downstream,
     Upstream,
+    /// Nobody's mistake: the gateway is at its in-flight bound and sheds load. Counted by
+    /// the request metrics, not logged per request (that would add load while shedding).
+    Overload,
     Internal,
 }
 
@@ -183,9 +207,34 @@ mod tests {
                 json!({"message": "request headers are 20000 bytes; the limit is 16384", "exception": "PayloadTooLarge"}),
             ),
             (
+                GatewayError::TooManyHeaders {
+                    count: 101,
+                    max: 100,
+                },
+                431,
+                json!({"message": "request has 101 header fields; the limit is 100", "exception": "PayloadTooLarge"}),
+            ),
+            (
                 GatewayError::PayloadTooLarge { max: 10 },
                 413,
                 json!({"message": "request body is larger than the limit of 10 bytes", "exception": "PayloadTooLarge"}),
+            ),
+            (
+                GatewayError::UnreadableBody,
+                400,
+                json!({"message": "the request body could not be read", "exception": "InvalidParameter"}),
+            ),
+            (
+                GatewayError::BodyReadTimeout {
+                    after: std::time::Duration::from_secs(10),
+                },
+                408,
+                json!({"message": "the request body did not arrive within 10s", "exception": "RequestTimeout"}),
+            ),
+            (
+                GatewayError::UpstreamBodyTooLarge { max: 64 },
+                502,
+                json!({"message": "the Context Services upstream sent an answer larger than 64 bytes", "exception": "UpstreamInvalidResponse"}),
             ),
             (
                 GatewayError::UpstreamUnavailable,
@@ -227,5 +276,56 @@ mod tests {
         })
         .await;
         assert_eq!((status, allow.as_deref()), (405, Some("GET, HEAD")));
+    }
+
+    #[test]
+    fn every_kind_has_its_blame() {
+        use std::time::Duration;
+        let cases = [
+            (
+                GatewayError::InvalidParameter(String::new()),
+                Blame::Downstream,
+            ),
+            (GatewayError::NotFound(String::new()), Blame::Downstream),
+            (
+                GatewayError::MethodNotAllowed {
+                    method: "POST".into(),
+                    allow: "GET",
+                },
+                Blame::Downstream,
+            ),
+            (
+                GatewayError::QueryTooLong { len: 1, max: 0 },
+                Blame::Downstream,
+            ),
+            (
+                GatewayError::HeadersTooLarge { len: 1, max: 0 },
+                Blame::Downstream,
+            ),
+            (GatewayError::PayloadTooLarge { max: 0 }, Blame::Downstream),
+            (GatewayError::UnreadableBody, Blame::Downstream),
+            (
+                GatewayError::BodyReadTimeout {
+                    after: Duration::from_secs(1),
+                },
+                Blame::Downstream,
+            ),
+            (GatewayError::UpstreamUnavailable, Blame::Upstream),
+            (GatewayError::NoHealthyUpstream, Blame::Upstream),
+            (GatewayError::UpstreamTimeout, Blame::Upstream),
+            (
+                GatewayError::UpstreamInvalidResponse(String::new()),
+                Blame::Upstream,
+            ),
+            (
+                GatewayError::UpstreamBodyTooLarge { max: 0 },
+                Blame::Upstream,
+            ),
+            (GatewayError::Overloaded, Blame::Overload),
+            (GatewayError::Internal(String::new()), Blame::Internal),
+        ];
+        for (error, blame) in cases {
+            assert_eq!(error.blame(), blame, "{error:?}");
+        }
     }
 }

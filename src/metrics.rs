@@ -88,6 +88,7 @@ struct Inner {
     upstream_requests: Family<UpstreamOutcome, Counter>,
     upstream_duration: Family<UpstreamLabel, Histogram, fn() -> Histogram>,
     upstream_healthy: Family<UpstreamLabel, Gauge>,
+    upstream_panic: Gauge,
     cache_requests: Family<ResultLabel, Counter>,
     cache_entries: Gauge,
     cache_bytes: Gauge,
@@ -140,6 +141,12 @@ impl Metrics {
             "1 while the upstream takes traffic, 0 while ejected",
             upstream_healthy.clone(),
         );
+        let upstream_panic = Gauge::default();
+        registry.register(
+            "csgate_upstream_panic",
+            "1 while every upstream is ejected and all of them take traffic (panic mode)",
+            upstream_panic.clone(),
+        );
         let cache_requests = Family::<ResultLabel, Counter>::default();
         registry.register(
             "csgate_cache_requests",
@@ -178,6 +185,7 @@ impl Metrics {
                 upstream_requests,
                 upstream_duration,
                 upstream_healthy,
+                upstream_panic,
                 cache_requests,
                 cache_entries,
                 cache_bytes,
@@ -231,6 +239,10 @@ impl Metrics {
                 upstream: upstream.to_owned(),
             })
             .set(i64::from(healthy));
+    }
+
+    pub fn set_upstream_panic(&self, panic: bool) {
+        self.inner.upstream_panic.set(i64::from(panic));
     }
 
     pub fn cache_result(&self, result: &'static str) {

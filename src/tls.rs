@@ -55,6 +55,10 @@ impl Accept for Tls {
     }
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "TLS material is read once, at start-up and by --check, before anything is served"
+)]
 fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
     let error = |message: String| TlsError::Cert {
         path: path.display().to_string(),
@@ -70,6 +74,10 @@ fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'stat
     Ok(certs)
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "TLS material is read once, at start-up and by --check, before anything is served"
+)]
 fn read_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
     let error = |message: String| TlsError::Key {
         path: path.display().to_string(),

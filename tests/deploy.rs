@@ -4,9 +4,8 @@
 //! probes hit real admin paths on the admin port, the Service never exposes the admin
 //! port, and every stop timeout leaves room for `server.shutdown_grace`.
 //!
-//! YAML is read by line matching (no YAML parser among the dependencies): the manifests
-//! keep to block style, one key per line, and write command lines as one-line JSON
-//! arrays (`command: ["store", "--listen", ...]`).
+//! YAML is read with a real parser (`serde_norway`) and navigated by JSON pointer; the
+//! shipped TOML with `toml_edit`, which keeps the comments this test reads.
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,100 +131,52 @@ fn invocation(argv: &[String]) -> Invocation {
 }
 
 // ---------------------------------------------------------------------------------
-// Minimal YAML: blocks by indentation, `key: value` scalars.
+// YAML, read with a real parser (serde_norway) into a JSON value tree.
 
-fn indent(line: &str) -> usize {
-    line.len() - line.trim_start().len()
+/// A parsed YAML document; navigated with JSON pointers (`/spec/template/spec`).
+type Yaml = serde_json::Value;
+
+fn yaml(path: &str) -> Yaml {
+    serde_norway::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-fn is_content(line: &str) -> bool {
-    let t = line.trim();
-    !t.is_empty() && !t.starts_with('#')
+/// The value at `pointer`, which must exist.
+fn at<'a>(doc: &'a Yaml, pointer: &str) -> &'a Yaml {
+    doc.pointer(pointer)
+        .unwrap_or_else(|| panic!("no {pointer} in {doc:#}"))
 }
 
-/// `line` without indentation and a leading list dash.
-fn bare(line: &str) -> &str {
-    let t = line.trim();
-    t.strip_prefix("- ").unwrap_or(t).trim_start()
+/// The value under `key` (a key that may contain `/`, like `prometheus.io/port`).
+fn field<'a>(mapping: &'a Yaml, key: &str) -> &'a Yaml {
+    mapping
+        .get(key)
+        .unwrap_or_else(|| panic!("no {key} in {mapping:#}"))
 }
 
-/// The lines nested under the first `key:` line (more indented than it).
-fn block<'a>(lines: &[&'a str], key: &str) -> Vec<&'a str> {
-    let prefix = format!("{key}:");
-    let start = lines
-        .iter()
-        .position(|l| is_content(l) && bare(l).starts_with(&prefix))
-        .unwrap_or_else(|| panic!("no '{key}:' in {lines:#?}"));
-    let base = indent(lines[start]) + usize::from(lines[start].trim().starts_with("- "));
-    lines[start + 1..]
-        .iter()
-        .copied()
-        .take_while(|l| !is_content(l) || indent(l) > base)
-        .collect()
-}
-
-fn unquote(value: &str) -> String {
-    value.trim().trim_matches('"').trim_matches('\'').to_owned()
-}
-
-/// Every `key: value` in `lines`, values unquoted.
-fn scalars(lines: &[&str], key: &str) -> Vec<String> {
-    let prefix = format!("{key}:");
-    lines
-        .iter()
-        .filter(|l| is_content(l))
-        .filter_map(|l| bare(l).strip_prefix(&prefix))
-        .map(unquote)
-        .collect()
-}
-
-fn scalar(lines: &[&str], key: &str) -> String {
-    scalars(lines, key)
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no '{key}:' in {lines:#?}"))
-}
-
-/// The `- item` entries of a block.
-fn items(lines: &[&str]) -> Vec<String> {
-    lines
-        .iter()
-        .filter(|l| is_content(l))
-        .filter_map(|l| l.trim().strip_prefix("- "))
-        .map(unquote)
-        .collect()
-}
-
-/// The `- item` entries under `key:`, or none when there is no such key.
-fn optional_items(lines: &[&str], key: &str) -> Vec<String> {
-    let prefix = format!("{key}:");
-    if lines.iter().any(|l| is_content(l) && bare(l) == prefix) {
-        items(&block(lines, key))
-    } else {
-        Vec::new()
+/// A scalar as written: strings as they are, numbers and booleans in their usual form.
+fn scalar(value: &Yaml) -> String {
+    match value {
+        Yaml::String(s) => s.clone(),
+        Yaml::Number(n) => n.to_string(),
+        Yaml::Bool(b) => b.to_string(),
+        other => panic!("not a scalar: {other:#}"),
     }
 }
 
-/// The direct children of a mapping block, by name.
-fn children<'a>(lines: &[&'a str]) -> BTreeMap<String, Vec<&'a str>> {
-    let base = lines
-        .iter()
-        .filter(|l| is_content(l))
-        .map(|l| indent(l))
-        .min()
-        .unwrap_or(0);
-    let mut out: BTreeMap<String, Vec<&str>> = BTreeMap::new();
-    let mut current = None;
-    for line in lines {
-        if is_content(line) && indent(line) == base {
-            let name = line.trim().trim_end_matches(':').to_owned();
-            out.insert(name.clone(), Vec::new());
-            current = Some(name);
-        } else if let Some(name) = &current {
-            out.get_mut(name).expect("inserted").push(line);
-        }
-    }
-    out
+/// The scalars of a sequence.
+fn scalars(value: &Yaml) -> Vec<String> {
+    sequence(value).iter().map(scalar).collect()
+}
+
+fn sequence(value: &Yaml) -> &Vec<Yaml> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not a sequence: {value:#}"))
+}
+
+/// The scalars of the sequence under `key`, or none when there is no such key.
+fn optional_scalars(mapping: &Yaml, key: &str) -> Vec<String> {
+    mapping.get(key).map(scalars).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------
@@ -341,8 +292,8 @@ fn accepted_keys(table: Option<&str>) -> BTreeSet<String> {
         .collect()
 }
 
-/// One key line of the shipped file: its table, name, whether it is commented out, and
-/// the comment block directly above it.
+/// One key of the shipped file: its table, name, and the comment block directly above
+/// it.
 #[derive(Debug)]
 struct KeyLine {
     table: String,
@@ -350,47 +301,62 @@ struct KeyLine {
     comments: Vec<String>,
 }
 
-fn is_key_line(line: &str) -> Option<(bool, String)> {
-    let (commented, rest) = match line.strip_prefix('#') {
-        Some(rest) => (true, rest.trim_start()),
-        None => (false, line),
-    };
-    let (key, _) = rest.split_once('=')?;
-    let key = key.trim();
-    let ident = key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    (!key.is_empty() && ident && !key.contains(' ')).then(|| (commented, key.to_owned()))
+/// The shipped file with its commented-out examples (`# key = value`, `# [table]`)
+/// uncommented: a comment line is an example when it parses as TOML on its own.
+fn uncommented(text: &str) -> String {
+    let is_example =
+        |rest: &str| !rest.trim().is_empty() && rest.parse::<toml_edit::DocumentMut>().is_ok();
+    text.lines()
+        .map(|line| match line.strip_prefix('#').map(str::trim_start) {
+            Some(rest) if is_example(rest) => rest,
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
-fn is_table_line(line: &str) -> Option<String> {
-    let t = line.trim_start_matches('#').trim();
-    (t.starts_with('[') && t.ends_with(']') && !t.contains(' ') && !t.contains('"'))
-        .then(|| t.trim_matches(|c| c == '[' || c == ']').to_owned())
-}
-
+/// Every key of the file, examples included, read by a TOML parser that keeps comments
+/// (toml_edit): the comments directly above a key are the end of its prefix, after the
+/// last blank line.
 fn key_lines(text: &str) -> Vec<KeyLine> {
+    let document: toml_edit::DocumentMut = uncommented(text)
+        .parse()
+        .unwrap_or_else(|e| panic!("config/csgate.toml, examples uncommented: {e}"));
     let mut out = Vec::new();
-    let mut table = String::new();
-    let mut comments: Vec<String> = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() {
-            comments.clear();
-        } else if let Some(t) = is_table_line(line) {
-            table = t;
-            comments.clear();
-        } else if let Some((_, key)) = is_key_line(line) {
-            out.push(KeyLine {
-                table: table.clone(),
-                key,
-                comments: std::mem::take(&mut comments),
-            });
-        } else if let Some(comment) = line.strip_prefix('#') {
-            comments.push(comment.trim().to_owned());
-        } else {
-            panic!("unexpected line in config/csgate.toml: {line}");
-        }
-    }
+    collect_keys(document.as_table(), "", &mut out);
     out
+}
+
+fn collect_keys(table: &toml_edit::Table, path: &str, out: &mut Vec<KeyLine>) {
+    for (key, item) in table {
+        let name = if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        };
+        if let Some(inner) = item.as_table() {
+            collect_keys(inner, &name, out);
+            continue;
+        }
+        let prefix = table
+            .key(key)
+            .and_then(|k| k.leaf_decor().prefix())
+            .and_then(|p| p.as_str())
+            .unwrap_or_default();
+        let mut comments: Vec<String> = prefix
+            .lines()
+            .rev()
+            .map(str::trim)
+            .take_while(|l| l.starts_with('#'))
+            .map(|l| l.trim_start_matches('#').trim().to_owned())
+            .collect();
+        comments.reverse();
+        out.push(KeyLine {
+            table: path.to_owned(),
+            key: key.to_owned(),
+            comments,
+        });
+    }
 }
 
 #[test]
@@ -444,45 +410,28 @@ fn shipped_config_documents_every_key_at_its_default() {
 
     // The keys that are set carry their defaults; no upstream, so the embedded store runs.
     let shipped = load(&text, "config/csgate.toml", &Overrides::default());
+    // The commented-out examples are valid settings too.
+    let examples = load(
+        &uncommented(&text),
+        "config/csgate.toml, examples uncommented",
+        &Overrides::default(),
+    );
+    assert!(!examples.upstream.urls().is_empty());
+    assert!(examples.server.tls.is_some());
     let defaults = Config::default();
-    for (name, a, b) in [
-        (
-            "server",
-            format!("{:?}", shipped.server),
-            format!("{:?}", defaults.server),
-        ),
-        (
-            "upstream",
-            format!("{:?}", shipped.upstream),
-            format!("{:?}", defaults.upstream),
-        ),
-        (
-            "cache",
-            format!("{:?}", shipped.cache),
-            format!("{:?}", defaults.cache),
-        ),
-        (
-            "admin",
-            format!("{:?}", shipped.admin),
-            format!("{:?}", defaults.admin),
-        ),
-        (
-            "log",
-            format!("{:?}", shipped.log),
-            format!("{:?}", defaults.log),
-        ),
-        (
-            "store",
-            format!("{:?}", shipped.store),
-            format!("{:?}", defaults.store),
-        ),
-    ] {
-        assert_eq!(
-            a, b,
-            "[{name}] in config/csgate.toml differs from the defaults"
-        );
+    // Section by section, through Debug, so a difference names its section.
+    macro_rules! at_defaults {
+        ($($section:ident),*) => {$(
+            assert_eq!(
+                format!("{:?}", shipped.$section),
+                format!("{:?}", defaults.$section),
+                "[{}] in config/csgate.toml differs from the defaults",
+                stringify!($section)
+            );
+        )*};
     }
-    assert!(shipped.upstream.urls.is_empty());
+    at_defaults!(server, upstream, cache, admin, log, store);
+    assert!(shipped.upstream.urls().is_empty());
     assert!(shipped.server.tls.is_none());
     assert!(!shipped.service_types().is_empty());
 }
@@ -601,9 +550,10 @@ fn dockerfile_matches_the_code() {
 
 #[test]
 fn compose_matches_the_code() {
-    let text = read("deploy/compose.yaml");
-    let lines: Vec<&str> = text.lines().collect();
-    let services = children(&block(&lines, "services"));
+    let compose = yaml("deploy/compose.yaml");
+    let services = at(&compose, "/services")
+        .as_object()
+        .expect("services is a mapping");
     assert!(services.len() >= 3, "{:?}", services.keys());
     let entry = entrypoint_args();
     let grace = Config::default().server.shutdown_grace;
@@ -612,11 +562,8 @@ fn compose_matches_the_code() {
     let mut listening: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
     let mut store_upstreams = Vec::new();
     let mut store_ports = BTreeMap::new();
-    for (name, body) in &services {
-        let command = scalars(body, "command")
-            .first()
-            .map(|c| json_list(c))
-            .unwrap_or_default();
+    for (name, body) in services {
+        let command = optional_scalars(body, "command");
         let argv: Vec<String> = entry.iter().chain(&command).cloned().collect();
         assert_invocation_valid(
             &format!("compose service {name}"),
@@ -637,11 +584,11 @@ fn compose_matches_the_code() {
         };
 
         // Published and exposed ports are ports the service listens on.
-        let published: Vec<u16> = optional_items(body, "ports")
+        let published: Vec<u16> = optional_scalars(body, "ports")
             .iter()
             .map(|p| port(p))
             .collect();
-        let exposed: Vec<u16> = optional_items(body, "expose")
+        let exposed: Vec<u16> = optional_scalars(body, "expose")
             .iter()
             .map(|p| p.parse().expect("port"))
             .collect();
@@ -655,7 +602,7 @@ fn compose_matches_the_code() {
         // An admin port reaches the host on loopback only.
         if inv.store_listen.is_none() {
             let admin = effective(&inv, &image_files()).admin.listen.port();
-            for mapping in items(&block(body, "ports")) {
+            for mapping in scalars(field(body, "ports")) {
                 if port(&mapping) == admin {
                     assert!(mapping.starts_with("127.0.0.1:"), "{name}: {mapping}");
                 }
@@ -663,14 +610,14 @@ fn compose_matches_the_code() {
         }
 
         // A service-specific healthcheck probes a port it listens on.
-        if body.iter().any(|l| bare(l) == "healthcheck:") {
-            let test = json_list(&scalar(&block(body, "healthcheck"), "test"));
+        if let Some(healthcheck) = body.get("healthcheck") {
+            let test = scalars(field(healthcheck, "test"));
             let url = test.iter().find(|a| a.starts_with("http://")).expect("URL");
             let authority = url["http://".len()..].split('/').next().expect("host");
             assert!(ports.contains(&port(authority)), "{name}: {url}");
         }
 
-        let stop = parse_duration(&scalar(body, "stop_grace_period")).expect("duration");
+        let stop = parse_duration(&scalar(field(body, "stop_grace_period"))).expect("duration");
         assert!(
             stop > grace,
             "{name}: stop_grace_period {stop:?} <= {grace:?}"
@@ -694,33 +641,20 @@ fn compose_matches_the_code() {
 // ---------------------------------------------------------------------------------
 // Kubernetes.
 
-fn k8s(name: &str) -> String {
-    read(&format!("deploy/k8s/{name}"))
+fn k8s(name: &str) -> Yaml {
+    yaml(&format!("deploy/k8s/{name}"))
 }
 
-/// The `csgate.toml` embedded in the ConfigMap (a `|` block scalar), dedented.
+/// The Deployment's csgate container.
+fn gateway_container(deployment: &Yaml) -> &Yaml {
+    let container = at(deployment, "/spec/template/spec/containers/0");
+    assert_eq!(scalar(field(container, "name")), "csgate");
+    container
+}
+
+/// The `csgate.toml` embedded in the ConfigMap.
 fn configmap_toml() -> String {
-    let text = k8s("configmap.yaml");
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| l.trim() == "csgate.toml: |")
-        .expect("csgate.toml: | in the ConfigMap");
-    let body: Vec<&str> = lines[start + 1..]
-        .iter()
-        .copied()
-        .take_while(|l| l.trim().is_empty() || indent(l) > indent(lines[start]))
-        .collect();
-    let cut = body
-        .iter()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| indent(l))
-        .min()
-        .unwrap_or(0);
-    body.iter()
-        .map(|l| l.get(cut..).unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n")
+    scalar(at(&k8s("configmap.yaml"), "/data/csgate.toml"))
 }
 
 /// Kubernetes memory quantities: `384Mi`, `1Gi`, `500M`.
@@ -735,45 +669,59 @@ fn quantity(text: &str) -> usize {
 #[test]
 fn kubernetes_manifests_match_the_code() {
     let deployment = k8s("deployment.yaml");
-    let lines: Vec<&str> = deployment.lines().collect();
-    assert_eq!(scalar(&lines, "kind"), "Deployment");
+    assert_eq!(scalar(field(&deployment, "kind")), "Deployment");
+    let pod = at(&deployment, "/spec/template/spec");
+    let container = gateway_container(&deployment);
 
     // The container runs the ConfigMap's csgate.toml, mounted where --config points.
     let cm_toml = configmap_toml();
     let dir = tempfile::tempdir().expect("tempdir");
     let cm_path = dir.path().join("csgate.toml");
     std::fs::write(&cm_path, &cm_toml).expect("write");
-    let command = json_list(&scalar(&lines, "command"));
+    let command = scalars(field(container, "command"));
     assert_eq!(command, ["/usr/local/bin/csgate"]);
-    let args = json_list(&scalar(&lines, "args"));
+    let args = scalars(field(container, "args"));
     assert_invocation_valid("Deployment args", &args, &cm_path);
     let inv = invocation(&args);
     let config = effective(&inv, &BTreeMap::from([(CONTAINER_CONFIG, cm_toml.clone())]));
     assert!(
-        !config.upstream.urls.is_empty(),
+        !config.upstream.urls().is_empty(),
         "the cluster config names a remote upstream"
     );
-    let mounts = block(&lines, "volumeMounts");
+    let mounts = sequence(field(container, "volumeMounts"));
+    let mount_paths: Vec<String> = mounts
+        .iter()
+        .map(|m| scalar(field(m, "mountPath")))
+        .collect();
     let config_dir = Path::new(CONTAINER_CONFIG)
         .parent()
         .expect("dir")
         .display()
         .to_string();
-    assert!(scalars(&mounts, "mountPath").contains(&config_dir));
-    assert_eq!(scalar(&lines, "configMap").trim(), "");
+    assert!(mount_paths.contains(&config_dir));
+    // The volume mounted there is the ConfigMap this directory ships.
+    let config_volume = sequence(field(pod, "volumes"))
+        .iter()
+        .find(|v| v.get("configMap").is_some())
+        .expect("a configMap volume");
+    assert!(field(config_volume, "configMap").is_object());
     assert_eq!(
-        scalar(&block(&lines, "configMap"), "name"),
-        scalar(&k8s("configmap.yaml").lines().collect::<Vec<_>>(), "name")
+        scalar(at(config_volume, "/configMap/name")),
+        scalar(at(&k8s("configmap.yaml"), "/metadata/name"))
     );
+    assert!(mounts
+        .iter()
+        .any(|m| field(m, "name") == field(config_volume, "name")
+            && scalar(field(m, "mountPath")) == config_dir));
 
     // Container ports are the two listeners.
-    let ports_block = block(&lines, "ports");
-    let names = scalars(&ports_block, "name");
-    let numbers: Vec<u16> = scalars(&ports_block, "containerPort")
+    let named: BTreeMap<String, u16> = sequence(field(container, "ports"))
         .iter()
-        .map(|p| p.parse().expect("port"))
+        .map(|p| {
+            let number = scalar(field(p, "containerPort")).parse().expect("port");
+            (scalar(field(p, "name")), number)
+        })
         .collect();
-    let named: BTreeMap<String, u16> = names.into_iter().zip(numbers).collect();
     let public = config.server.listen.port();
     let admin = config.admin.listen.port();
     assert!(config.server.listen.ip().is_unspecified());
@@ -790,16 +738,16 @@ fn kubernetes_manifests_match_the_code() {
 
     // Probes: real admin paths on the admin port.
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
-        let b = block(&lines, probe);
-        assert_eq!(scalar(&b, "path"), path, "{probe}");
-        assert_eq!(resolve(&scalar(&b, "port")), admin, "{probe}");
+        let get = at(field(container, probe), "/httpGet");
+        assert_eq!(scalar(field(get, "path")), path, "{probe}");
+        assert_eq!(resolve(&scalar(field(get, "port"))), admin, "{probe}");
     }
 
     // The preStop sleep and the drain both fit in the termination grace period.
-    let pre_stop = json_list(&scalar(&block(&lines, "preStop"), "command"));
+    let pre_stop = scalars(at(container, "/lifecycle/preStop/exec/command"));
     assert_eq!(pre_stop[0], "/bin/sleep");
     let sleep: u64 = pre_stop[1].parse().expect("seconds");
-    let termination: u64 = scalar(&lines, "terminationGracePeriodSeconds")
+    let termination: u64 = scalar(field(pod, "terminationGracePeriodSeconds"))
         .parse()
         .expect("seconds");
     assert!(
@@ -807,72 +755,85 @@ fn kubernetes_manifests_match_the_code() {
         "terminationGracePeriodSeconds {termination} must exceed preStop {sleep}s + shutdown_grace {:?}",
         config.server.shutdown_grace
     );
+    // After the preStop sleep, load balancers may still send on open connections: the
+    // cluster config keeps answering them for drain_delay, which is counted inside
+    // shutdown_grace.
+    assert!(
+        !config.server.drain_delay.is_zero()
+            && config.server.drain_delay < config.server.shutdown_grace,
+        "configmap drain_delay {:?} must be set and below shutdown_grace {:?}",
+        config.server.drain_delay,
+        config.server.shutdown_grace
+    );
 
     // Non-root (the image's user), read-only root, memory above the cache bound.
-    assert_eq!(scalar(&lines, "runAsNonRoot"), "true");
-    assert_eq!(scalar(&lines, "readOnlyRootFilesystem"), "true");
-    assert_eq!(scalar(&lines, "allowPrivilegeEscalation"), "false");
+    assert_eq!(scalar(at(pod, "/securityContext/runAsNonRoot")), "true");
+    let hardening = field(container, "securityContext");
+    assert_eq!(scalar(field(hardening, "readOnlyRootFilesystem")), "true");
+    assert_eq!(
+        scalar(field(hardening, "allowPrivilegeEscalation")),
+        "false"
+    );
     let image_user = instruction(&dockerfile(), "USER")[0].clone();
     assert_eq!(
         image_user.split(':').next(),
-        Some(scalar(&lines, "runAsUser").as_str())
+        Some(scalar(at(pod, "/securityContext/runAsUser")).as_str())
     );
-    assert!(scalars(&mounts, "mountPath").contains(&"/var/lib/csgate".to_owned()));
-    let limits = block(&lines, "limits");
-    assert!(quantity(&scalar(&limits, "memory")) > config.cache.max_bytes);
-    let annotations = block(&lines, "annotations");
-    assert_eq!(resolve(&scalar(&annotations, "prometheus.io/port")), admin);
-    assert_eq!(scalar(&annotations, "prometheus.io/path"), "/metrics");
+    assert!(mount_paths.contains(&"/var/lib/csgate".to_owned()));
+    let memory = scalar(at(container, "/resources/limits/memory"));
+    assert!(quantity(&memory) > config.cache.max_bytes);
+    let annotations = at(&deployment, "/spec/template/metadata/annotations");
+    assert_eq!(
+        resolve(&scalar(field(annotations, "prometheus.io/port"))),
+        admin
+    );
+    assert_eq!(scalar(field(annotations, "prometheus.io/path")), "/metrics");
 
     // The Service: the public port only.
     let service = k8s("service.yaml");
-    let service_lines: Vec<&str> = service.lines().collect();
-    assert_eq!(scalar(&service_lines, "kind"), "Service");
-    let service_ports = block(&service_lines, "ports");
-    let targets = scalars(&service_ports, "targetPort");
+    assert_eq!(scalar(field(&service, "kind")), "Service");
+    let service_ports = sequence(at(&service, "/spec/ports"));
+    let targets: Vec<String> = service_ports
+        .iter()
+        .map(|p| scalar(field(p, "targetPort")))
+        .collect();
     assert!(!targets.is_empty());
     for target in &targets {
         assert_eq!(resolve(target), public, "Service targetPort {target}");
     }
-    for p in scalars(&service_ports, "port") {
+    for p in service_ports.iter().map(|p| scalar(field(p, "port"))) {
         assert_ne!(
             resolve(&p),
             admin,
             "the Service must not expose the admin port"
         );
     }
-    assert!(!service.contains(&format!(" {admin}")) && !service.contains("admin\n"));
+    let service_text = read("deploy/k8s/service.yaml");
+    assert!(!service_text.contains(&format!(" {admin}")) && !service_text.contains("admin\n"));
 
     // NetworkPolicy, PodMonitor, HPA, PDB.
     let policy = k8s("networkpolicy.yaml");
-    let policy_ports: BTreeSet<u16> = scalars(&policy.lines().collect::<Vec<_>>(), "port")
+    let policy_ports: BTreeSet<u16> = sequence(at(&policy, "/spec/ingress"))
         .iter()
-        .map(|p| resolve(p))
+        .flat_map(|rule| sequence(field(rule, "ports")))
+        .map(|p| resolve(&scalar(field(p, "port"))))
         .collect();
     assert_eq!(policy_ports, BTreeSet::from([public, admin]));
     let monitor = k8s("podmonitor.yaml");
-    let monitor_lines: Vec<&str> = monitor.lines().collect();
-    assert_eq!(resolve(&scalar(&monitor_lines, "port")), admin);
-    assert_eq!(scalar(&monitor_lines, "path"), "/metrics");
+    let endpoint = at(&monitor, "/spec/podMetricsEndpoints/0");
+    assert_eq!(resolve(&scalar(field(endpoint, "port"))), admin);
+    assert_eq!(scalar(field(endpoint, "path")), "/metrics");
     let hpa = k8s("hpa.yaml");
-    let hpa_lines: Vec<&str> = hpa.lines().collect();
-    assert_eq!(scalar(&hpa_lines, "apiVersion"), "autoscaling/v2");
-    assert_eq!(scalar(&hpa_lines, "name"), "csgate");
-    assert_eq!(scalar(&block(&hpa_lines, "resource"), "name"), "cpu");
+    assert_eq!(scalar(field(&hpa, "apiVersion")), "autoscaling/v2");
+    assert_eq!(scalar(at(&hpa, "/metadata/name")), "csgate");
+    assert_eq!(scalar(at(&hpa, "/spec/metrics/0/resource/name")), "cpu");
     let pdb = k8s("pdb.yaml");
-    assert_eq!(
-        scalar(&pdb.lines().collect::<Vec<_>>(), "kind"),
-        "PodDisruptionBudget"
-    );
+    assert_eq!(scalar(field(&pdb, "kind")), "PodDisruptionBudget");
 
     // kustomization.yaml applies every manifest except the CRD-dependent PodMonitor.
-    let kustomization = k8s("kustomization.yaml");
-    let listed: BTreeSet<String> = items(&block(
-        &kustomization.lines().collect::<Vec<_>>(),
-        "resources",
-    ))
-    .into_iter()
-    .collect();
+    let listed: BTreeSet<String> = scalars(field(&k8s("kustomization.yaml"), "resources"))
+        .into_iter()
+        .collect();
     let on_disk: BTreeSet<String> = std::fs::read_dir(repo("deploy/k8s"))
         .expect("deploy/k8s")
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
@@ -953,18 +914,18 @@ fn systemd_unit_matches_the_code() {
 #[test]
 fn every_flag_the_artefacts_use_exists() {
     let mut argvs: Vec<Vec<String>> = vec![entrypoint_args()];
-    let compose = read("deploy/compose.yaml");
-    for command in scalars(&compose.lines().collect::<Vec<_>>(), "command") {
+    let compose = yaml("deploy/compose.yaml");
+    let services = at(&compose, "/services").as_object().expect("services");
+    for service in services.values().filter(|s| s.get("command").is_some()) {
         argvs.push(
             entrypoint_args()
                 .into_iter()
-                .chain(json_list(&command))
+                .chain(scalars(field(service, "command")))
                 .collect(),
         );
     }
-    let deployment = k8s("deployment.yaml");
-    argvs.push(json_list(&scalar(
-        &deployment.lines().collect::<Vec<_>>(),
+    argvs.push(scalars(field(
+        gateway_container(&k8s("deployment.yaml")),
         "args",
     )));
     let unit = read("deploy/systemd/csgate.service");

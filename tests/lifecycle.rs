@@ -28,9 +28,7 @@ async fn sigterm_flips_readiness_finishes_in_flight_requests_and_exits_zero() {
     });
     upstream.wait_for_count(1).await;
     process.signal("TERM");
-    process
-        .wait_for_line(|l| l.contains("shutdown: draining"))
-        .await;
+    process.wait_for_readyz(503).await;
 
     let ready = get(&process.admin_url("/readyz")).await;
     assert_eq!(ready.status, 503);

@@ -323,27 +323,17 @@ fn the_admin_document_lists_the_admin_routes() {
 /// lists, which a gateway in front may cache.
 #[tokio::test]
 async fn the_store_names_what_it_creates_and_forbids_caching_but_for_query_lists() {
-    use csgate::store::{Store, StoreConfig};
+    use csgate::store::StoreConfig;
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(StoreConfig {
+    let store = common::store::TestStore::serve(StoreConfig {
         db: dir.path().join("cs.sqlite"),
         legacy: false,
         business_attributes: BTreeMap::new(),
         sweep_interval: std::time::Duration::ZERO,
+        max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
     })
-    .expect("open store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!(
-        "http://{}/genesys/1/cs",
-        listener.local_addr().expect("addr")
-    );
-    tokio::spawn(csgate::store::serve(
-        listener,
-        store,
-        std::future::pending(),
-    ));
+    .await;
+    let base = format!("{}/genesys/1/cs", store.url());
     let json = [("content-type", "application/json")];
     let post = |path: &str, body: &'static str| {
         let url = format!("{base}{path}");

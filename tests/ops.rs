@@ -3,12 +3,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::*;
@@ -158,26 +154,32 @@ async fn a_dead_upstream_is_ejected_and_traffic_moves_to_the_healthy_one() {
 }
 
 #[tokio::test]
-async fn with_every_upstream_ejected_requests_fail_fast_and_readiness_is_503() {
+async fn with_every_upstream_ejected_requests_still_go_upstream_and_readiness_holds() {
     let dead = refused_url().await;
     let gw = start_gateway(
         "[upstream]\neject_after = 1\neject_for = \"60s\"\n[cache]\nenabled = false\n",
-        &[dead],
+        std::slice::from_ref(&dead),
     )
     .await;
     let url = gw.url("/genesys/1/cs/customers/C1/services");
-    let first = get(&url).await;
-    assert_eq!(first.status, 502);
-    assert_eq!(first.json()["exception"], "UpstreamUnavailable");
-    let fast = get(&url).await;
-    assert_eq!(fast.status, 503);
-    assert_eq!(
-        fast.json(),
-        serde_json::json!({"message": "no healthy Context Services upstream is available", "exception": "UpstreamUnavailable"})
-    );
-    let ready = get(&gw.admin_url("/readyz")).await;
-    assert_eq!(ready.status, 503);
-    assert_eq!(ready.json()["reason"], "no healthy upstream");
+    // Panic mode: the ejected upstream is still tried, so the client learns what the
+    // upstream did (refused: 502), never a 503 the gateway made up.
+    for _ in 0..3 {
+        let answer = get(&url).await;
+        assert_eq!(answer.status, 502);
+        assert_eq!(answer.json()["exception"], "UpstreamUnavailable");
+    }
+    let text = get(&gw.admin_url("/metrics")).await.text();
+    for expected in [
+        format!(
+            "csgate_upstream_requests_total{{upstream=\"{dead}\",outcome=\"connect_error\"}} 3"
+        ),
+        format!("csgate_upstream_healthy{{upstream=\"{dead}\"}} 0"),
+        "csgate_upstream_panic 1".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "missing {expected}\n{text}");
+    }
+    assert_eq!(get(&gw.admin_url("/readyz")).await.status, 200);
 }
 
 #[tokio::test]
@@ -199,46 +201,15 @@ async fn tls_with_a_self_signed_certificate() {
     )
     .await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).expect("root");
-    let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
-    let tcp = tokio::net::TcpStream::connect(gw.addr)
-        .await
-        .expect("connect");
-    let tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-            tcp,
-        )
-        .await
-        .expect("TLS handshake");
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .expect("http handshake");
-    tokio::spawn(connection);
-    let request = http::Request::builder()
-        .method(Method::GET)
-        .uri("/genesys/1/cs/customers/C1/services")
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let response = sender.send_request(request).await.expect("response");
-    assert_eq!(response.status(), 200);
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    assert_eq!(&body[..], br#"[{"service_id":7}]"#);
+    let answer = get_tls(
+        gw.addr,
+        "localhost",
+        cert.cert.der().clone(),
+        "/genesys/1/cs/customers/C1/services",
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(&answer.body[..], br#"[{"service_id":7}]"#);
     let forwarded = &upstream.requests()[0];
     assert_eq!(
         forwarded

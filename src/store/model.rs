@@ -310,7 +310,7 @@ pub fn keep_extensions(service: &mut Object, which: &Extensions) {
         Extensions::All => {}
         Extensions::None => service.retain(|key, _| is_reserved(key)),
         Extensions::Names(names) => {
-            service.retain(|key, _| is_reserved(key) || names.iter().any(|n| n == key))
+            service.retain(|key, _| is_reserved(key) || names.iter().any(|n| n == key));
         }
     }
 }

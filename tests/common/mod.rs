@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod store;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -261,13 +262,52 @@ impl FakeUpstream {
     }
 }
 
+/// A serve task and the channel that stops it: the shape every in-process server of the
+/// harness shares. Dropping it stops serving without waiting; [`Serving::stop`] waits.
+pub struct Serving {
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Spawns `serve(stopped)`; `stopped` resolves on [`Serving::stop`] or drop.
+    pub fn spawn<F>(serve: impl FnOnce(oneshot::Receiver<()>) -> F) -> Serving
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = oneshot::channel();
+        Serving {
+            stop: Some(stop),
+            task: Some(tokio::spawn(serve(stopped))),
+        }
+    }
+
+    /// Stops serving and waits for the serve task; `Err` if it panicked.
+    pub async fn stop(&mut self) -> Result<(), tokio::task::JoinError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
 /// A running gateway.
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub gateway: Gateway,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl TestGateway {
@@ -280,20 +320,7 @@ impl TestGateway {
     }
 
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for TestGateway {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.serving.stop().await;
     }
 }
 
@@ -321,27 +348,34 @@ pub async fn start_gateway_with_clock(
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = public.local_addr().expect("addr");
     let admin_addr = admin.local_addr().expect("addr");
-    let gateway = csgate::build_gateway(&config, clock);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = gateway.clone();
-    let task = tokio::spawn(async move {
-        csgate::serve_gateway(
-            served,
-            &config,
-            csgate::Listeners { public, admin },
+    let (started, control) = oneshot::channel();
+    let options = csgate::app::Options {
+        clock,
+        started: Some(started),
+        ..csgate::app::Options::default()
+    };
+    // No reload is ever sent: the sender is dropped at once.
+    let (_, reloads) = tokio::sync::mpsc::channel(1);
+    let serving = Serving::spawn(|stopped| async move {
+        csgate::app::run(
+            config,
+            csgate::app::Sources::default(),
+            csgate::app::Listeners { public, admin },
             async move {
                 let _ = stopped.await;
             },
+            reloads,
+            options,
         )
         .await
         .expect("gateway runs");
     });
+    let gateway = control.await.expect("the gateway starts").gateway();
     TestGateway {
         addr,
         admin: admin_addr,
         gateway,
-        stop: Some(stop),
-        task: Some(task),
+        serving,
     }
 }
 
@@ -377,8 +411,36 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut request = Request::new(Full::new(body.into()));
+    send_body(method, url, headers, Full::new(body.into())).await
+}
+
+/// Sends one request with any body type and collects the whole answer: the one
+/// client every test uses.
+pub async fn send_body<B>(method: Method, url: &str, headers: &[(&str, &str)], body: B) -> Answer
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    try_send_body(method, url, headers, body)
+        .await
+        .expect("request")
+}
+
+/// [`send_body`], with a failed exchange (refused, reset) as `None` instead of a panic.
+pub async fn try_send_body<B>(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: B,
+) -> Option<Answer>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client: Client<_, B> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = url.parse().expect("uri");
     for (name, value) in headers {
@@ -387,29 +449,84 @@ pub async fn send(
             HeaderValue::from_str(value).expect("value"),
         );
     }
-    let response = client.request(request).await.expect("request");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Answer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
+    Answer::read(client.request(request).await.ok()?).await
+}
+
+impl Answer {
+    /// Collects a whole response; `None` when the body fails midway.
+    async fn read(response: Response<Incoming>) -> Option<Answer> {
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.ok()?.to_bytes();
+        Some(Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        })
     }
+}
+
+/// The TLS variant of [`get`]: one GET over HTTP/1.1 on a fresh TLS connection to
+/// `addr`, trusting only `root` and verifying the certificate for `server_name` (sent as
+/// SNI and `Host`).
+pub async fn get_tls(
+    addr: SocketAddr,
+    server_name: &str,
+    root: rustls::pki_types::CertificateDer<'static>,
+    path: &str,
+) -> Answer {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).expect("root");
+    let client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("name");
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("http handshake");
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header("host", server_name)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    Answer::read(response).await.expect("body")
 }
 
 pub async fn get(url: &str) -> Answer {
     send(Method::GET, url, &[], Bytes::new()).await
 }
 
+/// A GET that may fail to connect (a server still starting or already gone).
+pub async fn try_get(url: &str) -> Option<Answer> {
+    try_send_body(Method::GET, url, &[], Full::new(Bytes::new())).await
+}
+
 pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
     send(Method::GET, url, headers, Bytes::new()).await
 }
 
-/// A never-used port: bound then dropped, so connecting is refused.
+/// Sockets that hold the ports handed out by `refused_url`, for the whole test binary.
+static RESERVED: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+
+/// An address where connecting is refused: a socket bound to it but never listening, kept
+/// for the life of the test binary, so no other socket can take the port meanwhile (a
+/// port bound and dropped could be reused by anything).
 pub async fn refused_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    RESERVED.lock().expect("reserved").push(socket);
     format!("http://{addr}")
 }
 
@@ -440,24 +557,7 @@ pub async fn send_chunked(
     headers: &[(&str, &str)],
     chunks: Vec<Bytes>,
 ) -> Answer {
-    let client: Client<_, Chunked> = Client::builder(TokioExecutor::new()).build_http();
-    let mut request = Request::new(Chunked(chunks.into()));
-    *request.method_mut() = method;
-    *request.uri_mut() = url.parse().expect("uri");
-    for (name, value) in headers {
-        request.headers_mut().append(
-            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-            HeaderValue::from_str(value).expect("value"),
-        );
-    }
-    let response = client.request(request).await.expect("request");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Answer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
+    send_body(method, url, headers, Chunked(chunks.into())).await
 }
 
 /// Writes `request` as raw bytes on a fresh connection (send `Connection: close`) and

@@ -1,4 +1,6 @@
 //! The real `csgate` binary as a child process, with JSON logs captured line by line.
+//! Started on port 0: the addresses come from its `--ready-file`, and it is ready when
+//! the admin `/readyz` answers 200 (never from a log line).
 #![allow(dead_code)]
 
 use std::process::Stdio;
@@ -24,14 +26,18 @@ pub struct Process {
 }
 
 impl Process {
+    /// Starts the binary and waits until `/readyz` answers 200.
     pub async fn start(config: &str, args: &[&str]) -> Process {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("csgate.toml");
         std::fs::write(&config_path, config).expect("write config");
+        let ready_file = dir.path().join("ready.json");
         let mut child = Command::new(env!("CARGO_BIN_EXE_csgate"))
             .arg("--config")
             .arg(&config_path)
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .arg("--ready-file")
+            .arg(&ready_file)
             .args(args)
             .current_dir(dir.path())
             .stdout(Stdio::piped())
@@ -61,13 +67,47 @@ impl Process {
             dir,
             config_path,
         };
-        let started = process
-            .wait_for_line(|l| l.contains("csgate started"))
-            .await;
-        let fields: serde_json::Value = serde_json::from_str(&started).expect("JSON log line");
-        process.listen = fields["listen"].as_str().expect("listen").to_owned();
-        process.admin = fields["admin"].as_str().expect("admin").to_owned();
+        let bound = process.read_ready_file(&ready_file).await;
+        process.listen = bound.listen.to_string();
+        process.admin = bound.admin.to_string();
+        process.wait_for_readyz(200).await;
         process
+    }
+
+    /// The `--ready-file`, once the binary has written it (bounded; fails early if the
+    /// process exits first).
+    async fn read_ready_file(&mut self, path: &std::path::Path) -> csgate::app::ReadyFile {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            // Written to a temporary name and renamed: present means complete.
+            if let Ok(text) = std::fs::read_to_string(path) {
+                return serde_json::from_str(&text).expect("the ready file is JSON");
+            }
+            let exited = self.child.try_wait().expect("try_wait");
+            assert!(
+                exited.is_none() && tokio::time::Instant::now() < deadline,
+                "no ready file (exit: {exited:?}); printed: {:#?}",
+                self.lines.lock().expect("lines")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Polls the admin `/readyz` until it answers `status` (bounded).
+    pub async fn wait_for_readyz(&self, status: u16) {
+        let url = self.admin_url("/readyz");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if super::try_get(&url).await.map(|a| a.status) == Some(status) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "/readyz never answered {status}; printed: {:#?}",
+                self.lines.lock().expect("lines")
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
