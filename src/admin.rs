@@ -7,6 +7,8 @@
 //! - `GET /metrics` — Prometheus text format.
 //! - `GET /cache/stats`, `DELETE /cache`, `DELETE /cache/anonymous/{contact_key}`
 //!   (tenant from `ContactCenterId`/`GroupId`).
+//! - `GET /openapi/csgate.yaml`, `GET /openapi/admin.yaml` — the OpenAPI documents of
+//!   the public and the admin listener, built into the binary.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +22,11 @@ use crate::httputil::{full, json_content_type};
 use crate::pipeline::Gateway;
 use crate::query::params;
 use crate::server::Body;
+
+/// OpenAPI 3.1 document of the public listener.
+pub const OPENAPI_CSGATE: &str = include_str!("../openapi/csgate.yaml");
+/// OpenAPI 3.1 document of this listener.
+pub const OPENAPI_ADMIN: &str = include_str!("../openapi/admin.yaml");
 
 /// Set when shutdown begins; readiness then answers 503.
 #[derive(Clone, Default)]
@@ -47,7 +54,9 @@ pub async fn handle(
         (Method::GET | Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
         (Method::GET | Method::HEAD, "/readyz") => readiness(&gateway, &draining),
         (Method::GET | Method::HEAD, "/metrics") => metrics(&gateway).await,
-        (Method::GET, "/cache/stats") => match gateway.cache() {
+        (Method::GET | Method::HEAD, "/openapi/csgate.yaml") => yaml(OPENAPI_CSGATE),
+        (Method::GET | Method::HEAD, "/openapi/admin.yaml") => yaml(OPENAPI_ADMIN),
+        (Method::GET | Method::HEAD, "/cache/stats") => match gateway.cache() {
             Some(cache) => json(StatusCode::OK, cache.stats().await.to_string()),
             None => cache_disabled(),
         },
@@ -76,13 +85,19 @@ pub async fn handle(
                 None => cache_disabled(),
             }
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/cache/stats") => {
-            GatewayError::MethodNotAllowed {
-                method: method.to_string(),
-                allow: "GET, HEAD",
-            }
-            .into_response()
+        (
+            _,
+            "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/cache/stats"
+            | "/openapi/csgate.yaml"
+            | "/openapi/admin.yaml",
+        ) => GatewayError::MethodNotAllowed {
+            method: method.to_string(),
+            allow: "GET, HEAD",
         }
+        .into_response(),
         _ => GatewayError::NotFound(format!("no admin resource at {path}")).into_response(),
     }
 }
@@ -118,6 +133,16 @@ async fn metrics(gateway: &Gateway) -> Response<Body> {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// RFC 9512 media type.
+fn yaml(document: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(document));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/yaml"),
     );
     response
 }

@@ -9,7 +9,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::httputil::{full, json_content_type};
+use crate::httputil::{full, json_content_type, no_store};
 use crate::server::Body;
 
 /// Something the gateway answers without a usable upstream answer.
@@ -122,6 +122,7 @@ impl GatewayError {
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, json_content_type());
+        headers.insert(header::CACHE_CONTROL, no_store());
         if let GatewayError::MethodNotAllowed { allow, .. } = &self {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
@@ -161,6 +162,7 @@ mod tests {
     async fn render(e: GatewayError) -> (u16, Option<String>, serde_json::Value) {
         let response = e.into_response();
         let status = response.status().as_u16();
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
         let allow = response
             .headers()
             .get(header::ALLOW)

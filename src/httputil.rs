@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::Response;
 use http_body_util::{BodyExt, Empty, Full};
 
 use crate::server::Body;
@@ -99,6 +100,26 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&text).expect("hex digits and a dash are a valid header value")
 }
 
+/// `Cache-Control` of errors csgate makes: never stored by anyone.
+pub fn no_store() -> HeaderValue {
+    HeaderValue::from_static("no-store")
+}
+
+/// `Cache-Control` on a Query Services answer: `value` (`[cache]
+/// downstream_cache_control`) on a success, which csgate computed from personal data; an
+/// error keeps the `Cache-Control` it has (the upstream's, passed through) and gets
+/// `no-store` when it has none.
+pub fn with_cache_control(mut response: Response<Body>, value: &HeaderValue) -> Response<Body> {
+    let success = response.status().is_success();
+    let headers = response.headers_mut();
+    if success {
+        headers.insert(header::CACHE_CONTROL, value.clone());
+    } else if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, no_store());
+    }
+    response
+}
+
 /// Bytes the request head's header fields take on the wire (`name: value\r\n`).
 pub fn header_bytes(headers: &HeaderMap) -> usize {
     headers
@@ -133,6 +154,32 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["contactcenterid", "authorization"]);
+    }
+
+    #[test]
+    fn query_answers_get_the_configured_cache_control_and_errors_no_store() {
+        use http::StatusCode;
+        let configured = HeaderValue::from_static("private, max-age=5");
+        let answer = |status: StatusCode, upstream: Option<&'static str>| {
+            let mut response = Response::new(empty());
+            *response.status_mut() = status;
+            if let Some(v) = upstream {
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static(v));
+            }
+            let response = with_cache_control(response, &configured);
+            response.headers()[header::CACHE_CONTROL].clone()
+        };
+        let cases = [
+            (StatusCode::OK, None, "private, max-age=5"),
+            (StatusCode::OK, Some("max-age=60"), "private, max-age=5"),
+            (StatusCode::BAD_REQUEST, None, "no-store"),
+            (StatusCode::FORBIDDEN, Some("max-age=5"), "max-age=5"),
+        ];
+        for (status, upstream, expected) in cases {
+            assert_eq!(answer(status, upstream), expected, "{status} {upstream:?}");
+        }
     }
 
     #[test]

@@ -247,3 +247,71 @@ mod tests {
         );
     }
 }
+
+/// The routes csgate answers itself, as OpenAPI path templates relative to
+/// [`PUBLIC_PREFIX`], with the methods each one allows. Everything else under the prefix
+/// is proxied; the embedded store's routes are `store::ROUTES`. `tests/openapi.rs` holds
+/// `openapi/csgate.yaml` to both tables, and the test below holds [`route`] to this one.
+pub const ROUTES: &[(&str, &[Method])] = &[
+    (
+        "/services/anonymous/{contact_key}",
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/services/anonymous/{contact_key}/active",
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/services/anonymous/{contact_key}/completed",
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/customers/{customer_id}/services",
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/customers/{customer_id}/services/active",
+        &[Method::GET, Method::HEAD],
+    ),
+    (
+        "/customers/{customer_id}/services/completed",
+        &[Method::GET, Method::HEAD],
+    ),
+    ("/services/{service_id}", &[Method::GET]),
+];
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn the_route_table_is_what_the_router_answers_itself() {
+        let methods = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+            Method::OPTIONS,
+        ];
+        for (pattern, allowed) in ROUTES {
+            let mut path = String::from(PUBLIC_PREFIX);
+            for segment in pattern.split('/').skip(1) {
+                path.push('/');
+                path.push_str(if segment.starts_with('{') {
+                    "7"
+                } else {
+                    segment
+                });
+            }
+            for method in &methods {
+                let answered = matches!(
+                    route(method, &path),
+                    Ok(Route::QueryServices { .. } | Route::ServiceById { .. })
+                );
+                assert_eq!(answered, allowed.contains(method), "{method} {pattern}");
+            }
+        }
+    }
+}

@@ -91,6 +91,12 @@ pub const CACHE_STALE_IF_ERROR: Duration = Duration::from_secs(300);
 pub const CACHE_MAX_BYTES: usize = 256 * 1024 * 1024;
 /// One runaway key must not evict thousands of normal ones.
 pub const CACHE_MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// Query Services answers are personal data: only csgate's own cache, which
+/// partitions by tenant and credential and is invalidated by writes, may keep them.
+/// `no-store` forbids every other cache, shared (a CDN, a proxy) or private; adding
+/// `private` would change nothing (RFC 9111 §5.2.2.5: no-store overrides it), and
+/// httplint warns that it is ignored.
+pub const DOWNSTREAM_CACHE_CONTROL: &str = "no-store";
 /// Sharing answers between credentials leaks tenants unless every credential may see
 /// everything: opt in, never by default.
 pub const CACHE_SHARE_ACROSS_CREDENTIALS: bool = false;

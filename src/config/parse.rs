@@ -23,6 +23,22 @@ pub(super) fn addr(
     })
 }
 
+/// A header value written in the file: visible ASCII, not empty.
+pub(super) fn header_value(
+    key: &str,
+    value: Option<&str>,
+    default: &str,
+) -> Result<http::HeaderValue, ConfigError> {
+    let text = value.unwrap_or(default).trim();
+    match http::HeaderValue::from_str(text) {
+        Ok(v) if !text.is_empty() && text.is_ascii() => Ok(v),
+        _ => Err(invalid(
+            key,
+            format!("'{text}' is not a header value (visible ASCII, not empty)"),
+        )),
+    }
+}
+
 pub(super) fn upstream_url(key: &str, text: &str) -> Result<Url, ConfigError> {
     // A URL that may hold a credential is never echoed into an error (or a log).
     let url = Url::parse(text).map_err(|e| match text.contains('@') {

@@ -73,6 +73,7 @@ pub(super) struct RawCache {
     pub max_bytes: Option<Size>,
     pub max_entry_bytes: Option<Size>,
     pub share_across_credentials: Option<bool>,
+    pub downstream_cache_control: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

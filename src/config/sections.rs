@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::parse::{addr, at_least_one, duration, failures, positive, size, upstream_url};
+use super::parse::{
+    addr, at_least_one, duration, failures, header_value, positive, size, upstream_url,
+};
 use super::raw::{RawAdmin, RawCache, RawLog, RawServer, RawStore, RawUpstream};
 use super::{defaults, invalid, ConfigError};
 use crate::cache::Policy;
@@ -285,6 +287,8 @@ pub struct CacheConfig {
     pub max_bytes: usize,
     pub max_entry_bytes: usize,
     pub share_across_credentials: bool,
+    /// `Cache-Control` on the Query Services answers csgate computes.
+    pub downstream_cache_control: http::HeaderValue,
 }
 
 /// `[cache]`: durations and sizes parsed; one entry never larger than the whole cache.
@@ -314,6 +318,11 @@ impl TryFrom<RawCache> for CacheConfig {
             share_across_credentials: c
                 .share_across_credentials
                 .unwrap_or(defaults::CACHE_SHARE_ACROSS_CREDENTIALS),
+            downstream_cache_control: header_value(
+                "cache.downstream_cache_control",
+                c.downstream_cache_control.as_deref(),
+                defaults::DOWNSTREAM_CACHE_CONTROL,
+            )?,
         };
         if cache.max_entry_bytes > cache.max_bytes {
             return Err(invalid(

@@ -73,6 +73,8 @@ pub struct Settings {
     /// Time spent waiting for a request body, summed; past it 408.
     pub body_read_timeout: Duration,
     pub redactor: Redactor,
+    /// `Cache-Control` on Query Services answers (`[cache] downstream_cache_control`).
+    pub downstream_cache_control: HeaderValue,
 }
 
 impl Settings {
@@ -89,6 +91,7 @@ impl Settings {
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             redactor: Redactor::from_config(&config.log),
+            downstream_cache_control: config.cache.downstream_cache_control.clone(),
         }
     }
 }
@@ -185,14 +188,16 @@ impl Gateway {
         self.admit(&parts)?;
         let route = routes::route(&parts.method, parts.uri.path())?;
         exchange.route = route.name();
+        let cache_control = &self.inner.settings.downstream_cache_control;
         match route {
-            Route::QueryServices { owner, lifecycle } => {
-                self.query_services(&parts, owner, lifecycle, peer, exchange)
-                    .await
-            }
-            Route::ServiceById { service_id } => {
-                self.service_by_id(&parts, service_id, peer, exchange).await
-            }
+            Route::QueryServices { owner, lifecycle } => self
+                .query_services(&parts, owner, lifecycle, peer, exchange)
+                .await
+                .map(|r| httputil::with_cache_control(r, cache_control)),
+            Route::ServiceById { service_id } => self
+                .service_by_id(&parts, service_id, peer, exchange)
+                .await
+                .map(|r| httputil::with_cache_control(r, cache_control)),
             Route::Proxy { rest } => {
                 let rest = rest.to_owned();
                 self.proxy(parts, body, &rest, peer, exchange).await

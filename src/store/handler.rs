@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::HeaderMap;
+use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -19,13 +19,27 @@ use crate::query::TypeMap;
 use crate::server::Body;
 
 /// Answers one request; never fails (errors become CS-shaped responses).
+///
+/// Every answer but a Query Services list says `Cache-Control: no-store`: it is personal
+/// data or an error. A Query Services list says nothing, so that a gateway in front may
+/// cache it (csgate does, and sets its own `Cache-Control` for its clients).
 pub async fn handle(store: Store, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = match dispatch(&store, request).await {
+    let mut response = match dispatch(&store, request).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
+    let query_services = response.status().is_success()
+        && matches!(
+            routes::resolve(&method, &path),
+            Ok(Route::QueryServices { .. })
+        );
+    if !query_services {
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     tracing::debug!(%method, %path, status = response.status().as_u16(), "store request");
     response
 }
@@ -44,7 +58,10 @@ async fn dispatch(store: &Store, request: Request<Incoming>) -> Result<Response<
                 .db()
                 .write(move |conn| services::start(conn, &tenant, start))
                 .await?;
-            Ok(created(json!({ "service_id": id })))
+            Ok(created(
+                json!({ "service_id": id }),
+                format!("/services/{id}"),
+            ))
         }
         Route::QueryServices { owner, lifecycle } => {
             let answer = query::services(store, tenant, owner, lifecycle, raw_query).await?;
@@ -117,7 +134,10 @@ async fn dispatch(store: &Store, request: Request<Incoming>) -> Result<Response<
                 .db()
                 .write(move |conn| items::start(conn, &tenant, id, kind, start))
                 .await?;
-            Ok(created(json!({ kind.id_column(): item })))
+            Ok(created(
+                json!({ kind.id_column(): item }),
+                format!("/services/{id}/{}/{item}", kind.plural()),
+            ))
         }
         Route::Transition { service } => {
             let id = service_id(&service)?;
@@ -126,7 +146,10 @@ async fn dispatch(store: &Store, request: Request<Incoming>) -> Result<Response<
                 .db()
                 .write(move |conn| items::transition(conn, &tenant, id, transition))
                 .await?;
-            Ok(created(json!({ "state_id": state })))
+            Ok(created(
+                json!({ "state_id": state }),
+                format!("/services/{id}/states/{state}"),
+            ))
         }
         Route::EndItem {
             service,
@@ -257,8 +280,13 @@ fn extension_update(
     })
 }
 
-fn created(value: Value) -> Response<Body> {
-    json_response(StatusCode::CREATED, &value)
+/// `201` with the new id, and its URI in `Location` (RFC 9110 §15.3.2).
+fn created(value: Value, path: String) -> Response<Body> {
+    let mut response = json_response(StatusCode::CREATED, &value);
+    if let Ok(location) = HeaderValue::from_str(&format!("{}{path}", routes::PREFIX)) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    response
 }
 
 /// `{"name": "media_type", "values": [{"id": 1001, "name": "voice"}, ...]}`, by id.

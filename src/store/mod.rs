@@ -39,6 +39,7 @@ use crate::query::TypeMap;
 use crate::server::{Plain, ServeOptions};
 
 pub use error::StoreError;
+pub use routes::{is_routed, ROUTES};
 pub use sweep::SweepReport;
 
 /// Read connections kept open. WAL lets them read while the writer writes; queries are

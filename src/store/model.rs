@@ -32,6 +32,14 @@ impl Kind {
         }
     }
 
+    /// The path segment of this kind's collection (`/services/{id}/states`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::State => "states",
+            Kind::Task => "tasks",
+        }
+    }
+
     pub fn type_column(self) -> &'static str {
         match self {
             Kind::State => "state_type",

@@ -231,7 +231,13 @@ impl ItemParams {
             Kind::Task => "task_types",
         };
         let mut params = ItemParams::default();
-        for (key, value) in form_urlencoded::parse(raw_query.unwrap_or("").as_bytes()) {
+        for piece in raw_query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            // `?active_tasks` (a bare key) means true; `?active_tasks=` is no value at
+            // all, refused as the gateway refuses it on the Query Services routes.
+            let bare = !piece.contains('=');
+            let Some((key, value)) = form_urlencoded::parse(piece.as_bytes()).next() else {
+                continue;
+            };
             let invalid = |what: &str| {
                 ApiError::InvalidParameter(format!("parameter '{key}': '{value}' {what}"))
             };
@@ -256,11 +262,11 @@ impl ItemParams {
                 }
                 (Kind::State, "active_tasks") => {
                     params.include.active_tasks =
-                        flag(&value).ok_or_else(|| invalid("is not a boolean"))?;
+                        flag(&value, bare).ok_or_else(|| invalid("is not a boolean"))?;
                 }
                 (Kind::State, "completed_tasks") => {
                     params.include.completed_tasks =
-                        flag(&value).ok_or_else(|| invalid("is not a boolean"))?;
+                        flag(&value, bare).ok_or_else(|| invalid("is not a boolean"))?;
                 }
                 _ => {}
             }
@@ -277,10 +283,11 @@ impl ItemParams {
     }
 }
 
-/// `true`/`false` in any case, `1`/`0`, or a bare key (empty value) for true.
-fn flag(value: &str) -> Option<bool> {
+/// `true`/`false` in any case, `1`/`0`, or a bare key for true.
+fn flag(value: &str, bare: bool) -> Option<bool> {
     match value {
-        "" | "1" => Some(true),
+        "" if bare => Some(true),
+        "1" => Some(true),
         "0" => Some(false),
         v if v.eq_ignore_ascii_case("true") => Some(true),
         v if v.eq_ignore_ascii_case("false") => Some(false),
@@ -338,6 +345,11 @@ mod tests {
                 Kind::State,
                 "active_tasks=yes",
                 "parameter 'active_tasks': 'yes' is not a boolean",
+            ),
+            (
+                Kind::State,
+                "completed_tasks=",
+                "parameter 'completed_tasks': '' is not a boolean",
             ),
             (
                 Kind::State,

@@ -270,3 +270,118 @@ fn candidates(segments: &[&str]) -> Option<Vec<(Method, Route)>> {
 
 #[cfg(test)]
 mod tests;
+
+/// Every route of the store as an OpenAPI path template relative to [`PREFIX`], with the
+/// methods it allows (its `Allow` on a 405). `tests/openapi.rs` holds
+/// `openapi/csgate.yaml` to this table; the test below holds [`resolve`] to it.
+pub const ROUTES: &[(&str, &[Method])] = &[
+    ("/services/start", &[Method::POST]),
+    ("/services/anonymous/{contact_key}", &[Method::GET]),
+    ("/services/anonymous/{contact_key}/active", &[Method::GET]),
+    (
+        "/services/anonymous/{contact_key}/completed",
+        &[Method::GET],
+    ),
+    ("/customers/{customer_id}/services", &[Method::GET]),
+    ("/customers/{customer_id}/services/active", &[Method::GET]),
+    (
+        "/customers/{customer_id}/services/completed",
+        &[Method::GET],
+    ),
+    (
+        "/customers/{customer_id}/services/{service_id}",
+        &[Method::POST],
+    ),
+    (
+        "/services/{service_id}",
+        &[Method::GET, Method::PUT, Method::DELETE],
+    ),
+    ("/services/{service_id}/end", &[Method::POST]),
+    ("/services/{service_id}/extensions/{name}", &[Method::PUT]),
+    (
+        "/services/{service_id}/extensions/{name}/merge",
+        &[Method::PUT],
+    ),
+    ("/services/{service_id}/states/start", &[Method::POST]),
+    ("/services/{service_id}/states/transition", &[Method::POST]),
+    (
+        "/services/{service_id}/states/{state_id}/end",
+        &[Method::POST],
+    ),
+    ("/services/{service_id}/states", &[Method::GET]),
+    ("/services/{service_id}/states/active", &[Method::GET]),
+    ("/services/{service_id}/states/completed", &[Method::GET]),
+    ("/services/{service_id}/states/{state_id}", &[Method::GET]),
+    (
+        "/services/{service_id}/states/{state_id}/extensions/{name}",
+        &[Method::PUT],
+    ),
+    (
+        "/services/{service_id}/states/{state_id}/extensions/{name}/merge",
+        &[Method::PUT],
+    ),
+    ("/services/{service_id}/tasks/start", &[Method::POST]),
+    (
+        "/services/{service_id}/tasks/{task_id}/end",
+        &[Method::POST],
+    ),
+    ("/services/{service_id}/tasks", &[Method::GET]),
+    ("/services/{service_id}/tasks/active", &[Method::GET]),
+    ("/services/{service_id}/tasks/completed", &[Method::GET]),
+    ("/services/{service_id}/tasks/{task_id}", &[Method::GET]),
+    (
+        "/services/{service_id}/tasks/{task_id}/extensions/{name}",
+        &[Method::PUT],
+    ),
+    (
+        "/services/{service_id}/tasks/{task_id}/extensions/{name}/merge",
+        &[Method::PUT],
+    ),
+    ("/metadata/business-attributes", &[Method::GET]),
+    ("/metadata/business-attributes/{name}", &[Method::GET]),
+    ("/maintenance/purge", &[Method::POST]),
+];
+
+/// Whether `method` on `path` reaches an operation of the store (neither 404 nor 405).
+pub fn is_routed(method: &Method, path: &str) -> bool {
+    resolve(method, path).is_ok()
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn the_route_table_is_what_the_router_resolves() {
+        let methods = [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ];
+        for (pattern, allowed) in ROUTES {
+            let mut path = String::from(PREFIX);
+            for segment in pattern.split('/').skip(1) {
+                path.push('/');
+                path.push_str(if segment.starts_with('{') {
+                    "7"
+                } else {
+                    segment
+                });
+            }
+            let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            for method in &methods {
+                match resolve(method, &path) {
+                    Ok(_) => assert!(allowed.contains(method), "{method} {pattern} resolves"),
+                    Err(ApiError::MethodNotAllowed { allow: got, .. }) => {
+                        assert!(!allowed.contains(method), "{method} {pattern}: 405");
+                        assert_eq!(got, allow.join(", "), "{pattern}");
+                    }
+                    Err(other) => panic!("{method} {pattern}: {other}"),
+                }
+            }
+        }
+    }
+}

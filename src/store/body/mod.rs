@@ -114,6 +114,11 @@ pub fn service_start(
     let event = f.event(now)?;
     let customer_id = f.non_empty_string("customer_id")?;
     let contact_key = f.non_empty_string("contact_key")?;
+    for (field, key) in [("customer_id", &customer_id), ("contact_key", &contact_key)] {
+        if let Some(key) = key {
+            lookup_key(field, key)?;
+        }
+    }
     if customer_id.is_none() && contact_key.is_none() {
         return Err(ApiError::invalid(
             "customer_id",
@@ -314,6 +319,23 @@ pub fn merge(name: &str, existing: Option<Value>, patch: Value) -> Result<Value,
         merged.insert(key, value);
     }
     Ok(Value::Object(merged))
+}
+
+/// A key the Query Services routes can look up again: what their path parameter accepts
+/// (at most 256 bytes, no control characters). A service started with any other key
+/// could never be found by it.
+fn lookup_key(field: &str, key: &str) -> Result<(), ApiError> {
+    let max = crate::query::params::Limits::default().max_key_bytes;
+    if key.len() > max {
+        return Err(ApiError::invalid(
+            field,
+            format!("is {} bytes; the limit is {max}", key.len()),
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(ApiError::invalid(field, "contains a control character"));
+    }
+    Ok(())
 }
 
 fn missing(field: &str) -> ApiError {

@@ -68,6 +68,14 @@ fn refusals_name_the_field() {
         (json!({"customer_id": 5}), "field 'customer_id': must be a string, not a number"),
         (json!({"customer_id": ""}), "field 'customer_id': is empty"),
         (
+            json!({"contact_key": "408\u{92}832"}),
+            "field 'contact_key': contains a control character",
+        ),
+        (
+            json!({"customer_id": "é".repeat(129)}),
+            "field 'customer_id': is 258 bytes; the limit is 256",
+        ),
+        (
             json!({"customer_id": "c", "timestamp": "2023-02-30T00:00:00Z"}),
             "field 'timestamp': '2023-02-30T00:00:00Z' is not a valid date-time: no such date or time",
         ),
