@@ -9,6 +9,7 @@
 pub mod date;
 pub mod filter;
 pub mod params;
+pub mod raw;
 
 use std::collections::HashMap;
 
