@@ -680,3 +680,98 @@ proptest! {
         }
     }
 }
+
+// ---- micro-benchmark --------------------------------------------------------------------
+
+/// The bench upstream's anonymous answer (`bench/tools/src/lib.rs`, `ANONYMOUS`): 2.3 KB.
+const SMALL: &str = include_str!("bench-answer.json");
+
+/// 50 services (the four of SMALL in turn, each with a short history): about 40 KB.
+fn large_answer() -> String {
+    let services: Vec<Value> = serde_json::from_str(SMALL.trim_end()).expect("fixture is JSON");
+    let out: Vec<Value> = (0..50)
+        .map(|i| {
+            let mut s = services[i % 4].clone();
+            s["service_id"] = json!(1000 + i);
+            s["x_history"] = (0..5)
+                .map(|k| json!({"step": k, "at": "2024-03-01T10:00:00.000Z", "ok": true}))
+                .collect();
+            s
+        })
+        .collect();
+    serde_json::to_string(&out).expect("serialises")
+}
+
+/// ns per operation, oracle vs byte filter, on the 2.3 KB and 40 KB answers:
+///   cargo test --release --lib query::raw::tests::bench -- --ignored --nocapture
+/// `CSGATE_BENCH=case:iterations` runs one case only (for counting instructions with
+/// callgrind: run it with 0 and N iterations and divide the difference by N).
+#[test]
+#[ignore = "a benchmark: run it in release with --nocapture"]
+fn bench() {
+    let large = large_answer();
+    let types = TypeMap::default();
+    // The miss path of an anonymous lookup: customer services dropped, no sections.
+    let lookup = ServiceQuery {
+        anonymous: true,
+        ..query()
+    };
+    let broad = ServiceQuery {
+        include: Include::ALL,
+        ..query()
+    };
+    let cases: Vec<(&str, &[u8], &ServiceQuery)> = vec![
+        ("2.3KB lookup", SMALL.trim_end().as_bytes(), &lookup),
+        ("2.3KB broad", SMALL.trim_end().as_bytes(), &broad),
+        ("40KB lookup", large.as_bytes(), &lookup),
+        ("40KB broad", large.as_bytes(), &broad),
+    ];
+    let only = std::env::var("CSGATE_BENCH").ok();
+    for (name, body, q) in cases {
+        let body = Bytes::copy_from_slice(body);
+        let oracle_op = || {
+            let services = filter::parse_services(&body).expect("valid");
+            filter::render(&filter::filter_services(services, q, &types).services).len()
+        };
+        let bytes_op = || {
+            Broad::parse(body.clone())
+                .expect("valid")
+                .render(q, &types)
+                .body
+                .len()
+        };
+        let indexed = Broad::parse(body.clone()).expect("valid");
+        let render_op = || indexed.render(q, &types).body.len();
+        assert_eq!(
+            oracle_op(),
+            bytes_op(),
+            "{name}: the two filters disagree on length"
+        );
+        let ops: [(&str, &dyn Fn() -> usize); 3] = [
+            ("oracle parse+filter+render", &oracle_op),
+            ("bytes parse+render", &bytes_op),
+            ("bytes render from index", &render_op),
+        ];
+        for (label, op) in ops {
+            let case = format!("{name}/{label}");
+            if let Some(only) = &only {
+                let (want, n) = only.rsplit_once(':').expect("CSGATE_BENCH=case:iterations");
+                if case == want {
+                    let n: usize = n.parse().expect("iterations");
+                    let sink: usize = (0..n).map(|_| op()).sum();
+                    println!("{case}: {n} iterations ({sink})");
+                }
+                continue;
+            }
+            let iters = (4_000_000 / body.len()).max(50);
+            let mut best = f64::MAX;
+            for _ in 0..7 {
+                let t = std::time::Instant::now();
+                let sink: usize = (0..iters).map(|_| std::hint::black_box(op())).sum();
+                std::hint::black_box(sink);
+                best = best.min(t.elapsed().as_nanos() as f64 / iters as f64);
+            }
+            println!("{case:<44} {:>6} B {best:>10.0} ns/op", body.len());
+        }
+    }
+}
