@@ -5,7 +5,8 @@
 //! - [`config`]: the TOML file, validated once into typed settings; defaults; precedence.
 //! - [`server`]: the accept loop every listener uses (HTTP/1.1 + h2, graceful shutdown).
 //! - [`routes`]: which route a request is (six Query Services routes, by-id, proxy).
-//! - [`query`]: Query Services parameters (`params`, `date`) and the post-filter (`filter`).
+//! - [`query`]: Query Services parameters (`params`, `date`) and the post-filter: `raw` on
+//!   the upstream bytes (served), `filter` on a JSON tree (its oracle).
 //! - [`pipeline`]: the public request pipeline, one module per stage: `admit` → `route`
 //!   ([`routes`]) → `validate` → `lookup` → `forward` → `post_filter` → `respond` → `log`;
 //!   and `proxy` (transparent proxying). `forward` alone talks to [`upstream`].

@@ -97,6 +97,13 @@ impl Broad {
         &self.body
     }
 
+    /// The same answer over a copy of its bytes, so that holding it does not pin a
+    /// larger buffer the body may be a slice of (hyper's connection read buffer).
+    pub fn with_own_body(mut self) -> Broad {
+        self.body = Bytes::copy_from_slice(&self.body);
+        self
+    }
+
     /// How many services the answer holds.
     pub fn len(&self) -> usize {
         self.services.len()
