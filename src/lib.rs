@@ -6,7 +6,8 @@
 //! - [`server`]: the accept loop every listener uses (HTTP/1.1 + h2, connection limits and
 //!   timeouts, graceful shutdown and drain).
 //! - [`routes`]: which route a request is (six Query Services routes, by-id, proxy).
-//! - [`query`]: Query Services parameters (`params`, `date`) and the post-filter (`filter`).
+//! - [`query`]: Query Services parameters (`params`, `date`) and the post-filter: `raw` on
+//!   the upstream bytes (served), `filter` on a JSON tree (its oracle).
 //! - [`pipeline`]: the public request pipeline, one module per stage: `admit` → `route`
 //!   ([`routes`]) → `validate` → `lookup` → `forward` → `post_filter` → `respond` → `log`;
 //!   and `proxy` (transparent proxying). `forward` alone talks to [`upstream`].

@@ -1914,3 +1914,95 @@ async fn with_503_in_retry_on_a_read_is_retried_and_gets_the_last_answer() {
         assert_eq!((first.count(), second.count()), (1, 1), "{path}");
     }
 }
+
+/// Attached data nested 10,000 deep (arrays and objects alternating): the gateway never
+/// looks inside it, so no route refuses it.
+fn deep_value() -> String {
+    format!("{}1{}", r#"[{"d":"#.repeat(5_000), "}]".repeat(5_000))
+}
+
+#[tokio::test]
+async fn attached_data_nested_10000_deep_is_served_on_every_route() {
+    let deep = deep_value();
+    let started = r#""started":{"timestamp":"2023-03-01T10:00:00Z"}"#;
+    let completed = r#""completed":{"timestamp":"2023-03-01T11:00:00Z"}"#;
+    // Sections last, so that an answer without them is the service's first part.
+    let active = format!(
+        r#"{{"service_id":"da","contact_key":"k","service_type":1,{started},"attached":{deep}"#
+    );
+    let states = format!(
+        r#","active_states":[{{"state_id":1,"attached":{deep},"active_tasks":[{{"task_id":2}}]}}]}}"#
+    );
+    let done = format!(
+        r#"{{"service_id":"db","contact_key":"k",{started},{completed},"attached":{deep}}}"#
+    );
+    let customers = format!(
+        r#"{{"customer_id":"C1","service_id":"dc",{started},{completed},"attached":{deep}}}"#
+    );
+    let upstream_body = format!("[{active}{states},{done},{customers}]");
+    let upstream = FakeUpstream::start(Reply::json(200, upstream_body)).await;
+    let cached = start_gateway("", &[upstream.url()]).await;
+    let uncached = start_gateway(NO_CACHE, &[upstream.url()]).await;
+
+    let da = format!("{active}}}");
+    let cust = "/genesys/1/cs/customers/C1/services";
+    let cases = [
+        (ANON.to_owned(), format!("[{da},{done}]")),
+        (format!("{ANON}/active"), format!("[{da}]")),
+        (format!("{ANON}/completed"), format!("[{done}]")),
+        (cust.to_owned(), format!("[{da},{done},{customers}]")),
+        (format!("{cust}/active"), format!("[{da}]")),
+        (format!("{cust}/completed"), format!("[{done},{customers}]")),
+        // The state keeps its attached data and loses its nested tasks; a section asked
+        // for but absent is an empty array.
+        (
+            format!("{ANON}?active_states=true"),
+            format!(
+                r#"[{active},"active_states":[{{"state_id":1,"attached":{deep}}}]}},{},"active_states":[]}}]"#,
+                &done[..done.len() - 1]
+            ),
+        ),
+    ];
+    for (name, gw) in [("cached", &cached), ("uncached", &uncached)] {
+        for (path, want) in &cases {
+            let answer = get(&gw.url(path)).await;
+            assert_eq!(answer.status, 200, "{name} {path}");
+            let text = answer.text();
+            let at = text
+                .bytes()
+                .zip(want.bytes())
+                .take_while(|(a, b)| a == b)
+                .count();
+            assert!(
+                text == *want,
+                "{name} {path}: wrong body from byte {at}: {:?} vs {:?}",
+                &text[at.saturating_sub(40)..(at + 40).min(text.len())],
+                &want[at.saturating_sub(40)..(at + 40).min(want.len())]
+            );
+        }
+    }
+    // The anonymous answers above were one broad fetch, then hits on the stored entry.
+    let hit = get(&cached.url(ANON)).await;
+    assert_eq!(hit.status, 200);
+    assert!(
+        hit.header("cache-status")
+            .unwrap_or_default()
+            .contains("hit"),
+        "{:?}",
+        hit.header("cache-status")
+    );
+    assert!(hit.text() == cases[0].1, "cached hit: wrong body");
+
+    let by_id = FakeUpstream::start(Reply::json(200, format!("{active}{states}"))).await;
+    let gw = start_gateway("", &[by_id.url()]).await;
+    let answer = get(&gw.url(&format!("{CS}/services/da"))).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.text() == da, "by id: wrong body");
+    let answer = get(&gw.url(&format!("{CS}/services/da?active_states=true"))).await;
+    assert_eq!(answer.status, 200);
+    let with_states = format!(r#"{active},"active_states":[{{"state_id":1,"attached":{deep}}}]}}"#);
+    assert!(
+        answer.text() == with_states,
+        "by id with states: wrong body"
+    );
+}

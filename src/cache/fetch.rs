@@ -123,14 +123,14 @@ impl Cache {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
             // A copy: the fetched body may be a slice of hyper's connection read
             // buffer, and keeping it would pin that whole buffer (8 KiB or more).
-            body: Bytes::copy_from_slice(&fill.body),
+            broad: fill.broad.with_own_body(),
             service_ids: fill.service_ids,
             source: fill.source,
             fetch_time: fill.fetch_time,
             fetched_at: self.inner.clock.now(),
             refreshing: AtomicBool::new(false),
         });
-        let too_large = entry.body.len() > self.inner.max_entry_bytes
+        let too_large = entry.body().len() > self.inner.max_entry_bytes
             || entry_weight(key, &entry) > self.inner.entry_budget;
         if too_large {
             let until = self.inner.clock.now() + self.inner.uncacheable_for;

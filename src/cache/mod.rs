@@ -1,9 +1,10 @@
 //! The anonymous-lookup cache (gateway contract §3): a single-flight store on moka.
 //!
 //! One entry per [`Key`] holds the *broad* answer for a contact key (the "all" route,
-//! every include flag, the key's extension set) as the bytes the caller's fetch
-//! produced, with the service ids the invalidation index needs. The cache neither
-//! forwards nor parses: [`Cache::get_or_fetch`] runs the caller's fetch (the
+//! every include flag, the key's extension set) as the caller's fetch produced it — a
+//! [`Broad`]: the upstream bytes and their index of service spans — with the service ids
+//! the invalidation index needs. The cache neither forwards nor parses (it names
+//! `Broad` only to hold it, weigh it and own its bytes): [`Cache::get_or_fetch`] runs the caller's fetch (the
 //! pipeline's `forward` of the broad query), and the pipeline's `post_filter` computes
 //! every variant from the entry and memoises its rendering here ([`Memo`], keyed by
 //! entry id), so that memos share the byte budget, the stats and the purges.
@@ -52,19 +53,20 @@ use tokio::sync::watch;
 
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
+use crate::query::raw::Broad;
 use crate::query::{Extensions, TypeMap};
 
 /// How long a key whose answer was too large bypasses the cache (at most `ttl`).
 const UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
 
-/// A cached broad answer: the bytes the fetch produced, plus what the cache itself
-/// needs (the service ids for the invalidation index). The cache never parses it.
+/// A cached broad answer: the upstream bytes with the index the fetch built, plus what
+/// the cache itself needs (the service ids for the invalidation index).
 #[derive(Debug)]
 pub struct Entry {
     /// Unique per fetched answer; memoised variants are keyed by it, so replacing or
     /// dropping the entry orphans its variants (and the byte-bounded LRU reclaims them).
     id: u64,
-    body: Bytes,
+    broad: Broad,
     service_ids: Vec<String>,
     /// Where the answer came from and how long that took (the access log's fields).
     source: Arc<str>,
@@ -83,7 +85,12 @@ impl Entry {
 
     /// The broad answer, as fetched.
     pub fn body(&self) -> &Bytes {
-        &self.body
+        self.broad.body()
+    }
+
+    /// The broad answer with its index, what every variant is rendered from.
+    pub fn broad(&self) -> &Broad {
+        &self.broad
     }
 
     pub fn service_ids(&self) -> &[String] {
@@ -104,7 +111,8 @@ impl Entry {
 /// invalidate it. Built by the caller's fetch (the pipeline parses; the cache does not).
 #[derive(Debug)]
 pub struct Fill {
-    pub body: Bytes,
+    /// The upstream answer, indexed.
+    pub broad: Broad,
     /// Every service id the answer holds, as text (see [`id_text`]).
     pub service_ids: Vec<String>,
     /// False when the upstream forbade storing it (see [`may_store`]).
@@ -190,15 +198,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What an entry costs in the byte budget.
-/// What one stored answer costs in memory: the body, the key, and the bookkeeping
+/// What one stored answer costs in memory: the body and its index, the key, and the bookkeeping
 /// the weigher would otherwise not see (moka's node and deque entries, the `Entry`,
 /// the owner and service-id index entries, allocator rounding). The constants were
 /// set from RSS measured by `bench/run.sh --only memory`.
 fn entry_weight(key: &Key, entry: &Entry) -> usize {
     const PER_ENTRY: usize = 768;
     const PER_SERVICE_ID: usize = 192;
-    entry.body.len()
+    entry.broad.weight()
         + key.weight()
         + entry.service_ids.iter().map(String::len).sum::<usize>()
         + PER_SERVICE_ID * entry.service_ids.len()

@@ -17,7 +17,6 @@ use super::forward::forward_detached;
 use super::{post_filter, respond, respond_json, Exchange, Gateway, Validated};
 use crate::cache::{self, Cache, CacheOutcome, FetchError, Fill, Found, NoEntry};
 use crate::error::GatewayError;
-use crate::query::filter;
 use crate::server::Body;
 use crate::upstream::Fetched;
 
@@ -210,12 +209,11 @@ async fn broad_fill(
     if !fetched.status.is_success() {
         return Err(BroadError::Answered(Arc::new(fetched)));
     }
-    let services = filter::parse_services(&fetched.body)
-        .map_err(|e| BroadError::Gateway(GatewayError::UpstreamInvalidResponse(e.to_string())))?;
+    let broad = post_filter::parse(fetched.body).map_err(BroadError::Gateway)?;
     Ok(Fill {
-        service_ids: post_filter::service_ids(&services),
+        service_ids: broad.service_ids(),
         storable: cache::may_store(&fetched.headers),
-        body: fetched.body,
+        broad,
         source: fetched.target,
         fetch_time: fetched.elapsed,
     })

@@ -4,7 +4,7 @@
 //! [`lookup`] (the cache, anonymous routes) → [`forward`] → [`post_filter`] →
 //! [`respond`] → [`log`]; and [`proxy`], the transparent path for everything else.
 //!
-//! Query Services answers are always computed by `post_filter` from a parsed upstream
+//! Query Services answers are always computed by `post_filter` from an indexed upstream
 //! (or cached) Service[]; everything else under the public prefix is streamed through
 //! untouched but for hop-by-hop headers. `forward` is the only stage that talks to the
 //! upstreams.
@@ -38,7 +38,6 @@ use crate::error::GatewayError;
 use crate::httputil;
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
-use crate::query::filter;
 use crate::query::params::{self, Limits};
 use crate::query::{Lifecycle, TypeMap};
 use crate::routes::{self, PathOwner, Route};
@@ -225,9 +224,8 @@ impl Gateway {
         if !fetched.status.is_success() {
             return Ok(respond::upstream_error(&parts.method, fetched));
         }
-        let services = filter::parse_services(&fetched.body)
-            .map_err(|e| GatewayError::UpstreamInvalidResponse(e.to_string()))?;
-        let body = self.post_filter(services, &validated.query, exchange);
+        let broad = post_filter::parse(fetched.body)?;
+        let body = self.post_filter(&broad, &validated.query, exchange);
         Ok(respond_json(&parts.method, body, None))
     }
 

@@ -1,6 +1,8 @@
 //! Query Services: the validated, normalised form of a query (`ServiceQuery`),
 //! the parameter parser that builds it (`params`), the date grammar (`date`) and the
-//! post-filter that makes any upstream answer satisfy it (`filter`).
+//! post-filter that makes any upstream answer satisfy it: `raw` on the upstream bytes
+//! (what the gateway serves), `filter` on a JSON tree (its test oracle, and the
+//! reference store's filter).
 //!
 //! These types are shared by the gateway pipeline, the cache (which computes every
 //! variant from one broad answer) and the reference store (which answers the same
@@ -9,6 +11,7 @@
 pub mod date;
 pub mod filter;
 pub mod params;
+pub mod raw;
 
 use std::collections::HashMap;
 
