@@ -29,6 +29,8 @@ pub(super) struct RawServer {
     pub max_header_bytes: Option<Size>,
     pub max_body_bytes: Option<Size>,
     pub max_key_bytes: Option<Size>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub via: Option<String>,
     pub tls: Option<RawTls>,
 }
 
@@ -54,6 +56,7 @@ pub(super) struct RawUpstream {
     pub max_retries: Option<u32>,
     pub eject_after: Option<u32>,
     pub eject_for: Option<String>,
+    pub preserve_host: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
