@@ -200,3 +200,152 @@ async fn http_1_1_requires_exactly_one_valid_host() {
     assert!(status.contains(" 200"), "{status}");
     assert_eq!(upstream.count(), 1);
 }
+
+// --- issue 10.16: HTTP/2 stream errors -------------------------------------------------
+
+/// One HTTP/2 frame as written on the wire (RFC 9113 §4.1).
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len())
+        .expect("small frame")
+        .to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A header block of HPACK literals without indexing, new names, no Huffman
+/// (RFC 7541 §6.2.2): enough for a client, no encoder needed.
+fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        out.push(u8::try_from(name.len()).expect("short name"));
+        out.extend_from_slice(name.as_bytes());
+        out.push(u8::try_from(value.len()).expect("short value"));
+        out.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// Reads frames until `until` says stop; returns (type, stream) of every frame read.
+async fn read_frames(
+    stream: &mut tokio::net::TcpStream,
+    mut until: impl FnMut(u8, u32) -> bool,
+) -> Vec<(u8, u32)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut seen = Vec::new();
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if stream.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            if head[3] == SETTINGS && head[4] & 0x1 == 0 {
+                let _ = stream.write_all(&frame(SETTINGS, 0x1, 0, &[])).await;
+            }
+            seen.push((head[3], id));
+            if until(head[3], id) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("the gateway answered within 10 s");
+    seen
+}
+
+/// Opens stream 1 as a Query Services GET that stays open (announcing `content-length:
+/// 10`) beside a complete request on stream 3, checks that stream 1 is not answered while
+/// it is open (even though the answer, a cache hit, is ready at once), then sends
+/// `ending` for stream 1 and checks that the stream ends in a stream error (RST_STREAM,
+/// or GOAWAY), never in an answer.
+async fn malformed_stream_is_reset_not_answered(ending: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let upstream = FakeUpstream::start(Reply::json(200, "[]")).await;
+    let gw = start_gateway("", &[upstream.url()]).await;
+    let path = format!("{CS}/services/anonymous/4088327799");
+    // Warm the cache, so that answers need no upstream and are ready at once.
+    let warm = common::get(&gw.url(&path)).await;
+    assert_eq!(warm.status, 200);
+
+    let mut stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let authority = gw.addr.to_string();
+    let request = |extra: &[(&'static str, &'static str)]| {
+        let mut fields = vec![
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", path.as_str()),
+            (":authority", authority.as_str()),
+        ];
+        fields.extend_from_slice(extra);
+        header_block(&fields)
+    };
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(frame(SETTINGS, 0, 0, &[]));
+    opening.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &request(&[("content-length", "10")]),
+    ));
+    opening.extend(frame(HEADERS, END_HEADERS | END_STREAM, 3, &request(&[])));
+    stream.write_all(&opening).await.expect("write");
+
+    let before = read_frames(&mut stream, |kind, id| kind == HEADERS && id == 3).await;
+    assert!(
+        !before.contains(&(HEADERS, 1)),
+        "stream 1 was answered before its request ended: {before:?}"
+    );
+    stream.write_all(ending).await.expect("write");
+    let after = read_frames(&mut stream, |kind, id| {
+        (kind == RST_STREAM && id == 1) || kind == GOAWAY
+    })
+    .await;
+    assert!(
+        !after.contains(&(HEADERS, 1)),
+        "a malformed stream was answered: {after:?}"
+    );
+    assert!(
+        after.contains(&(RST_STREAM, 1)) || after.iter().any(|(kind, _)| *kind == GOAWAY),
+        "no stream error: {after:?}"
+    );
+}
+
+/// RFC 9113 §8.1.1: DATA that disagree with the content-length make the request
+/// malformed.
+#[tokio::test]
+async fn an_http2_request_whose_data_disagree_with_its_content_length_gets_a_stream_error() {
+    // Three bytes where ten were announced, and the end of the stream.
+    malformed_stream_is_reset_not_answered(&frame(DATA, END_STREAM, 1, b"abc")).await;
+}
+
+/// RFC 9113 §8.1: a second HEADERS frame (trailers) must end the stream.
+#[tokio::test]
+async fn an_http2_request_with_a_second_headers_without_end_stream_gets_a_stream_error() {
+    let mut ending = frame(DATA, 0, 1, b"0123456789");
+    ending.extend(frame(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &header_block(&[("x-t", "1")]),
+    ));
+    malformed_stream_is_reset_not_answered(&ending).await;
+}
