@@ -18,6 +18,10 @@ pub enum GatewayError {
     /// A query or path parameter broke a rule; the message names it and quotes it.
     #[error("{0}")]
     InvalidParameter(String),
+    /// A request header is missing, repeated or malformed where it must be given once;
+    /// the message names it.
+    #[error("{0}")]
+    InvalidHeader(String),
     #[error("{0}")]
     NotFound(String),
     #[error("method {method} is not allowed on this resource; allowed: {allow}")]
@@ -64,6 +68,7 @@ impl GatewayError {
     pub fn status_and_kind(&self) -> (StatusCode, &'static str) {
         match self {
             GatewayError::InvalidParameter(_) => (StatusCode::BAD_REQUEST, "InvalidParameter"),
+            GatewayError::InvalidHeader(_) => (StatusCode::BAD_REQUEST, "InvalidParameter"),
             GatewayError::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             GatewayError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed")
@@ -96,6 +101,7 @@ impl GatewayError {
     pub fn blame(&self) -> Blame {
         match self {
             GatewayError::InvalidParameter(_)
+            | GatewayError::InvalidHeader(_)
             | GatewayError::NotFound(_)
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::QueryTooLong { .. }
@@ -184,6 +190,11 @@ mod tests {
                 GatewayError::InvalidParameter("parameter 'x': 'y' is bad".into()),
                 400,
                 json!({"message": "parameter 'x': 'y' is bad", "exception": "InvalidParameter"}),
+            ),
+            (
+                GatewayError::InvalidHeader("header 'GroupId' is given 2 times".into()),
+                400,
+                json!({"message": "header 'GroupId' is given 2 times", "exception": "InvalidParameter"}),
             ),
             (
                 GatewayError::NotFound("no route for /x".into()),

@@ -21,6 +21,59 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Gives an HTTP/2 request (whose host is its `:authority`, in the URI) the `Host`
+/// header an HTTP/1.1 request carries, so every later stage reads the client's host in
+/// one place. A `Host` the client sent is left alone.
+pub fn host_from_authority(parts: &mut http::request::Parts) {
+    if parts.headers.contains_key(header::HOST) {
+        return;
+    }
+    if let Some(authority) = parts.uri.authority() {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+}
+
+/// Joins every value of `name` into one comma-separated list (RFC 9110 §5.3), or `None`.
+pub fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for value in headers.get_all(name) {
+        let list = out.get_or_insert_with(Vec::new);
+        if !list.is_empty() {
+            list.extend_from_slice(b", ");
+        }
+        list.extend_from_slice(value.as_bytes());
+    }
+    out
+}
+
+/// `name` with `item` appended to whatever list it already holds, as one field.
+pub fn append_to_list(headers: &mut HeaderMap, name: &HeaderName, item: &str) {
+    let mut list = joined(headers, name).unwrap_or_default();
+    if !list.is_empty() {
+        list.extend_from_slice(b", ");
+    }
+    list.extend_from_slice(item.as_bytes());
+    if let Ok(value) = HeaderValue::from_bytes(&list) {
+        headers.insert(name.clone(), value);
+    }
+}
+
+/// The `Via` entry for a message received over `version` (RFC 9110 §7.6.3).
+pub fn via_entry(version: http::Version, pseudonym: &str) -> String {
+    let protocol = match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    format!("{protocol} {pseudonym}")
+}
 
 /// A complete body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {

@@ -5,6 +5,11 @@
 //! contact key cannot change the route; path parameters are decoded and validated by
 //! the pipeline's validate stage. `/services/anonymous/...` is matched before
 //! `/services/{service_id}`.
+//!
+//! Before matching, [`check_path`] refuses every path an upstream could resolve outside
+//! the API prefix or read differently from csgate: dot-segments (raw or encoded, any
+//! case), an encoded `/` or `\`, a backslash, NUL and `;` parameters. What is forwarded
+//! is [`canonical_path`]: the same segments, escapes normalised.
 
 use http::Method;
 
@@ -71,6 +76,7 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayErr
             allow: PROXY_METHODS,
         });
     }
+    check_path(path)?;
     let rest = match path.strip_prefix(PUBLIC_PREFIX) {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
         _ => {
@@ -117,6 +123,95 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayErr
         }),
         None => Ok(Route::Proxy { rest }),
     }
+}
+
+/// Refuses a path that could escape the prefix or mean something else to the upstream
+/// (`400 InvalidParameter` naming the path and the problem).
+pub fn check_path(path: &str) -> Result<(), GatewayError> {
+    let refuse = |problem: &str| {
+        Err(GatewayError::InvalidParameter(format!(
+            "path '{}' is refused: {problem}",
+            crate::query::params::shown(path)
+        )))
+    };
+    for segment in path.split('/') {
+        if segment.contains('\\') {
+            return refuse("it contains a backslash");
+        }
+        if segment.contains(';') {
+            return refuse("it contains a ';' parameter");
+        }
+        if segment.contains('\0') {
+            return refuse("it contains NUL");
+        }
+        // The segment with only its encoded dots decoded: a dot-segment however spelled.
+        let mut dots = String::new();
+        let bytes = segment.as_bytes();
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            if b != b'%' {
+                dots.push(char::from(b));
+                i += 1;
+                continue;
+            }
+            let escape = bytes
+                .get(i + 1..i + 3)
+                .and_then(|hex| std::str::from_utf8(hex).ok())
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+            match escape {
+                // Not an escape: a literal '%' (forwarded as %25); a key with one is
+                // refused by the validate stage, naming the parameter.
+                None => {
+                    dots.push('%');
+                    i += 1;
+                    continue;
+                }
+                Some(b'/') => return refuse("it contains an encoded '/' (%2F)"),
+                Some(b'\\') => return refuse("it contains an encoded '\\' (%5C)"),
+                Some(0) => return refuse("it contains an encoded NUL (%00)"),
+                Some(b'.') => dots.push('.'),
+                Some(_) => dots.push('%'),
+            }
+            i += 3;
+        }
+        if dots == "." || dots == ".." {
+            return refuse("it contains a dot-segment ('.' or '..')");
+        }
+    }
+    Ok(())
+}
+
+/// The path csgate forwards for a path that passed [`check_path`]: escapes of
+/// unreserved characters decoded, other escapes in upper case, and any byte a path may
+/// not carry literally encoded (RFC 3986 §6.2.2). Segments are never joined, split or
+/// removed, so the result stays under the prefix it is appended to.
+pub fn canonical_path(path: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    let literal = |b: u8| unreserved(b) || b"/!$&'()*+,=:@".contains(&b);
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let push_encoded = |out: &mut String, b: u8| {
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    };
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let escaped = (b == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(decoded) if unreserved(decoded) => out.push(char::from(decoded)),
+            Some(decoded) => push_encoded(&mut out, decoded),
+            None if literal(b) => out.push(char::from(b)),
+            None => push_encoded(&mut out, b),
+        }
+        i += if escaped.is_some() { 3 } else { 1 };
+    }
+    out
 }
 
 fn query(owner: PathOwner<'_>, lifecycle: Lifecycle) -> Route<'_> {
@@ -230,17 +325,106 @@ mod tests {
     }
 
     #[test]
+    fn paths_that_could_escape_the_prefix_are_refused() {
+        let p = PUBLIC_PREFIX;
+        let refused = [
+            (format!("{p}/../../../internal/secret.txt"), "dot-segment"),
+            (format!("{p}/services/./42"), "dot-segment"),
+            (format!("{p}/customers/%2e%2e/services"), "dot-segment"),
+            (format!("{p}/customers/%2E%2e/services"), "dot-segment"),
+            (format!("{p}/customers/.%2E/services"), "dot-segment"),
+            (format!("{p}/services/anonymous/%2e"), "dot-segment"),
+            (format!("{p}/services/anonymous/.."), "dot-segment"),
+            (format!("{p}/.."), "dot-segment"),
+            (format!("{p}/services/a%2fb"), "encoded '/'"),
+            (format!("{p}/services/anonymous/a%2Fb"), "encoded '/'"),
+            (format!("{p}/services/a%5cb"), "encoded '\\'"),
+            (format!("{p}/services/a%5C..%5Cb"), "encoded '\\'"),
+            (format!("{p}/services/a\\b"), "backslash"),
+            (format!("{p}/services/a%00"), "encoded NUL"),
+            (format!("{p}/services/42;jsessionid=x"), "';' parameter"),
+            (format!("{p}/customers/c;x/services"), "';' parameter"),
+            ("/x/../genesys/1/cs/services/1".to_owned(), "dot-segment"),
+        ];
+        for (path, problem) in refused {
+            for method in [Method::GET, Method::POST, Method::DELETE] {
+                let error = route(&method, &path).expect_err(&path);
+                let GatewayError::InvalidParameter(message) = &error else {
+                    panic!("{path}: {error:?}");
+                };
+                assert!(
+                    message.starts_with(&format!("path '{path}' is refused"))
+                        && message.contains(problem),
+                    "{path}: {message}"
+                );
+            }
+        }
+        for allowed in [
+            format!("{p}/services/anonymous/a.b"),
+            format!("{p}/services/anonymous/..."),
+            format!("{p}/services/anonymous/.a"),
+            format!("{p}/services/anonymous/%2B1%20408"),
+            format!("{p}/services/1/extensions/x%3Dy"),
+        ] {
+            assert!(route(&Method::GET, &allowed).is_ok(), "{allowed}");
+        }
+    }
+
+    #[test]
+    fn forwarded_paths_are_canonical() {
+        let cases = [
+            ("/services/42", "/services/42"),
+            ("/services/%34%32", "/services/42"),
+            ("/services/a%7e%2db", "/services/a~-b"),
+            ("/services/a%3db%3D", "/services/a%3Db%3D"),
+            ("/services/caf%c3%a9", "/services/caf%C3%A9"),
+            ("/services/a b\"{}|^`", "/services/a%20b%22%7B%7D%7C%5E%60"),
+            ("/customers/x@y:z/services/1", "/customers/x@y:z/services/1"),
+            ("/services/%2E%2E%2E", "/services/..."),
+            ("/services/a%zz%4", "/services/a%25zz%254"),
+        ];
+        for (raw, canonical) in cases {
+            assert_eq!(canonical_path(raw), canonical, "{raw}");
+            assert_eq!(canonical_path(canonical), canonical, "idempotent on {raw}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever passes the check, its canonical form has the same segments and none
+        /// of them is a dot-segment or hides a separator: the forwarded path stays
+        /// under the prefix.
+        #[test]
+        fn a_checked_path_stays_under_the_prefix(
+            segments in proptest::collection::vec("([a-z.%/;\\\\]|%2[eEfF]|%5[cC]|%00|%41){0,6}", 0..6)
+        ) {
+            let path = format!("{PUBLIC_PREFIX}/{}", segments.join("/"));
+            if check_path(&path).is_ok() {
+                let forwarded = canonical_path(&path);
+                let original: Vec<&str> = path.split('/').collect();
+                let canonical: Vec<&str> = forwarded.split('/').collect();
+                proptest::prop_assert_eq!(original.len(), canonical.len());
+                for segment in canonical {
+                    proptest::prop_assert!(segment != "." && segment != "..", "{}", forwarded);
+                    let lower = segment.to_ascii_lowercase();
+                    proptest::prop_assert!(!lower.contains("%2f") && !lower.contains("%5c") && !segment.contains('\\'));
+                }
+                proptest::prop_assert!(forwarded.starts_with(PUBLIC_PREFIX));
+            }
+        }
+    }
+
+    #[test]
     fn path_parameters_stay_raw() {
         let r = route(
             &Method::GET,
-            "/genesys/1/cs/services/anonymous/%2B1%20408%2F832/active",
+            "/genesys/1/cs/services/anonymous/%2B1%20408%20832/active",
         )
         .expect("matches");
         assert_eq!(
             r,
             Route::QueryServices {
                 owner: PathOwner::Anonymous {
-                    contact_key: "%2B1%20408%2F832"
+                    contact_key: "%2B1%20408%20832"
                 },
                 lifecycle: Lifecycle::Active
             }

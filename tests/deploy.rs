@@ -419,7 +419,11 @@ fn shipped_config_documents_every_key_at_its_default() {
         "\"/etc/csgate/redact.key\"",
         &format!("{:?}", key_file.display().to_string()),
     );
-    assert_ne!(examples_text, uncommented(&text), "the redact_key_file example moved");
+    assert_ne!(
+        examples_text,
+        uncommented(&text),
+        "the redact_key_file example moved"
+    );
     let examples = load(
         &examples_text,
         "config/csgate.toml, examples uncommented",

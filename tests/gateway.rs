@@ -513,8 +513,8 @@ fn refusals() -> Vec<(String, String)> {
             "parameter 'contact_key': 'a%7F' contains a control character".into(),
         ),
         (
-            "/genesys/1/cs/customers/%00/services/active".into(),
-            "parameter 'customer_id': '%00' contains a control character".into(),
+            "/genesys/1/cs/customers/%01/services/active".into(),
+            "parameter 'customer_id': '%01' contains a control character".into(),
         ),
         (
             "/genesys/1/cs/services/anonymous/%FF".into(),
@@ -1076,9 +1076,8 @@ async fn a_percent_encoded_contact_key_reaches_the_upstream_canonically_encoded(
         ("caf%C3%A9", "caf%C3%A9"),
         ("a.b_c-d~e", "a.b_c-d~e"),
         ("%61%62c", "abc"),
-        ("a%2Fb", "a%2Fb"),
         ("x@y.com", "x%40y.com"),
-        ("a%3Bb%3Dc", "a%3Bb%3Dc"),
+        ("a%3Db%3Dc", "a%3Db%3Dc"),
     ];
     for (raw, canonical) in cases {
         for (suffix, route) in [
@@ -1276,18 +1275,25 @@ async fn a_request_id_is_generated_when_absent_or_insane_echoed_and_forwarded() 
 }
 
 #[tokio::test]
-async fn forwarding_headers_append_to_the_clients() {
+async fn forwarding_headers_append_to_a_trusted_proxys_and_replace_anyone_elses() {
     let upstream = FakeUpstream::start(Reply::json(200, services_body())).await;
-    let gw = start_gateway(NO_CACHE, &[upstream.url()]).await;
-    for path in [CUST.to_owned(), format!("{CS}/services/42/states")] {
-        let answer = get_with(&gw.url(&path), &[("x-forwarded-for", "10.0.0.1")]).await;
-        assert_eq!(answer.status, 200);
-        let got = upstream.requests().pop().expect("forwarded");
-        assert_eq!(
-            header(&got, "x-forwarded-for").as_deref(),
-            Some("10.0.0.1, 127.0.0.1"),
-            "{path}"
-        );
+    let trusted = start_gateway(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[cache]\nenabled = false\n",
+        &[upstream.url()],
+    )
+    .await;
+    let untrusted = start_gateway(NO_CACHE, &[upstream.url()]).await;
+    for (gw, expected) in [(&trusted, "10.0.0.1, 127.0.0.1"), (&untrusted, "127.0.0.1")] {
+        for path in [CUST.to_owned(), format!("{CS}/services/42/states")] {
+            let answer = get_with(&gw.url(&path), &[("x-forwarded-for", "10.0.0.1")]).await;
+            assert_eq!(answer.status, 200);
+            let got = upstream.requests().pop().expect("forwarded");
+            assert_eq!(
+                header(&got, "x-forwarded-for").as_deref(),
+                Some(expected),
+                "{path}"
+            );
+        }
     }
 }
 

@@ -32,6 +32,12 @@ pub const MAX_HEADERS: usize = 100;
 pub const DRAIN_DELAY: Duration = Duration::ZERO;
 /// Contract: at most 32 extension filters.
 pub const MAX_FILTERS: usize = 32;
+/// No peer is trusted to report the client's address: forwarding headers a client
+/// sends are replaced unless the operator names the proxies in front of csgate.
+pub const TRUSTED_PROXIES: &[&str] = &[];
+/// RFC 9110 §7.6.3 asks a gateway to add `Via`; a pseudonym names csgate without its
+/// host name or port.
+pub const VIA: &str = "csgate";
 /// Lowest hyper read buffer on the public listener: well above the gateway's own head
 /// limits, so the gateway answers 414/431 itself (in the CS error shape) for all but
 /// absurd heads; hyper refuses those with a bare 431.
@@ -78,6 +84,10 @@ pub const EJECT_ON: &[&str] = &["connect-failure", "reset", "timeout", "502", "5
 /// Outcomes that allow a retry: only when nothing was received (nginx and Envoy
 /// defaults), so the client never gets a second upstream's answer in place of the first's.
 pub const RETRY_ON: &[&str] = &["connect-failure", "reset", "timeout"];
+
+/// The upstream is addressed by its own name, as an HTTP client would; backends that
+/// route on the client's `Host` opt in.
+pub const PRESERVE_HOST: bool = false;
 
 /// Caching anonymous look-ups is the gateway's reason to exist.
 pub const CACHE_ENABLED: bool = true;

@@ -6,6 +6,7 @@
 //! defaults. [`Overrides`] carries the first two; [`Config::load`] applies them in that
 //! order, so there is exactly one function where precedence is decided.
 
+mod cidr;
 pub mod defaults;
 mod parse;
 mod raw;
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::query::TypeMap;
 use raw::RawConfig;
 
+pub use cidr::Cidr;
 pub use parse::{parse_duration, parse_size};
 pub use sections::{
     AdminConfig, CacheConfig, LogConfig, LogFormat, ServerConfig, StoreSettings, TlsConfig,

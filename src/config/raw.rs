@@ -34,6 +34,8 @@ pub(super) struct RawServer {
     pub max_connections: Option<usize>,
     pub max_headers: Option<usize>,
     pub drain_delay: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub via: Option<String>,
     pub tls: Option<RawTls>,
 }
 
@@ -61,6 +63,7 @@ pub(super) struct RawUpstream {
     pub eject_for: Option<String>,
     pub eject_on: Option<Vec<String>>,
     pub retry_on: Option<Vec<String>>,
+    pub preserve_host: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,7 +13,7 @@ use super::parse::{
     addr, at_least_one, duration, failures, header_value, positive, size, upstream_url,
 };
 use super::raw::{RawAdmin, RawCache, RawLog, RawServer, RawStore, RawUpstream};
-use super::{defaults, invalid, ConfigError};
+use super::{defaults, invalid, Cidr, ConfigError};
 use crate::cache::Policy;
 use crate::query::params::Limits;
 use crate::query::TypeMap;
@@ -43,6 +43,11 @@ pub struct ServerConfig {
     /// After SIGTERM, requests on open connections are still answered (with
     /// `Connection: close`) for this long before connections are closed.
     pub drain_delay: Duration,
+    /// Peers whose `Forwarded`/`X-Forwarded-*`/`X-Real-IP` headers are extended rather
+    /// than replaced.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The pseudonym csgate adds to `Via`; `None` (configured empty) adds none.
+    pub via: Option<String>,
     pub tls: Option<TlsConfig>,
 }
 
@@ -114,12 +119,44 @@ impl TryFrom<RawServer> for ServerConfig {
                 s.max_headers.unwrap_or(defaults::MAX_HEADERS),
             )?,
             drain_delay: duration("server.drain_delay", s.drain_delay, defaults::DRAIN_DELAY)?,
+            trusted_proxies: s
+                .trusted_proxies
+                .unwrap_or_else(|| {
+                    defaults::TRUSTED_PROXIES
+                        .iter()
+                        .map(|t| (*t).to_owned())
+                        .collect()
+                })
+                .iter()
+                .enumerate()
+                .map(|(i, text)| {
+                    text.parse::<Cidr>()
+                        .map_err(|m| invalid(&format!("server.trusted_proxies[{i}]"), m))
+                })
+                .collect::<Result<_, _>>()?,
+            via: via(s.via.as_deref().unwrap_or(defaults::VIA))?,
             tls: s.tls.map(|t| TlsConfig {
                 cert: t.cert,
                 key: t.key,
             }),
         })
     }
+}
+
+/// `[server] via`: empty disables `Via`; otherwise a token (RFC 9110 `pseudonym`) or
+/// a `host:port`, so it cannot break the header it is written into.
+fn via(text: &str) -> Result<Option<String>, ConfigError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:".contains(c);
+    if !text.chars().all(tchar) {
+        return Err(invalid(
+            "server.via",
+            format!("'{text}' is not a token such as \"csgate\" (or empty to send no Via)"),
+        ));
+    }
+    Ok(Some(text.to_owned()))
 }
 
 impl ServerConfig {
@@ -189,6 +226,8 @@ pub struct UpstreamConfig {
     pub eject_on: FailureSet,
     /// Outcomes after which a bodiless GET/HEAD is tried at the next upstream.
     pub retry_on: FailureSet,
+    /// Forward the client's `Host` instead of the upstream's own authority.
+    pub preserve_host: bool,
 }
 
 /// `[upstream]`: every URL checked (http, a host, no query), the prefix absolute, the
@@ -257,6 +296,7 @@ impl TryFrom<RawUpstream> for UpstreamConfig {
             eject_for: positive("upstream.eject_for", u.eject_for, defaults::EJECT_FOR)?,
             eject_on: failures("upstream.eject_on", u.eject_on, defaults::EJECT_ON)?,
             retry_on: failures("upstream.retry_on", u.retry_on, defaults::RETRY_ON)?,
+            preserve_host: u.preserve_host.unwrap_or(defaults::PRESERVE_HOST),
         })
     }
 }

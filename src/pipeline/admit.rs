@@ -1,8 +1,11 @@
-//! Stage `admit`: the request-size limits (head bytes, header count, query length),
+//! Stage `admit`: the request-size limits (head bytes, header count, query length) and
+//! the headers that must be given once,
 //! checked before anything else looks at the request. (Load shedding, the in-flight
 //! bound, is a permit taken in `handle`.)
 
+use http::header::{self, HeaderName};
 use http::request::Parts;
+use http::Version;
 
 use super::Gateway;
 use crate::error::GatewayError;
@@ -31,6 +34,45 @@ impl Gateway {
                 max: s.max_query_bytes,
             });
         }
-        Ok(())
+        single_headers(parts)
+    }
+}
+
+/// Headers that decide whose data a request reads (and its cache key): given twice, the
+/// cache and the upstream could each believe a different one.
+static SINGLE: [(&HeaderName, &str); 3] = [
+    (&httputil::CONTACT_CENTER_ID, "ContactCenterId"),
+    (&httputil::GROUP_ID, "GroupId"),
+    (&header::AUTHORIZATION, "Authorization"),
+];
+
+/// Tenant and credential headers at most once; on HTTP/1.1 exactly one `Host`, a valid
+/// authority (RFC 9112 §3.2), since it is forwarded as `X-Forwarded-Host`.
+fn single_headers(parts: &Parts) -> Result<(), GatewayError> {
+    let count = |name: &HeaderName| parts.headers.get_all(name).iter().count();
+    for (name, shown) in SINGLE {
+        let n = count(name);
+        if n > 1 {
+            return Err(GatewayError::InvalidHeader(format!(
+                "header '{shown}' is given {n} times; it must be given at most once"
+            )));
+        }
+    }
+    match count(&header::HOST) {
+        0 if parts.version == Version::HTTP_11 => Err(GatewayError::InvalidHeader(
+            "header 'Host' is missing; HTTP/1.1 requires it".into(),
+        )),
+        0 | 1 => match parts.headers.get(header::HOST) {
+            Some(host) if http::uri::Authority::try_from(host.as_bytes()).is_err() => {
+                Err(GatewayError::InvalidHeader(format!(
+                    "header 'Host': '{}' is not a host name with an optional port",
+                    crate::query::params::shown(&String::from_utf8_lossy(host.as_bytes()))
+                )))
+            }
+            _ => Ok(()),
+        },
+        n => Err(GatewayError::InvalidHeader(format!(
+            "header 'Host' is given {n} times; it must be given once"
+        ))),
     }
 }

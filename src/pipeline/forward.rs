@@ -76,12 +76,12 @@ impl Gateway {
     }
 
     /// The whitelisted request headers of a Query Services request, plus request id
-    /// and forwarding headers.
+    /// and forwarding headers (and the client's `Host` with `preserve_host`).
     pub(super) fn query_headers(
         &self,
         incoming: &HeaderMap,
         peer: SocketAddr,
-        id: &HeaderValue,
+        exchange: &Exchange,
     ) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for name in QUERY_FORWARD_HEADERS {
@@ -89,33 +89,86 @@ impl Gateway {
                 headers.append(name.clone(), value.clone());
             }
         }
-        self.forwarding_headers(&mut headers, incoming, peer, id);
+        self.forwarding_headers(&mut headers, incoming, peer, exchange);
         headers
     }
 
+    /// Sets what csgate says about this hop on a request it forwards: its request id,
+    /// `Via`, and who the client is. From a peer in `[server] trusted_proxies` the
+    /// client's `Forwarded`, `X-Forwarded-For` are extended and its `X-Forwarded-Host`,
+    /// `X-Forwarded-Proto`, `X-Real-IP` kept; from anyone else all five are replaced
+    /// by what csgate saw, so a client cannot forge its address, host or scheme.
     pub(super) fn forwarding_headers(
         &self,
         headers: &mut HeaderMap,
         incoming: &HeaderMap,
         peer: SocketAddr,
-        id: &HeaderValue,
+        exchange: &Exchange,
     ) {
-        headers.insert(&httputil::X_REQUEST_ID, id.clone());
-        let forwarded_for = match incoming
-            .get(&httputil::X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(previous) => format!("{previous}, {}", peer.ip()),
-            None => peer.ip().to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert(&httputil::X_FORWARDED_FOR, value);
-        }
-        // The scheme this hop was reached by: a client cannot claim https over http.
-        headers.insert(
+        let s = &self.inner.settings;
+        headers.insert(&httputil::X_REQUEST_ID, exchange.id.clone());
+        let ip = peer.ip().to_canonical();
+        let trusted = s.trusted_proxies.iter().any(|block| block.contains(ip));
+        let host = incoming.get(header::HOST);
+        let scheme = self.inner.scheme;
+        for name in [
+            &header::FORWARDED,
+            &httputil::X_FORWARDED_FOR,
+            &httputil::X_FORWARDED_HOST,
             &httputil::X_FORWARDED_PROTO,
-            HeaderValue::from_static(self.inner.scheme),
-        );
+            &httputil::X_REAL_IP,
+        ] {
+            headers.remove(name);
+            if trusted {
+                for value in incoming.get_all(name) {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        // Lists get this hop appended; single values are set when the trusted proxy
+        // sent none (or always, from an untrusted peer, whose ones were removed above).
+        httputil::append_to_list(headers, &httputil::X_FORWARDED_FOR, &ip.to_string());
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        // `Host` was checked to be an authority by `admit`: no quote or backslash.
+        let element = match host.and_then(|h| h.to_str().ok()) {
+            Some(host) => format!("for={node};host=\"{host}\";proto={scheme}"),
+            None => format!("for={node};proto={scheme}"),
+        };
+        httputil::append_to_list(headers, &header::FORWARDED, &element);
+        if let (false, Some(host)) = (headers.contains_key(&httputil::X_FORWARDED_HOST), host) {
+            headers.insert(&httputil::X_FORWARDED_HOST, host.clone());
+        }
+        if !headers.contains_key(&httputil::X_FORWARDED_PROTO) {
+            headers.insert(
+                &httputil::X_FORWARDED_PROTO,
+                HeaderValue::from_static(scheme),
+            );
+        }
+        if !headers.contains_key(&httputil::X_REAL_IP) {
+            if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
+                headers.insert(&httputil::X_REAL_IP, value);
+            }
+        }
+        if let Some(pseudonym) = &s.via {
+            // The client's own Via (kept on proxied routes) is extended, never replaced.
+            headers.remove(header::VIA);
+            for value in incoming.get_all(header::VIA) {
+                headers.append(header::VIA, value.clone());
+            }
+            let entry = httputil::via_entry(exchange.version, pseudonym);
+            httputil::append_to_list(headers, &header::VIA, &entry);
+        }
+        match host {
+            Some(host) if s.preserve_host => {
+                headers.insert(header::HOST, host.clone());
+            }
+            _ => {
+                headers.remove(header::HOST);
+            }
+        }
     }
 }
 

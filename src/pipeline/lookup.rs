@@ -154,7 +154,7 @@ impl Gateway {
                 validated.owner_path,
                 query.broad().upstream_query()
             );
-            let forward_headers = self.query_headers(headers, peer, &exchange.id);
+            let forward_headers = self.query_headers(headers, peer, exchange);
             broad_fill(forward_detached(
                 self.inner.upstreams.clone(),
                 path_and_query,

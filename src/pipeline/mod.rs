@@ -28,12 +28,12 @@ use std::time::{Duration, Instant};
 
 use http::header::{HeaderMap, HeaderValue};
 use http::request::Parts;
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::cache::{Cache, CacheOutcome};
-use crate::config::Config;
+use crate::config::{Cidr, Config};
 use crate::error::GatewayError;
 use crate::httputil;
 use crate::logging::Redactor;
@@ -74,6 +74,12 @@ pub struct Settings {
     pub redactor: Redactor,
     /// `Cache-Control` on Query Services answers (`[cache] downstream_cache_control`).
     pub downstream_cache_control: HeaderValue,
+    /// Peers whose forwarding headers are extended instead of replaced.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The `Via` pseudonym; `None` sends no `Via`.
+    pub via: Option<String>,
+    /// Forward the client's `Host` unchanged.
+    pub preserve_host: bool,
 }
 
 impl Settings {
@@ -91,6 +97,9 @@ impl Settings {
             body_read_timeout: config.server.body_read_timeout,
             redactor: Redactor::from_config(&config.log),
             downstream_cache_control: config.cache.downstream_cache_control.clone(),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            via: config.server.via.clone(),
+            preserve_host: config.upstream.preserve_host,
         }
     }
 }
@@ -99,6 +108,8 @@ impl Settings {
 struct Exchange {
     id: HeaderValue,
     method: Method,
+    /// The client's protocol version, for the `Via` csgate adds upstream.
+    version: Version,
     route: &'static str,
     started: Instant,
     /// The contact key or customer id, decoded. Personal data: logged only through
@@ -114,6 +125,7 @@ impl Exchange {
         Exchange {
             id: httputil::request_id(headers),
             method,
+            version: Version::HTTP_11,
             route: "unmatched",
             started: Instant::now(),
             owner: None,
@@ -161,8 +173,10 @@ impl Gateway {
 
     /// Serves one request. Never fails: every error becomes a response.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        httputil::host_from_authority(&mut parts);
         let mut exchange = Exchange::new(&parts.headers, parts.method.clone());
+        exchange.version = parts.version;
         let _inflight = self.inner.metrics.inflight_guard();
         let result = match self.inner.inflight.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -187,16 +201,21 @@ impl Gateway {
         self.admit(&parts)?;
         let route = routes::route(&parts.method, parts.uri.path())?;
         exchange.route = route.name();
-        let cache_control = &self.inner.settings.downstream_cache_control;
+        let s = &self.inner.settings;
+        let cache_control = &s.downstream_cache_control;
         match route {
-            Route::QueryServices { owner, lifecycle } => self
-                .query_services(&parts, owner, lifecycle, peer, exchange)
-                .await
-                .map(|r| httputil::with_cache_control(r, cache_control)),
-            Route::ServiceById { service_id } => self
-                .service_by_id(&parts, service_id, peer, exchange)
-                .await
-                .map(|r| httputil::with_cache_control(r, cache_control)),
+            Route::QueryServices { owner, lifecycle } => {
+                read_to_end(body, s.max_body_bytes, s.body_read_timeout).await?;
+                self.query_services(&parts, owner, lifecycle, peer, exchange)
+                    .await
+                    .map(|r| httputil::with_cache_control(r, cache_control))
+            }
+            Route::ServiceById { service_id } => {
+                read_to_end(body, s.max_body_bytes, s.body_read_timeout).await?;
+                self.service_by_id(&parts, service_id, peer, exchange)
+                    .await
+                    .map(|r| httputil::with_cache_control(r, cache_control))
+            }
             Route::Proxy { rest } => {
                 let rest = rest.to_owned();
                 self.proxy(parts, body, &rest, peer, exchange).await
@@ -218,7 +237,7 @@ impl Gateway {
         if let Some(response) = self.lookup(parts, &validated, peer, exchange).await? {
             return Ok(response);
         }
-        let headers = self.query_headers(&parts.headers, peer, &exchange.id);
+        let headers = self.query_headers(&parts.headers, peer, exchange);
         let path_and_query = with_query(&validated.route_path, &validated.query.upstream_query());
         let fetched = self.forward(&path_and_query, &headers, exchange).await?;
         if !fetched.status.is_success() {
@@ -239,14 +258,33 @@ impl Gateway {
     ) -> Result<Response<Body>, GatewayError> {
         let (include, query) = params::parse_include_flags(parts.uri.query())
             .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
-        let headers = self.query_headers(&parts.headers, peer, &exchange.id);
-        let path_and_query = with_query(&format!("/services/{service_id}"), &query);
+        let headers = self.query_headers(&parts.headers, peer, exchange);
+        let path_and_query = with_query(
+            &format!("/services/{}", routes::canonical_path(service_id)),
+            &query,
+        );
         let fetched = self.forward(&path_and_query, &headers, exchange).await?;
         if !fetched.status.is_success() {
             return Ok(respond::upstream_error(&parts.method, fetched));
         }
         let body = post_filter::trim_one(&fetched.body, include)?;
         Ok(respond_json(&parts.method, body, None))
+    }
+}
+
+/// Reads a Query Services request to its end (bounded by `max_body_bytes`) and drops
+/// it: nothing is answered before the client's message is complete, so an HTTP/2
+/// stream whose DATA disagree with its content-length, or whose trailers are malformed,
+/// ends in the stream error h2 raises instead of an answer (RFC 9113 §8.1.1).
+async fn read_to_end(body: Incoming, max: usize, timeout: Duration) -> Result<(), GatewayError> {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => {
+            Err(GatewayError::PayloadTooLarge { max })
+        }
+        Ok(Err(_)) => Err(GatewayError::UnreadableBody),
+        Err(_) => Err(GatewayError::BodyReadTimeout { after: timeout }),
     }
 }
 

@@ -40,9 +40,12 @@ impl Gateway {
         let mut headers = parts.headers.clone();
         httputil::strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
-        self.forwarding_headers(&mut headers, &parts.headers, peer, &exchange.id);
+        self.forwarding_headers(&mut headers, &parts.headers, peer, exchange);
 
-        let path_and_query = with_query(rest, parts.uri.query().unwrap_or(""));
+        let path_and_query = with_query(
+            &crate::routes::canonical_path(rest),
+            parts.uri.query().unwrap_or(""),
+        );
         let invalidation = self
             .inner
             .cache

@@ -14,15 +14,23 @@ use crate::server::Body;
 use crate::upstream::Fetched;
 
 impl Gateway {
-    /// Turns a stage's result into the response, with `X-Request-Id` and (anonymous
-    /// routes) `Cache-Status`. Errors are logged here, once.
+    /// Turns a stage's result into the response, with `X-Request-Id` (the upstream's
+    /// when it sent one, else csgate's), `Via` on answers that came through csgate
+    /// (not on the errors it makes itself) and, on anonymous routes, `Cache-Status`.
+    /// Errors are logged here, once.
     pub(super) fn respond(
         &self,
         result: Result<Response<Body>, GatewayError>,
         exchange: &Exchange,
     ) -> Response<Body> {
         let mut response = match result {
-            Ok(response) => response,
+            Ok(mut response) => {
+                if let Some(pseudonym) = &self.inner.settings.via {
+                    let entry = httputil::via_entry(response.version(), pseudonym);
+                    httputil::append_to_list(response.headers_mut(), &header::VIA, &entry);
+                }
+                response
+            }
             Err(error) => {
                 self.log_error(&error, exchange);
                 error.into_response()
@@ -30,7 +38,8 @@ impl Gateway {
         };
         response
             .headers_mut()
-            .insert(&httputil::X_REQUEST_ID, exchange.id.clone());
+            .entry(&httputil::X_REQUEST_ID)
+            .or_insert_with(|| exchange.id.clone());
         if let Some(outcome) = &exchange.cache {
             if let Ok(value) = HeaderValue::from_str(&outcome.header()) {
                 response

@@ -42,6 +42,7 @@ impl Gateway {
             PathOwner::Anonymous { contact_key } => {
                 let key = params::decode_path_param("contact_key", contact_key, max)
                     .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
+                path_safe("contact_key", &key)?;
                 exchange.owner = Some(key.clone());
                 let path = format!("/services/anonymous/{}", params::encode_path_param(&key));
                 (true, path, key)
@@ -49,6 +50,7 @@ impl Gateway {
             PathOwner::Customer { customer_id } => {
                 let id = params::decode_path_param("customer_id", customer_id, max)
                     .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
+                path_safe("customer_id", &id)?;
                 exchange.owner = Some(id.clone());
                 let path = format!("/customers/{}/services", params::encode_path_param(&id));
                 (false, path, id)
@@ -73,5 +75,47 @@ impl Gateway {
             owner_path,
             route_path,
         })
+    }
+}
+
+/// A decoded contact key or customer id may not carry what a path may not (see
+/// `routes::check_path`): an upstream that decodes before routing must not see a
+/// separator, a parameter or a dot-segment in it.
+fn path_safe(name: &str, value: &str) -> Result<(), GatewayError> {
+    let problem = if value == "." || value == ".." {
+        "is a dot-segment"
+    } else if value.contains('/') {
+        "contains '/'"
+    } else if value.contains('\\') {
+        "contains '\\'"
+    } else if value.contains(';') {
+        "contains ';'"
+    } else if value.contains('\0') {
+        "contains NUL"
+    } else {
+        return Ok(());
+    };
+    Err(GatewayError::InvalidParameter(format!(
+        "parameter '{name}': '{}' {problem}",
+        params::shown(value)
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_safe;
+
+    #[test]
+    fn decoded_keys_may_not_carry_path_syntax() {
+        for bad in [".", "..", "a/b", "a\\b", "a;b", "a\0b"] {
+            assert!(path_safe("contact_key", bad).is_err(), "{bad:?}");
+        }
+        for good in ["+1 408 832", "a.b", "...", "x@y.com", "a=b"] {
+            assert_eq!(path_safe("contact_key", good), Ok(()), "{good:?}");
+        }
+        assert_eq!(
+            path_safe("customer_id", "a;b").map_err(|e| e.to_string()),
+            Err("parameter 'customer_id': 'a;b' contains ';'".to_owned())
+        );
     }
 }

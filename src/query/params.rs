@@ -590,7 +590,7 @@ fn encode(text: &str) -> String {
 
 /// Client text as an error message quotes it: at most `MAX_ECHO_CHARS` characters, then
 /// `…`; control characters escaped so the message stays one printable line.
-fn shown(text: &str) -> String {
+pub(crate) fn shown(text: &str) -> String {
     let mut out = String::new();
     for (n, c) in text.chars().enumerate() {
         if n == MAX_ECHO_CHARS {

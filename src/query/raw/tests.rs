@@ -686,7 +686,7 @@ proptest! {
         let types = TypeMap::default();
         match (oracle(&body, &q, &types), bytes_filter(&body, &q, &types)) {
             (Ok(expected), Ok((text, bad))) => {
-                prop_assert_eq!((oracle_exponents(&text), bad), expected)
+                prop_assert_eq!((oracle_exponents(&text), bad), expected);
             }
             (Err(_), Err(_)) => {}
             (Err(e), Ok(_)) => prop_assert!(e.0.contains("recursion limit"), "{}", e),
