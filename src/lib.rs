@@ -8,6 +8,7 @@
 //! - [`pipeline`]: the public request pipeline as named stages, and transparent proxying.
 //! - [`upstream`]: pooled client, health, retries, deadlines.
 //! - [`cache`]: the anonymous-lookup cache (moka), its freshness and invalidation.
+//! - [`cluster`]: a fleet on one Redis: invalidation bus, shared tier, fleet lock.
 //! - [`admin`]: health, readiness, metrics, cache administration on the admin listener.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: gateway-made errors and the one place they become responses.
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod httputil;
