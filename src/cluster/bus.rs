@@ -308,7 +308,7 @@ async fn listen(pubsub: redis::aio::PubSub, shared: &Shared, on_event: &EventSin
                 handle(Message::decode(received.get_payload_bytes()), shared, on_event, &mut last_seq);
             }
             _ = ping.tick() => {
-                match tokio::time::timeout(LINK_TIMEOUT, sink.ping::<String>()).await {
+                match tokio::time::timeout(LINK_TIMEOUT, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => {
                         tracing::debug!(%error, "subscription ping failed");
