@@ -21,6 +21,9 @@ use redis_harness::RedisServer;
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(5);
+/// For tests of what Redis does, not of timeouts: generous, so that a loaded CI
+/// machine (debug build, 2 cores) never turns an answer into a timeout.
+const PATIENT: &str = "1s";
 
 struct Replica {
     cluster: Cluster,
@@ -29,8 +32,13 @@ struct Replica {
 
 impl Replica {
     fn start(url: &str, policy: SharedPolicy) -> Replica {
+        Replica::start_with(url, policy, PATIENT)
+    }
+
+    fn start_with(url: &str, policy: SharedPolicy, op_timeout: &str) -> Replica {
         let config = ClusterConfig::try_from(RawCluster {
             redis_url: Some(url.to_owned()),
+            op_timeout: Some(op_timeout.to_owned()),
             ..RawCluster::default()
         })
         .expect("valid [cluster]");
@@ -148,7 +156,11 @@ async fn a_message_reaches_the_other_replicas_and_not_its_origin() {
         .publish(Partition::default(), Scope::Everything)
         .await
         .expect("published");
-    assert_eq!(replicas[0].next_event().await, BusEvent::Invalidate(reply));
+    assert_eq!(
+        replicas[0].next_event().await,
+        BusEvent::Invalidate(reply.clone())
+    );
+    assert_eq!(replicas[2].next_event().await, BusEvent::Invalidate(reply));
     assert!(replicas[0].events.try_recv().is_err());
     let snapshot = replicas[2].cluster.metrics.snapshot();
     assert_eq!((snapshot.received, snapshot.connected), (2, true));
@@ -205,7 +217,8 @@ async fn gaps_and_unreadable_messages_make_the_cache_flush() {
 async fn the_subscriber_comes_back_after_redis_restarts_and_signals_the_gap() {
     let mut redis =
         redis_or_skip!("the_subscriber_comes_back_after_redis_restarts_and_signals_the_gap");
-    let mut a = Replica::start(&redis.url(), policy());
+    // 50 ms: publishing to a dead Redis must fail fast.
+    let mut a = Replica::start_with(&redis.url(), policy(), "50ms");
     let mut b = Replica::start(&redis.url(), policy());
     a.subscribed().await;
     b.subscribed().await;
@@ -404,7 +417,7 @@ async fn miss_generation(tier: &SharedTier, key: &Key) -> csgate::cluster::Gener
 #[tokio::test]
 async fn a_slow_redis_is_a_miss_within_op_timeout() {
     let redis = redis_or_skip!("a_slow_redis_is_a_miss_within_op_timeout");
-    let a = Replica::start(&redis.url(), policy());
+    let a = Replica::start_with(&redis.url(), policy(), "50ms");
     let k = key("t1", "408");
     miss_generation(a.shared(), &k).await;
     let _sleeper = redis.send_and_forget("DEBUG SLEEP 1");
@@ -414,7 +427,8 @@ async fn a_slow_redis_is_a_miss_within_op_timeout() {
         let call = Instant::now();
         let lookup = a.shared().lookup(&k).await;
         let took = call.elapsed();
-        assert!(took < Duration::from_millis(150), "a lookup took {took:?}");
+        // 50 ms op_timeout + scheduling slack on a loaded machine.
+        assert!(took < Duration::from_millis(250), "a lookup took {took:?}");
         timed_out = lookup == SharedLookup::Miss(None);
     }
     assert!(timed_out, "the sleeping Redis made a lookup time out");
@@ -425,7 +439,7 @@ async fn a_slow_redis_is_a_miss_within_op_timeout() {
         .publish(Partition::default(), Scope::Everything)
         .await
         .is_err());
-    assert!(publish.elapsed() < Duration::from_millis(150));
+    assert!(publish.elapsed() < Duration::from_millis(250));
     assert!(a.cluster.metrics.snapshot().shared_errors >= 1);
 }
 
@@ -436,7 +450,7 @@ async fn without_redis_every_operation_is_a_quick_miss() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let a = Replica::start(&format!("redis://127.0.0.1:{port}"), policy());
+    let a = Replica::start_with(&format!("redis://127.0.0.1:{port}"), policy(), "50ms");
     assert!(a.cluster.bus.is_degraded());
     let started = Instant::now();
     assert_eq!(

@@ -7,7 +7,8 @@
 //! - [`message`]: the versioned invalidation message.
 //! - [`conn`]: the command connection, every operation bounded by `op_timeout`.
 //! - [`bus`]: publishing, and the subscriber with degraded mode and flush signals.
-//! - [`shared`]: the shared tier (generations, markers) and the fleet lock.
+//! - [`shared`]: the shared tier (generations, markers).
+//! - [`lock`]: the fleet lock and cold-miss coalescing across replicas.
 //! - [`metrics`]: Prometheus metrics, `csgate_cluster_*`.
 //!
 //! How the cache uses it (the hit path never touches Redis):
@@ -24,6 +25,7 @@ pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod keys;
+pub mod lock;
 pub mod message;
 pub mod metrics;
 pub mod shared;
@@ -31,12 +33,10 @@ pub mod shared;
 pub use bus::{Bus, BusEvent, BusState, EventSink, FlushReason, PublishError};
 pub use config::{ClusterConfig, ClusterConfigError, RawCluster};
 pub use conn::{Conn, OpError};
+pub use lock::{Coalesced, FleetLock, LockAttempt};
 pub use message::{Message, Partition, ReplicaId, Scope};
 pub use metrics::ClusterMetrics;
-pub use shared::{
-    Coalesced, FleetLock, Generation, LockAttempt, SharedEntry, SharedLookup, SharedPolicy,
-    SharedTier,
-};
+pub use shared::{Generation, SharedEntry, SharedLookup, SharedPolicy, SharedTier};
 
 use std::time::Duration;
 
