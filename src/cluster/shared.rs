@@ -19,8 +19,9 @@
 //!   lost counter and markers) never matches, so such a fetch is not stored.
 //!
 //! This needs a single Redis (or a primary), not Redis Cluster: scripts compute keys.
-//! Markers must not be evicted: run Redis with `maxmemory-policy noeviction` or
-//! `volatile-ttl` and enough memory.
+//! Markers must not be evicted (an evicted marker could let a pre-write entry be
+//! served): run Redis with `maxmemory-policy noeviction` and enough memory. Markers and
+//! entries carry expiries, so every `volatile-*` policy could evict them too.
 
 use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
