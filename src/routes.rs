@@ -19,7 +19,7 @@ pub const READ_METHODS: &str = "GET, HEAD";
 
 /// Whose services a Query Services route asks for, as the raw path segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner<'a> {
+pub enum PathOwner<'a> {
     Anonymous { contact_key: &'a str },
     Customer { customer_id: &'a str },
 }
@@ -29,7 +29,7 @@ pub enum Owner<'a> {
 pub enum Route<'a> {
     /// One of the six Query Services routes.
     QueryServices {
-        owner: Owner<'a>,
+        owner: PathOwner<'a>,
         lifecycle: Lifecycle,
     },
     /// `GET /services/{service_id}`: include flags validated, answer trimmed.
@@ -43,12 +43,14 @@ impl Route<'_> {
     pub fn name(&self) -> &'static str {
         match self {
             Route::QueryServices { owner, lifecycle } => match (owner, lifecycle) {
-                (Owner::Anonymous { .. }, Lifecycle::All) => "anonymous_services",
-                (Owner::Anonymous { .. }, Lifecycle::Active) => "anonymous_services_active",
-                (Owner::Anonymous { .. }, Lifecycle::Completed) => "anonymous_services_completed",
-                (Owner::Customer { .. }, Lifecycle::All) => "customer_services",
-                (Owner::Customer { .. }, Lifecycle::Active) => "customer_services_active",
-                (Owner::Customer { .. }, Lifecycle::Completed) => "customer_services_completed",
+                (PathOwner::Anonymous { .. }, Lifecycle::All) => "anonymous_services",
+                (PathOwner::Anonymous { .. }, Lifecycle::Active) => "anonymous_services_active",
+                (PathOwner::Anonymous { .. }, Lifecycle::Completed) => {
+                    "anonymous_services_completed"
+                }
+                (PathOwner::Customer { .. }, Lifecycle::All) => "customer_services",
+                (PathOwner::Customer { .. }, Lifecycle::Active) => "customer_services_active",
+                (PathOwner::Customer { .. }, Lifecycle::Completed) => "customer_services_completed",
             },
             Route::ServiceById { .. } => "service_by_id",
             Route::Proxy { .. } => "proxy",
@@ -107,16 +109,16 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayErr
     }
 }
 
-fn query(owner: Owner<'_>, lifecycle: Lifecycle) -> Route<'_> {
+fn query(owner: PathOwner<'_>, lifecycle: Lifecycle) -> Route<'_> {
     Route::QueryServices { owner, lifecycle }
 }
 
-fn anonymous(contact_key: &str) -> Owner<'_> {
-    Owner::Anonymous { contact_key }
+fn anonymous(contact_key: &str) -> PathOwner<'_> {
+    PathOwner::Anonymous { contact_key }
 }
 
-fn customer(customer_id: &str) -> Owner<'_> {
-    Owner::Customer { customer_id }
+fn customer(customer_id: &str) -> PathOwner<'_> {
+    PathOwner::Customer { customer_id }
 }
 
 #[cfg(test)]
@@ -227,7 +229,7 @@ mod tests {
         assert_eq!(
             r,
             Route::QueryServices {
-                owner: Owner::Anonymous {
+                owner: PathOwner::Anonymous {
                     contact_key: "%2B1%20408%2F832"
                 },
                 lifecycle: Lifecycle::Active

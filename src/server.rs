@@ -23,6 +23,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 
+use crate::config::defaults;
+
 /// Errors carried inside response and request bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -41,12 +43,15 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
 }
 
-impl Default for ServeOptions {
-    fn default() -> Self {
+impl ServeOptions {
+    /// For the admin listener and the store, whose clients send small heads: the
+    /// default header timeout and grace, a 64 KiB buffer. The public listener's come
+    /// from `ServerConfig::serve_options`.
+    pub fn internal() -> ServeOptions {
         ServeOptions {
-            header_read_timeout: Duration::from_secs(10),
-            max_buf_size: 64 * 1024,
-            shutdown_grace: Duration::from_secs(30),
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+            max_buf_size: defaults::INTERNAL_MAX_BUF_SIZE,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
         }
     }
 }

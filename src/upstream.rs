@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use url::Url;
 
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
@@ -133,8 +134,12 @@ struct Inner {
 }
 
 impl Upstreams {
-    /// Builds the pool for `config.urls`.
-    pub fn new(config: &UpstreamConfig, observer: Option<AttemptObserver>) -> Upstreams {
+    /// Builds the pool for `urls` (the configured ones, or the embedded store's).
+    pub fn new(
+        config: &UpstreamConfig,
+        urls: &[Url],
+        observer: Option<AttemptObserver>,
+    ) -> Upstreams {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
@@ -145,8 +150,7 @@ impl Upstreams {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        let targets = config
-            .urls
+        let targets = urls
             .iter()
             .map(|url| {
                 let authority = match url.port_or_known_default() {
@@ -542,7 +546,7 @@ mod tests {
             &Default::default(),
         )
         .expect("valid");
-        let ups = Upstreams::new(&config.upstream, None);
+        let ups = Upstreams::new(&config.upstream, config.upstream.urls(), None);
         let bases: Vec<_> = ups.targets().iter().map(|t| t.base.as_str()).collect();
         assert_eq!(bases, ["http://a:81/x/cs", "http://b:80/custom/cs"]);
     }

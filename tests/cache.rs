@@ -12,7 +12,8 @@ use http::{HeaderMap, HeaderValue, Method};
 use serde_json::{json, Value};
 
 use common::*;
-use csgate::cache::{Lookup, LookupRequest, ManualClock};
+use csgate::cache::ManualClock;
+use csgate::pipeline::{Cached, Validated};
 use csgate::query::params::{self, Limits};
 use csgate::query::{Lifecycle, TypeMap};
 
@@ -53,6 +54,21 @@ const SERVICES: &str = r#"[
 ]"#;
 
 const TYPES: &str = "[business_attributes.service_type]\nsales = 1\nbilling = 2\n";
+
+/// The peer the cache-API tests claim to be (for `X-Forwarded-For`).
+const PEER: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
+
+/// An anonymous request for `key`, as the validate stage hands it on.
+fn anonymous(key: &str, query: &csgate::query::ServiceQuery) -> Validated {
+    let owner_path = format!("/services/anonymous/{key}");
+    Validated {
+        query: query.clone(),
+        owner_id: key.to_owned(),
+        route_path: owner_path.clone(),
+        owner_path,
+    }
+}
 
 fn manual_clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::default())
@@ -235,8 +251,7 @@ async fn a_dropped_lookup_future_leaves_the_fetch_to_the_others() {
     let upstream = FakeUpstream::start(Reply::Gate(Box::new(Reply::json(200, SERVICES)))).await;
     let clock = manual_clock();
     let gw = start("", &upstream.url(), &clock).await;
-    let cache = gw.gateway.cache().expect("cache enabled").clone();
-    let upstreams = gw.gateway.upstreams().clone();
+    assert!(gw.gateway.cache().is_some(), "cache enabled");
     let query = params::parse_service_query(
         None,
         Lifecycle::All,
@@ -245,32 +260,23 @@ async fn a_dropped_lookup_future_leaves_the_fetch_to_the_others() {
         &Limits::default(),
     )
     .expect("valid query");
-    let lookup = |cache: csgate::cache::Cache| {
-        let upstreams = upstreams.clone();
+    let lookup = |gateway: csgate::pipeline::Gateway| {
         let query = query.clone();
         async move {
             let headers = HeaderMap::new();
-            let forward = || headers.clone();
-            let request = LookupRequest {
-                client_headers: &headers,
-                forward_headers: &forward,
-                contact_key: KEY,
-                key_path: "/services/anonymous/408-832-7799",
-                query: &query,
-                raw_query: "",
-                no_cache: false,
-            };
-            match cache.lookup(&upstreams, request).await {
-                Lookup::Served(answer) => {
-                    (answer.outcome.header(), answer.result.expect("served").body)
-                }
-                Lookup::Bypass => panic!("bypassed"),
+            let validated = anonymous(KEY, &query);
+            match gateway
+                .lookup_cached(&headers, &validated, "", false, PEER)
+                .await
+            {
+                Some((Some(outcome), Ok(Cached::Answer { body, .. }))) => (outcome.header(), body),
+                other => panic!("not served from the cache: {other:?}"),
             }
         }
     };
-    let leader = tokio::spawn(lookup(cache.clone()));
+    let leader = tokio::spawn(lookup(gw.gateway.clone()));
     upstream.wait_for_count(1).await;
-    let follower = tokio::spawn(lookup(cache.clone()));
+    let follower = tokio::spawn(lookup(gw.gateway.clone()));
     wait_for_waiting(&gw, 2).await;
     leader.abort();
     assert!(leader.await.expect_err("aborted").is_cancelled());
@@ -1237,8 +1243,7 @@ async fn the_byte_bound_holds_under_a_hundred_thousand_keys() {
         &clock,
     )
     .await;
-    let cache = gw.gateway.cache().expect("cache enabled").clone();
-    let upstreams = gw.gateway.upstreams().clone();
+    assert!(gw.gateway.cache().is_some(), "cache enabled");
     let types =
         csgate::config::Config::from_toml(TYPES, std::path::Path::new("t"), &Default::default())
             .expect("valid")
@@ -1256,33 +1261,21 @@ async fn the_byte_bound_holds_under_a_hundred_thousand_keys() {
 
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..WORKERS {
-        let (cache, upstreams, query, headers) = (
-            cache.clone(),
-            upstreams.clone(),
-            query.clone(),
-            headers.clone(),
-        );
+        let (gateway, query, headers) = (gw.gateway.clone(), query.clone(), headers.clone());
         workers.spawn(async move {
             let mut stored = 0usize;
             for i in (worker..KEYS).step_by(WORKERS) {
                 let key = format!("key-{i:06}");
-                let forward = || headers.clone();
-                let request = LookupRequest {
-                    client_headers: &headers,
-                    forward_headers: &forward,
-                    contact_key: &key,
-                    key_path: &format!("/services/anonymous/{key}"),
-                    query: &query,
-                    raw_query: "",
-                    no_cache: false,
-                };
-                match cache.lookup(&upstreams, request).await {
-                    Lookup::Served(answer) => {
-                        let body = answer.result.expect("served").body;
+                let validated = anonymous(&key, &query);
+                match gateway
+                    .lookup_cached(&headers, &validated, "", false, PEER)
+                    .await
+                {
+                    Some((Some(outcome), Ok(Cached::Answer { body, .. }))) => {
                         assert!(body.starts_with(br#"[{"service_id":"383-aaa""#));
-                        stored += usize::from(answer.outcome.header().ends_with("stored"));
+                        stored += usize::from(outcome.header().ends_with("stored"));
                     }
-                    Lookup::Bypass => panic!("bypassed"),
+                    other => panic!("not served from the cache: {other:?}"),
                 }
             }
             stored

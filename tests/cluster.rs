@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use csgate::cache::{Invalidation, Key, Owner};
+use csgate::cache::{CacheOwner, Invalidation, Key};
 use csgate::cluster::message::{Message, MESSAGE_VERSION};
 use csgate::cluster::{
     BusEvent, Cluster, ClusterConfig, ClusterMetrics, Coalesced, EventSink, FlushReason,
@@ -84,8 +84,8 @@ fn policy() -> SharedPolicy {
     }
 }
 
-fn owner(tenant: &'static str, contact_key: &str) -> Owner {
-    Owner {
+fn owner(tenant: &'static str, contact_key: &str) -> CacheOwner {
+    CacheOwner {
         tenant: Some(Bytes::from_static(tenant.as_bytes())),
         group: None,
         contact_key: contact_key.into(),

@@ -482,7 +482,7 @@ fn shipped_config_documents_every_key_at_its_default() {
             "[{name}] in config/csgate.toml differs from the defaults"
         );
     }
-    assert!(shipped.upstream.urls.is_empty());
+    assert!(shipped.upstream.urls().is_empty());
     assert!(shipped.server.tls.is_none());
     assert!(!shipped.service_types().is_empty());
 }
@@ -750,7 +750,7 @@ fn kubernetes_manifests_match_the_code() {
     let inv = invocation(&args);
     let config = effective(&inv, &BTreeMap::from([(CONTAINER_CONFIG, cm_toml.clone())]));
     assert!(
-        !config.upstream.urls.is_empty(),
+        !config.upstream.urls().is_empty(),
         "the cluster config names a remote upstream"
     );
     let mounts = block(&lines, "volumeMounts");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use csgate::query::Lifecycle;
-use csgate::routes::{self, Owner, Route};
+use csgate::routes::{self, PathOwner, Route};
 use http::Method;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -281,7 +281,7 @@ enum Kind {
 fn kind(method: &Method, path: &str) -> Kind {
     match routes::route(method, path) {
         Ok(Route::QueryServices { owner, lifecycle }) => Kind::Query {
-            anonymous: matches!(owner, Owner::Anonymous { .. }),
+            anonymous: matches!(owner, PathOwner::Anonymous { .. }),
             lifecycle,
         },
         _ => Kind::Other,

@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 
 use common::*;
 use csgate::query::SERVICE_FIELDS;
-use csgate::store::{Store, StoreConfig};
+use csgate::store::StoreConfig;
 
-async fn start_store(dir: &std::path::Path, legacy: bool) -> String {
-    let store = Store::open(StoreConfig {
+async fn start_store(dir: &std::path::Path, legacy: bool) -> store::TestStore {
+    store::TestStore::serve(StoreConfig {
         db: dir.join(if legacy {
             "legacy.sqlite"
         } else {
@@ -26,18 +26,9 @@ async fn start_store(dir: &std::path::Path, legacy: bool) -> String {
         legacy,
         business_attributes: BTreeMap::new(),
         sweep_interval: Duration::ZERO,
+        max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
     })
-    .expect("open store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(csgate::store::serve(
-        listener,
-        store,
-        std::future::pending(),
-    ));
-    url
+    .await
 }
 
 const TENANT: (&str, &str) = ("ContactCenterId", "cc-9");
@@ -200,8 +191,9 @@ fn asked_for(answer: Value, names: &[&str]) -> Value {
 #[tokio::test]
 async fn a_legacy_backend_answers_like_a_faithful_one_through_the_gateway() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let normal = start_store(dir.path(), false).await;
-    let legacy = start_store(dir.path(), true).await;
+    let normal_store = start_store(dir.path(), false).await;
+    let legacy_store = start_store(dir.path(), true).await;
+    let (normal, legacy) = (normal_store.url(), legacy_store.url());
     for cache in ["true", "false"] {
         let toml = format!("[cache]\nenabled = {cache}\n");
         let via_normal = start_gateway(&toml, std::slice::from_ref(&normal)).await;

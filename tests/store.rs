@@ -2,33 +2,27 @@
 //! answers, tenancy, legacy mode, the sweeper, concurrency and durability.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use csgate::query::TypeMap;
-use csgate::store::{serve, Store, StoreConfig, SweepReport};
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use csgate::store::{StoreConfig, SweepReport};
+use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+
+mod common;
+
+use common::send;
+use common::store::TestStore;
 
 const NOT_FOUND: &str = "com.genesyslab.gms.cs.exceptions.NotFoundException";
 const VALIDATION: &str = "com.genesyslab.gms.cs.exceptions.ValidationException";
 const CS: &str = "/genesys/1/cs";
 
-/// A store served on an ephemeral loopback port.
+/// A store served on an ephemeral loopback port, through the common harness.
 struct Harness {
-    base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-    store: Store,
-    stop: Option<oneshot::Sender<()>>,
-    served: Option<tokio::task::JoinHandle<()>>,
-    db: PathBuf,
+    served: TestStore,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -50,6 +44,7 @@ fn config(db: &Path, legacy: bool) -> StoreConfig {
         legacy,
         business_attributes,
         sweep_interval: Duration::ZERO,
+        max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
     }
 }
 
@@ -63,33 +58,14 @@ impl Harness {
     }
 
     async fn on(db: &Path, legacy: bool) -> Harness {
-        let store = Store::open(config(db, legacy)).expect("store opens");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(serve(listener, store.clone(), async {
-            let _ = stopped.await;
-        }));
         Harness {
-            base: format!("http://{addr}"),
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            store,
-            stop: Some(stop),
-            served: Some(served),
-            db: db.to_owned(),
+            served: TestStore::serve(config(db, legacy)).await,
             _dir: None,
         }
     }
 
     async fn shutdown(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(served) = self.served.take() {
-            served.await.expect("serve task");
-        }
+        self.served.shutdown().await;
     }
 
     /// Sends a request; `tenant` is (`ContactCenterId`, `GroupId`).
@@ -101,31 +77,20 @@ impl Harness {
         body: Option<&str>,
     ) -> (StatusCode, hyper::HeaderMap, Value) {
         let uri = if path.starts_with('/') && !path.starts_with(CS) && !path.starts_with("/x") {
-            format!("{}{CS}{path}", self.base)
+            format!("{}{CS}{path}", self.served.url())
         } else {
-            format!("{}{path}", self.base)
+            format!("{}{path}", self.served.url())
         };
-        let mut request = Request::builder().method(method).uri(uri);
+        let mut headers = Vec::new();
         if let Some((cc, group)) = tenant {
-            request = request
-                .header("ContactCenterId", cc)
-                .header("GroupId", group);
+            headers.extend([("ContactCenterId", cc), ("GroupId", group)]);
         }
         if body.is_some() {
-            request = request.header("Content-Type", "application/json");
+            headers.push(("Content-Type", "application/json"));
         }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
-            .expect("request");
-        let response = self.client.request(request).await.expect("response");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let answer = send(method, &uri, &headers, body.unwrap_or("").to_owned()).await;
+        let status = StatusCode::from_u16(answer.status).expect("status");
+        let (headers, bytes) = (answer.headers, answer.body);
         let value = if bytes.is_empty() {
             Value::Null
         } else {
@@ -970,12 +935,14 @@ async fn sweeper_auto_completes_and_expires() {
         .await;
 
     let report = h
+        .served
         .store
         .sweep_at(at("2024-01-01T00:00:59.999Z"))
         .await
         .expect("sweep");
     assert_eq!(report, SweepReport::default());
     let report = h
+        .served
         .store
         .sweep_at(at("2024-01-01T00:01:00Z"))
         .await
@@ -995,6 +962,7 @@ async fn sweeper_auto_completes_and_expires() {
     assert_eq!(done["duration"], 60_000);
 
     let report = h
+        .served
         .store
         .sweep_at(at("2024-01-01T00:02:00Z"))
         .await
@@ -1009,6 +977,7 @@ async fn sweeper_auto_completes_and_expires() {
     h.expect(Method::GET, &format!("/services/{ttl}"), None, 400)
         .await;
     let report = h
+        .served
         .store
         .sweep_at(at("2024-01-01T00:03:00Z"))
         .await
@@ -1037,6 +1006,7 @@ async fn sweeper_auto_completes_and_expires() {
     )
     .await;
     let report = h
+        .served
         .store
         .sweep_at(at("2024-01-01T00:10:00Z"))
         .await
@@ -1051,6 +1021,7 @@ async fn sweeper_auto_completes_and_expires() {
     )
     .await;
     let report = h
+        .served
         .store
         .sweep_at(at("2999-01-01T00:00:00Z"))
         .await
@@ -1082,67 +1053,44 @@ async fn the_sweeper_runs_in_the_background() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut cfg = config(&dir.path().join("cs.db"), false);
     cfg.sweep_interval = Duration::from_millis(50);
-    let store = Store::open(cfg).expect("open");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = tokio::spawn(serve(listener, store, async {
-        let _ = stopped.await;
-    }));
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::post(format!("http://{addr}{CS}/services/start"))
-        .body(Full::new(Bytes::from(r#"{"contact_key": "k", "ttl": 0}"#)))
-        .expect("request");
-    let response = client.request(request).await.expect("response");
-    assert_eq!(response.status(), 201);
+    let mut served = TestStore::serve(cfg).await;
+    let base = served.url();
+    let response = send(
+        Method::POST,
+        &format!("{base}{CS}/services/start"),
+        &[],
+        r#"{"contact_key": "k", "ttl": 0}"#,
+    )
+    .await;
+    assert_eq!(response.status, 201);
     let mut gone = false;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let request = Request::get(format!("http://{addr}{CS}/services/anonymous/k"))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        let response = client.request(request).await.expect("response");
-        let body = response
-            .into_body()
-            .collect()
+        let body = common::get(&format!("{base}{CS}/services/anonymous/k"))
             .await
-            .expect("body")
-            .to_bytes();
+            .body;
         if &body[..] == b"[]" {
             gone = true;
             break;
         }
     }
     assert!(gone, "the expired service was swept");
-    let _ = stop.send(());
-    served.await.expect("serve task");
+    served.shutdown().await;
 }
 
 #[tokio::test]
 async fn fifty_concurrent_state_starts_get_distinct_ids() {
     let h = Harness::start(false).await;
     let id = h.start_service(json!({"customer_id": "c"})).await;
-    let path = format!("{}{CS}/services/{id}/states/start", h.base);
+    let path = format!("{}{CS}/services/{id}/states/start", h.served.url());
     let mut tasks = Vec::new();
     for n in 0..50 {
-        let client = h.client.clone();
         let path = path.clone();
         tasks.push(tokio::spawn(async move {
-            let request = Request::post(path)
-                .body(Full::new(Bytes::from(json!({"state_type": n}).to_string())))
-                .expect("request");
-            let response = client.request(request).await.expect("response");
-            assert_eq!(response.status(), 201);
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .expect("body")
-                .to_bytes();
-            let value: Value = serde_json::from_slice(&body).expect("json");
+            let body = json!({"state_type": n}).to_string();
+            let response = send(Method::POST, &path, &[], body).await;
+            assert_eq!(response.status, 201);
+            let value: Value = serde_json::from_slice(&response.body).expect("json");
             value["state_id"].as_i64().expect("state id")
         }));
     }
@@ -1164,10 +1112,10 @@ async fn data_survives_a_restart() {
         .await;
     let state = h.start_item(id, "state", json!({"state_type": 3})).await;
     h.shutdown().await;
-    let db = h.db.clone();
+    let db = h.served.db.clone();
     // A process killed with -9 runs no destructors: leak the old store's connections so
     // nothing is checkpointed or closed, then open the file afresh.
-    std::mem::forget(h.store.clone());
+    std::mem::forget(h.served.store.clone());
     let reopened = Harness::on(&db, false).await;
     let found = reopened
         .get(&format!("/services/{id}?extensions=*&active_states=true"))

@@ -1,29 +1,26 @@
-//! Fetching broad answers: single-flight (one upstream request per key, run as its own
-//! task so no client can cancel it), the background refresh of stale entries, and
-//! storing an answer unless a write raced it.
+//! The single flight: one fetch per key, run as its own task so no client can cancel
+//! it; the background refresh of stale entries; storing an answer unless a write
+//! raced it.
 
+use std::any::Any;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::{HeaderMap, CACHE_CONTROL, SET_COOKIE};
-use http::Method;
 use tokio::sync::watch;
 
 use super::*;
-use crate::error::GatewayError;
-use crate::query::filter::{self, Service};
-use crate::upstream::Upstreams;
 
-pub(super) type Shared = Arc<Result<Fetch, LookupError>>;
+/// What a fetch task publishes to its waiters. The error is the fetch's own type,
+/// erased so that one in-flight map serves every caller; [`Cache::wait`] restores it.
+pub(super) type Shared = Arc<Result<Fetched, Arc<dyn Any + Send + Sync>>>;
 
-#[derive(Debug)]
-pub(super) struct Fetch {
+/// A fetched entry, and whether it was stored.
+#[derive(Debug, Clone)]
+pub(super) struct Fetched {
     pub(super) entry: Arc<Entry>,
-    pub(super) services: Vec<Service>,
     pub(super) stored: bool,
-    pub(super) target: Arc<str>,
-    pub(super) elapsed: std::time::Duration,
 }
 
 impl Cache {
@@ -33,17 +30,16 @@ impl Cache {
     /// entry just before the refresh stored its successor, and reaches the map just
     /// after the refresh left it, would start a second. So the first stale hit of an
     /// entry claims its refresh; the claim is given back only if the refresh fails.
-    pub(super) fn refresh(
-        &self,
-        upstreams: &Upstreams,
-        key: &Arc<Key>,
-        request: &LookupRequest<'_>,
-        entry: &Arc<Entry>,
-    ) {
+    pub(super) fn refresh<F, Fut, E>(&self, key: &Arc<Key>, entry: &Arc<Entry>, fetch: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fill, E>> + Send + 'static,
+        E: FetchError,
+    {
         if entry.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (mut receiver, _) = self.join_or_start(upstreams, key, request);
+        let (mut receiver, _) = self.join_or_start(key, fetch);
         let entry = entry.clone();
         tokio::spawn(async move {
             let succeeded = receiver
@@ -56,13 +52,17 @@ impl Cache {
         });
     }
 
-    /// Joins the in-flight fetch for `key`, or starts one as its own task.
-    pub(super) fn join_or_start(
+    /// Joins the in-flight fetch for `key`, or starts `fetch` as its own task.
+    pub(super) fn join_or_start<F, Fut, E>(
         &self,
-        upstreams: &Upstreams,
         key: &Arc<Key>,
-        request: &LookupRequest<'_>,
-    ) -> (watch::Receiver<Option<Shared>>, bool) {
+        fetch: F,
+    ) -> (watch::Receiver<Option<Shared>>, bool)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fill, E>> + Send + 'static,
+        E: FetchError,
+    {
         let mut inflight = lock(&self.inner.inflight);
         if let Some(receiver) = inflight.get(key) {
             return (receiver.clone(), false);
@@ -72,17 +72,15 @@ impl Cache {
         drop(inflight);
 
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
-        let broad = request.query.broad();
-        let path_and_query = format!("{}?{}", request.key_path, broad.upstream_query());
-        let headers = (request.forward_headers)();
+        let fetching = fetch();
         let this = self.clone();
-        let upstreams = upstreams.clone();
         let key = key.clone();
         let mine = receiver.clone();
         tokio::spawn(async move {
-            let result = this
-                .fetch_and_store(&upstreams, &key, &headers, &path_and_query, epoch)
-                .await;
+            let result = match fetching.await {
+                Ok(fill) => Ok(this.store(&key, fill, epoch).await),
+                Err(error) => Err(Arc::new(error) as Arc<dyn Any + Send + Sync>),
+            };
             let _ = sender.send(Some(Arc::new(result)));
             let mut inflight = lock(&this.inner.inflight);
             if inflight.get(&key).is_some_and(|r| r.same_channel(&mine)) {
@@ -92,51 +90,44 @@ impl Cache {
         (receiver, true)
     }
 
-    pub(super) async fn wait(&self, mut receiver: watch::Receiver<Option<Shared>>) -> Shared {
+    pub(super) async fn wait<E: FetchError>(
+        &self,
+        mut receiver: watch::Receiver<Option<Shared>>,
+    ) -> Result<Fetched, E> {
         let _waiting = Waiting::enter(&self.inner.stats.waiting);
         let waited = tokio::time::timeout(
             self.inner.wait_bound,
             receiver.wait_for(|value| value.is_some()),
         )
         .await;
-        match waited {
-            Ok(Ok(value)) => value.clone().expect("wait_for returned a set value"),
-            Ok(Err(_)) => Arc::new(Err(LookupError::Gateway(GatewayError::Internal(
-                "cache fetch task ended without an answer".into(),
-            )))),
-            Err(_) => Arc::new(Err(LookupError::Gateway(GatewayError::UpstreamTimeout))),
+        let shared = match waited {
+            Ok(Ok(value)) => value.clone(),
+            Ok(Err(_)) => return Err(E::fetch_lost()),
+            Err(_) => return Err(E::wait_timed_out()),
+        };
+        match shared.as_deref() {
+            Some(Ok(fetched)) => Ok(fetched.clone()),
+            // Every fetch of a key comes from the same caller type; a mismatch would
+            // be our bug, and is answered as a lost fetch rather than a panic.
+            Some(Err(error)) => Err(error
+                .downcast_ref::<E>()
+                .cloned()
+                .unwrap_or_else(E::fetch_lost)),
+            None => Err(E::fetch_lost()),
         }
     }
 
-    async fn fetch_and_store(
-        &self,
-        upstreams: &Upstreams,
-        key: &Arc<Key>,
-        headers: &HeaderMap,
-        path_and_query: &str,
-        epoch: u64,
-    ) -> Result<Fetch, LookupError> {
-        let fetched = upstreams
-            .fetch(Method::GET, path_and_query, headers)
-            .await
-            .map_err(|e| LookupError::Gateway(e.into()))?;
-        if !fetched.status.is_success() {
-            return Err(LookupError::Upstream(Box::new(fetched)));
-        }
-        let services = filter::parse_services(&fetched.body).map_err(|e| {
-            LookupError::Gateway(GatewayError::UpstreamInvalidResponse(e.to_string()))
-        })?;
+    /// Stores a fetched answer unless it is too large, forbidden, or raced a write.
+    async fn store(&self, key: &Arc<Key>, fill: Fill, epoch: u64) -> Fetched {
         let entry = Arc::new(Entry {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
-            // A copy: `fetched.body` is a slice of hyper's connection read buffer, and
-            // keeping it would pin that whole buffer (8 KiB or more) per entry.
-            body: Bytes::copy_from_slice(&fetched.body),
+            // A copy: the fetched body may be a slice of hyper's connection read
+            // buffer, and keeping it would pin that whole buffer (8 KiB or more).
+            body: Bytes::copy_from_slice(&fill.body),
+            service_ids: fill.service_ids,
+            source: fill.source,
+            fetch_time: fill.fetch_time,
             fetched_at: self.inner.clock.now(),
-            service_ids: services
-                .iter()
-                .filter_map(|s| s.get("service_id"))
-                .map(id_text)
-                .collect(),
             refreshing: AtomicBool::new(false),
         });
         let too_large = entry.body.len() > self.inner.max_entry_bytes
@@ -145,7 +136,7 @@ impl Cache {
             let until = self.inner.clock.now() + self.inner.uncacheable_for;
             self.inner.uncacheable.insert(key.clone(), until);
         }
-        let cacheable = !too_large && storable(&fetched.headers);
+        let cacheable = !too_large && fill.storable;
         if !cacheable {
             // Whatever the key held is older than the answer being served now; left in
             // place it would be served as fresh to the next client.
@@ -169,19 +160,13 @@ impl Cache {
                 stored = false;
             }
         }
-        Ok(Fetch {
-            entry,
-            services,
-            stored,
-            target: fetched.target,
-            elapsed: fetched.elapsed,
-        })
+        Fetched { entry, stored }
     }
 }
 
-/// May this upstream answer be stored? Not with `Cache-Control: no-store`/`private`,
-/// nor with `Set-Cookie`.
-fn storable(headers: &HeaderMap) -> bool {
+/// May an upstream answer with these headers be stored? Not with
+/// `Cache-Control: no-store`/`private`, nor with `Set-Cookie`.
+pub fn may_store(headers: &HeaderMap) -> bool {
     if headers.contains_key(SET_COOKIE) {
         return false;
     }
@@ -220,7 +205,7 @@ mod tests {
             for (n, v) in pairs {
                 h.append(*n, HeaderValue::from_str(v).expect("valid"));
             }
-            assert_eq!(storable(&h), expected, "{pairs:?}");
+            assert_eq!(may_store(&h), expected, "{pairs:?}");
         }
     }
 }

@@ -8,18 +8,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::key::{Key, Owner};
+use super::key::{CacheOwner, Key};
 use super::Entry;
 
 /// Service-id and owner indexes over stored entries, and the write epochs.
 #[derive(Default)]
 pub(super) struct Index {
     pub(super) by_service: HashMap<String, HashMap<Arc<Key>, u64>>,
-    pub(super) by_owner: HashMap<Owner, HashMap<Arc<Key>, u64>>,
+    pub(super) by_owner: HashMap<CacheOwner, HashMap<Arc<Key>, u64>>,
     /// Service id → owner, from start answers: a write to a service whose owner has no
     /// stored entry yet still detaches that owner's in-flight fetches.
-    pub(super) started: HashMap<String, Owner>,
-    pub(super) owner_written: HashMap<Owner, (u64, Instant)>,
+    pub(super) started: HashMap<String, CacheOwner>,
+    pub(super) owner_written: HashMap<CacheOwner, (u64, Instant)>,
     pub(super) service_written: HashMap<String, (u64, Instant)>,
     pub(super) all_written: u64,
 }
@@ -60,7 +60,12 @@ impl Index {
     }
 
     /// Was the owner, or any of the services, written after `epoch`?
-    pub(super) fn written_since(&self, owner: &Owner, service_ids: &[String], epoch: u64) -> bool {
+    pub(super) fn written_since(
+        &self,
+        owner: &CacheOwner,
+        service_ids: &[String],
+        epoch: u64,
+    ) -> bool {
         self.all_written > epoch
             || self
                 .owner_written

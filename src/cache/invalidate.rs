@@ -15,14 +15,14 @@ use http::Method;
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-use super::key::{Key, Owner};
+use super::key::{CacheOwner, Key};
 use super::lock;
 
 /// What a successful write invalidates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
     /// `POST /services/start`: the contact key's entries (when the body has one).
-    ServiceStart { owner: Option<Owner> },
+    ServiceStart { owner: Option<CacheOwner> },
     /// A write to one service: every entry holding it.
     Service { service_id: String },
     /// `POST /maintenance/...`: anything may have changed.
@@ -32,7 +32,7 @@ pub enum Invalidation {
 impl Invalidation {
     /// Classifies a request under the API prefix (`rest` is the path after it).
     /// Reads are `None`; so are writes that cannot change a Service[] answer.
-    pub fn for_write(method: &Method, rest: &str, headers: &HeaderMap) -> Option<Invalidation> {
+    pub fn for_write(method: &Method, rest: &str) -> Option<Invalidation> {
         if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
             return None;
         }
@@ -40,7 +40,6 @@ impl Invalidation {
         let segments: Vec<&str> = trimmed.split('/').skip(1).collect();
         match segments.as_slice() {
             ["services", "start"] if *method == Method::POST => {
-                let _ = headers;
                 Some(Invalidation::ServiceStart { owner: None })
             }
             ["services", "anonymous", ..] => None,
@@ -64,7 +63,7 @@ impl Invalidation {
                     .ok()
                     .and_then(|v| v.get("contact_key").map(id_text));
                 Invalidation::ServiceStart {
-                    owner: contact_key.map(|key| Owner::from_headers(headers, &key)),
+                    owner: contact_key.map(|key| CacheOwner::from_headers(headers, &key)),
                 }
             }
             other => other,
@@ -86,11 +85,12 @@ fn decode(segment: &str) -> String {
 }
 
 impl super::Cache {
-    /// Applies a successful write. `started_service_id` is the id a start answered with.
+    /// Applies a successful write, made through this gateway or (later) announced by
+    /// another replica. `started_service_id` is the id a start answered with.
     pub async fn invalidate(&self, invalidation: &Invalidation, started_service_id: Option<&str>) {
         let epoch = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         let now = Instant::now();
-        let (keys, owners): (Vec<Arc<Key>>, Option<Vec<Owner>>) = {
+        let (keys, owners): (Vec<Arc<Key>>, Option<Vec<CacheOwner>>) = {
             let mut index = lock(&self.inner.index);
             index.prune(self.inner.wait_bound * 2);
             match invalidation {
@@ -116,7 +116,8 @@ impl super::Cache {
                         .get(service_id)
                         .map(|keys| keys.keys().cloned().collect())
                         .unwrap_or_default();
-                    let mut owners: Vec<Owner> = keys.iter().map(|k| k.owner.clone()).collect();
+                    let mut owners: Vec<CacheOwner> =
+                        keys.iter().map(|k| k.owner.clone()).collect();
                     owners.extend(index.started.get(service_id).cloned());
                     owners.sort_by(|a, b| a.contact_key.cmp(&b.contact_key));
                     owners.dedup();
@@ -159,7 +160,7 @@ impl super::Cache {
     /// Admin: drops one contact key's entries in the tenant named by `headers`.
     /// Returns how many entries were dropped.
     pub async fn purge_contact(&self, headers: &HeaderMap, contact_key: &str) -> usize {
-        let owner = Owner::from_headers(headers, contact_key);
+        let owner = CacheOwner::from_headers(headers, contact_key);
         let count = lock(&self.inner.index)
             .by_owner
             .get(&owner)
@@ -175,7 +176,7 @@ mod tests {
     use super::*;
 
     fn classify(method: Method, rest: &str) -> Option<Invalidation> {
-        Invalidation::for_write(&method, rest, &HeaderMap::new())
+        Invalidation::for_write(&method, rest)
     }
 
     fn service(id: &str) -> Option<Invalidation> {
@@ -231,7 +232,7 @@ mod tests {
         assert_eq!(
             filled,
             Invalidation::ServiceStart {
-                owner: Some(Owner::from_headers(&headers, "408-832-7799"))
+                owner: Some(CacheOwner::from_headers(&headers, "408-832-7799"))
             }
         );
         let numeric = start
@@ -240,7 +241,7 @@ mod tests {
         assert_eq!(
             numeric,
             Invalidation::ServiceStart {
-                owner: Some(Owner::from_headers(&headers, "4088327799"))
+                owner: Some(CacheOwner::from_headers(&headers, "4088327799"))
             }
         );
         let customer = start.with_start_body(&headers, br#"{"customer_id": "ABC"}"#);

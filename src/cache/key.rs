@@ -11,16 +11,16 @@ use crate::query::Extensions;
 
 /// Whose anonymous services: the unit that writes invalidate.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct Owner {
+pub struct CacheOwner {
     pub tenant: Option<Bytes>,
     pub group: Option<Bytes>,
     pub contact_key: Box<str>,
 }
 
-impl Owner {
+impl CacheOwner {
     /// The owner named by a request's tenant headers and a decoded contact key.
-    pub fn from_headers(headers: &HeaderMap, contact_key: &str) -> Owner {
-        Owner {
+    pub fn from_headers(headers: &HeaderMap, contact_key: &str) -> CacheOwner {
+        CacheOwner {
             tenant: headers
                 .get(&CONTACT_CENTER_ID)
                 .map(|v| Bytes::copy_from_slice(v.as_bytes())),
@@ -35,7 +35,7 @@ impl Owner {
 /// The full cache key.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Key {
-    pub owner: Owner,
+    pub owner: CacheOwner,
     /// First 16 bytes of SHA-256 of the `Authorization` header; `None` when the header
     /// is absent or `cache.share_across_credentials = true`.
     pub credential: Option<[u8; 16]>,
@@ -60,7 +60,7 @@ impl Key {
             })
         };
         Key {
-            owner: Owner::from_headers(headers, contact_key),
+            owner: CacheOwner::from_headers(headers, contact_key),
             credential,
             extensions: extensions.clone(),
         }

@@ -1,10 +1,12 @@
-//! The anonymous-lookup cache (gateway contract §3), on moka.
+//! The anonymous-lookup cache (gateway contract §3): a single-flight store on moka.
 //!
-//! One entry per [`Key`] holds the *broad* upstream answer for a contact key (the
-//! "all" route, every include flag, the key's extension set) as the raw JSON bytes;
-//! every variant a client asks for is computed from it by the same
-//! [`filter::filter_services`] the miss path uses, and its rendered bytes are memoised
-//! (`variants`, keyed by entry id) so a repeated hit does no JSON work at all.
+//! One entry per [`Key`] holds the *broad* answer for a contact key (the "all" route,
+//! every include flag, the key's extension set) as the bytes the caller's fetch
+//! produced, with the service ids the invalidation index needs. The cache neither
+//! forwards nor parses: [`Cache::get_or_fetch`] runs the caller's fetch (the
+//! pipeline's `forward` of the broad query), and the pipeline's `post_filter` computes
+//! every variant from the entry and memoises its rendering here ([`Memo`], keyed by
+//! entry id), so that memos share the byte budget, the stats and the purges.
 //!
 //! Concurrency:
 //! - Misses are single-flight: the first request for a key spawns the fetch as its own
@@ -28,15 +30,17 @@ mod invalidate;
 mod key;
 mod stats;
 
+pub use fetch::may_store;
 pub use freshness::{CacheOutcome, Clock, Freshness, ManualClock, Policy, SystemClock};
 pub use invalidate::{id_text, Invalidation};
-pub use key::{Key, Owner};
+pub use key::{CacheOwner, Key};
 
 use fetch::Shared;
 use index::Index;
 use stats::{Stats, Waiting};
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -47,120 +51,105 @@ use moka::notification::RemovalCause;
 use tokio::sync::watch;
 
 use crate::config::CacheConfig;
-use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::query::filter::{self, Service};
-use crate::query::{Lifecycle, ServiceQuery, TypeMap};
-use crate::upstream::{Fetched, Upstreams};
+use crate::query::{Extensions, TypeMap};
 
 /// How long a key whose answer was too large bypasses the cache (at most `ttl`).
 const UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
 
-/// A cached broad answer.
+/// A cached broad answer: the bytes the fetch produced, plus what the cache itself
+/// needs (the service ids for the invalidation index). The cache never parses it.
 #[derive(Debug)]
 pub struct Entry {
-    /// Unique per stored answer; memoised variants are keyed by it, so replacing or
+    /// Unique per fetched answer; memoised variants are keyed by it, so replacing or
     /// dropping the entry orphans its variants (and the byte-bounded LRU reclaims them).
     id: u64,
     body: Bytes,
-    fetched_at: Instant,
     service_ids: Vec<String>,
+    /// Where the answer came from and how long that took (the access log's fields).
+    source: Arc<str>,
+    fetch_time: Duration,
+    fetched_at: Instant,
     /// Set by the stale hit that starts this entry's background refresh; cleared if
     /// the refresh fails, so that a later stale hit tries again.
     refreshing: AtomicBool,
 }
 
-/// Why a lookup has no body to serve.
-#[derive(Debug, Clone)]
-pub enum LookupError {
-    /// The upstream answered non-2xx: passed through unchanged.
-    Upstream(Box<Fetched>),
-    /// Connect error, timeout, invalid body, no healthy upstream.
-    Gateway(GatewayError),
+impl Entry {
+    /// Identifies this answer among all the cache ever held (the memo key).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The broad answer, as fetched.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    pub fn service_ids(&self) -> &[String] {
+        &self.service_ids
+    }
+
+    /// The upstream (or tier) that produced the answer.
+    pub fn source(&self) -> &Arc<str> {
+        &self.source
+    }
+
+    pub fn fetch_time(&self) -> Duration {
+        self.fetch_time
+    }
 }
 
-/// A served variant.
-#[derive(Debug, Clone)]
-pub struct Rendered {
+/// What a fetch hands the cache: the answer and what the cache needs to store and
+/// invalidate it. Built by the caller's fetch (the pipeline parses; the cache does not).
+#[derive(Debug)]
+pub struct Fill {
     pub body: Bytes,
+    /// Every service id the answer holds, as text (see [`id_text`]).
+    pub service_ids: Vec<String>,
+    /// False when the upstream forbade storing it (see [`may_store`]).
+    pub storable: bool,
+    pub source: Arc<str>,
+    pub fetch_time: Duration,
+}
+
+/// An entry [`Cache::get_or_fetch`] found or fetched.
+#[derive(Debug)]
+pub struct Found {
+    pub entry: Arc<Entry>,
+    pub outcome: CacheOutcome,
     /// Set when served from a stored entry (the `Age` header).
     pub age: Option<Duration>,
 }
 
-/// The result of [`Cache::lookup`].
+/// Why [`Cache::get_or_fetch`] has no entry.
 #[derive(Debug)]
-pub enum Lookup {
-    /// Not for the cache (`no-store`, or the key is remembered as uncacheable): the
-    /// caller forwards the client's own query as on a customer route.
-    Bypass,
-    Served(Answer),
+pub enum NoEntry<E> {
+    /// The key is remembered as uncacheable: the caller forwards the client's own query.
+    Uncacheable,
+    /// The fetch this lookup started or joined failed (its error is shared with every
+    /// waiter, never stored), or the wait for it ran out.
+    Failed { error: E, outcome: CacheOutcome },
 }
 
-/// A lookup the cache handled.
+/// The error type of a fetch: shared with its waiters, and told what the cache itself
+/// can go wrong with while waiting.
+pub trait FetchError: Clone + Send + Sync + 'static {
+    /// May a stale entry stand in for this failure (stale-if-error)?
+    fn is_upstream_failure(&self) -> bool;
+    /// A waiter gave up after the cache's wait bound.
+    fn wait_timed_out() -> Self;
+    /// The fetch task ended without an answer.
+    fn fetch_lost() -> Self;
+}
+
+/// One memoised rendering of an entry. `tag` is what the caller's hash was computed
+/// from; the caller compares it on a hit, so a hash collision can only cost a
+/// recomputation, never a wrong answer.
 #[derive(Debug)]
-pub struct Answer {
-    pub result: Result<Rendered, LookupError>,
-    pub outcome: CacheOutcome,
-    pub upstream: Option<Arc<str>>,
-    pub upstream_time: Option<Duration>,
-}
-
-/// What the pipeline hands the cache for one anonymous lookup.
-pub struct LookupRequest<'a> {
-    /// The client's request headers: the key's tenant, group and credential.
-    pub client_headers: &'a HeaderMap,
-    /// Builds the headers to send upstream; called only when a fetch starts.
-    pub forward_headers: &'a (dyn Fn() -> HeaderMap + Sync),
-    /// Decoded.
-    pub contact_key: &'a str,
-    /// `/services/anonymous/{canonically encoded key}`.
-    pub key_path: &'a str,
-    pub query: &'a ServiceQuery,
-    /// The client's raw query string: with the lifecycle, the memo key of the variant.
-    pub raw_query: &'a str,
-    /// Request `Cache-Control: no-cache`.
-    pub no_cache: bool,
-}
-
-impl std::fmt::Debug for LookupRequest<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LookupRequest")
-            .field("key_path", &self.key_path)
-            .field("query", &self.query)
-            .field("no_cache", &self.no_cache)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Identifies one variant of an entry without allocating: the lifecycle and the
-/// client's raw query, hashed. The memoised value repeats both, and a hit compares
-/// them, so a hash collision can only cost a recomputation, never a wrong answer.
-#[derive(Clone, Copy)]
-struct VariantKey<'a> {
-    lifecycle: Lifecycle,
-    raw_query: &'a str,
-    hash: u64,
-}
-
-impl<'a> VariantKey<'a> {
-    fn new(lifecycle: Lifecycle, raw_query: &'a str) -> VariantKey<'a> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        lifecycle.hash(&mut hasher);
-        raw_query.hash(&mut hasher);
-        VariantKey {
-            lifecycle,
-            raw_query,
-            hash: hasher.finish(),
-        }
-    }
-}
-
-/// A memoised variant.
-struct Variant {
-    lifecycle: Lifecycle,
-    raw_query: Box<str>,
-    body: Bytes,
+pub struct Memo {
+    pub tag: Box<str>,
+    pub body: Bytes,
 }
 
 /// The cache. Cheap to clone.
@@ -172,7 +161,7 @@ pub struct Cache {
 struct Inner {
     entries: moka::future::Cache<Arc<Key>, Arc<Entry>>,
     /// (entry id, variant hash) → rendered bytes.
-    variants: moka::future::Cache<(u64, u64), Arc<Variant>>,
+    variants: moka::future::Cache<(u64, u64), Arc<Memo>>,
     /// Keys whose answers were too large to store, remembered briefly so their
     /// requests bypass instead of queueing behind a fetch that will not be stored.
     /// The value is when the mark ends, on `clock` (moka's own TTL is only a backstop
@@ -269,8 +258,8 @@ impl Cache {
             .build();
         let variants = moka::future::Cache::builder()
             .max_capacity(variant_budget)
-            .weigher(|_: &(u64, u64), variant: &Arc<Variant>| {
-                weight(variant_weight(&variant.raw_query, &variant.body))
+            .weigher(|_: &(u64, u64), memo: &Arc<Memo>| {
+                weight(variant_weight(&memo.tag, &memo.body))
             })
             .time_to_live(policy.retention())
             .build();
@@ -322,26 +311,48 @@ impl Cache {
         *self.inner.policy.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Serves an anonymous lookup from the cache, fetching the broad answer when needed.
-    pub async fn lookup(&self, upstreams: &Upstreams, request: LookupRequest<'_>) -> Lookup {
-        let key = Arc::new(Key::new(
-            request.client_headers,
-            request.contact_key,
-            &request.query.extensions,
+    /// The key of a contact key's entry for a request with these headers and this
+    /// extension set.
+    pub fn key(&self, headers: &HeaderMap, contact_key: &str, extensions: &Extensions) -> Key {
+        Key::new(
+            headers,
+            contact_key,
+            extensions,
             self.inner.share_across_credentials,
-        ));
-        let variant = VariantKey::new(request.query.lifecycle, request.raw_query);
+        )
+    }
+
+    /// The entry for `key`: stored and fresh (or stale, refreshed in the background
+    /// once), or fetched by `fetch` as its own task, single-flight: concurrent misses
+    /// of a key share one fetch, a client that goes away cancels nothing, and a fetch
+    /// that started before an invalidation touching its answer is not stored.
+    /// `no_cache` skips stored entries (request `Cache-Control: no-cache`) but still
+    /// stores the answer. A failed fetch may be covered by a stale entry
+    /// (stale-if-error).
+    ///
+    /// This is the seam a shared second tier plugs into: it is asked on a local miss,
+    /// inside the single flight, before `fetch`.
+    pub async fn get_or_fetch<F, Fut, E>(
+        &self,
+        key: Key,
+        no_cache: bool,
+        fetch: F,
+    ) -> Result<Found, NoEntry<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fill, E>> + Send + 'static,
+        E: FetchError,
+    {
+        let key = Arc::new(key);
         let policy = self.policy();
         let existing = self.inner.entries.get(&key).await;
-        if let (Some(entry), false) = (&existing, request.no_cache) {
+        if let (Some(entry), false) = (&existing, no_cache) {
             let age = self.age(entry);
             match policy.freshness(age) {
-                Freshness::Fresh => {
-                    return self.hit(entry, request.query, variant, age, false).await
-                }
+                Freshness::Fresh => return Ok(self.hit(entry, age, false)),
                 Freshness::Stale => {
-                    self.refresh(upstreams, &key, &request, entry);
-                    return self.hit(entry, request.query, variant, age, false).await;
+                    self.refresh(&key, entry, fetch);
+                    return Ok(self.hit(entry, age, false));
                 }
                 Freshness::Expired => {}
             }
@@ -350,47 +361,34 @@ impl Cache {
         // drops the entry it could not replace.
         if self.is_uncacheable(&key) {
             self.count_outcome(&CacheOutcome::Bypass);
-            return Lookup::Bypass;
+            return Err(NoEntry::Uncacheable);
         }
 
-        let (receiver, leader) = self.join_or_start(upstreams, &key, &request);
-        let shared = self.wait(receiver).await;
-        match shared.as_ref() {
-            Ok(fetch) => {
-                let outcome = if request.no_cache {
+        let (receiver, leader) = self.join_or_start(&key, fetch);
+        match self.wait::<E>(receiver).await {
+            Ok(fetched) => {
+                let outcome = if no_cache {
                     CacheOutcome::Revalidated {
-                        stored: fetch.stored,
+                        stored: fetched.stored,
                     }
                 } else {
                     CacheOutcome::Miss {
-                        stored: fetch.stored,
+                        stored: fetched.stored,
                         collapsed: !leader,
                     }
                 };
                 self.count_outcome(&outcome);
-                let result = self
-                    .variant(
-                        &fetch.entry,
-                        Some(&fetch.services),
-                        request.query,
-                        variant,
-                        fetch.stored,
-                    )
-                    .await
-                    .map(|body| Rendered { body, age: None })
-                    .map_err(LookupError::Gateway);
-                Lookup::Served(Answer {
-                    result,
+                Ok(Found {
+                    entry: fetched.entry,
                     outcome,
-                    upstream: Some(fetch.target.clone()),
-                    upstream_time: Some(fetch.elapsed),
+                    age: None,
                 })
             }
             Err(error) => {
-                if let Some(entry) = existing.filter(|_| is_upstream_failure(error)) {
+                if let Some(entry) = existing.filter(|_| error.is_upstream_failure()) {
                     let age = self.age(&entry);
                     if policy.usable_if_error(age) {
-                        return self.hit(&entry, request.query, variant, age, true).await;
+                        return Ok(self.hit(&entry, age, true));
                     }
                 }
                 let outcome = CacheOutcome::Miss {
@@ -398,16 +396,7 @@ impl Cache {
                     collapsed: !leader,
                 };
                 self.count_outcome(&outcome);
-                let upstream = match error {
-                    LookupError::Upstream(fetched) => Some(fetched.target.clone()),
-                    LookupError::Gateway(_) => None,
-                };
-                Lookup::Served(Answer {
-                    result: Err(error.clone()),
-                    outcome,
-                    upstream,
-                    upstream_time: None,
-                })
+                Err(NoEntry::Failed { error, outcome })
             }
         }
     }
@@ -430,14 +419,7 @@ impl Cache {
             .saturating_duration_since(entry.fetched_at)
     }
 
-    async fn hit(
-        &self,
-        entry: &Entry,
-        query: &ServiceQuery,
-        variant: VariantKey<'_>,
-        age: Duration,
-        stale_if_error: bool,
-    ) -> Lookup {
+    fn hit(&self, entry: &Arc<Entry>, age: Duration, stale_if_error: bool) -> Found {
         let outcome = CacheOutcome::Hit {
             ttl: self.policy().ttl_left(age),
             stale_if_error,
@@ -449,20 +431,11 @@ impl Cache {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.count_outcome(&outcome);
-        let result = self
-            .variant(entry, None, query, variant, true)
-            .await
-            .map(|body| Rendered {
-                body,
-                age: Some(age),
-            })
-            .map_err(LookupError::Gateway);
-        Lookup::Served(Answer {
-            result,
+        Found {
+            entry: entry.clone(),
             outcome,
-            upstream: None,
-            upstream_time: None,
-        })
+            age: Some(age),
+        }
     }
 
     /// Counts a lookup that bypassed the cache on the client's request (`no-store`).
@@ -483,71 +456,34 @@ impl Cache {
         self.inner.metrics.cache_result(outcome.label());
     }
 
-    /// The rendered bytes of one variant of an entry: memoised, or computed by the
-    /// shared post-filter from the entry's services.
-    async fn variant(
-        &self,
-        entry: &Entry,
-        services: Option<&[Service]>,
-        query: &ServiceQuery,
-        variant: VariantKey<'_>,
-        memoise: bool,
-    ) -> Result<Bytes, GatewayError> {
-        let memo_key = (entry.id, variant.hash);
-        if memoise {
-            if let Some(memo) = self.inner.variants.get(&memo_key).await {
-                if memo.lifecycle == variant.lifecycle && *memo.raw_query == *variant.raw_query {
-                    return Ok(memo.body.clone());
-                }
-            }
-        }
-        let services = match services {
-            Some(services) => services.to_vec(),
-            None => filter::parse_services(&entry.body).map_err(|e| {
-                GatewayError::Internal(format!("a stored entry does not parse: {e}"))
-            })?,
-        };
-        let filtered = {
-            // Held for the synchronous filter only.
-            let types = self.inner.types.read().unwrap_or_else(|p| p.into_inner());
-            filter::filter_services(services, query, &types)
-        };
-        if filtered.unparseable_timestamps > 0 {
-            tracing::warn!(
-                count = filtered.unparseable_timestamps,
-                "upstream data error: services with unparseable timestamps excluded"
-            );
-        }
-        let body = Bytes::from(filter::render(&filtered.services));
-        if memoise {
-            let memo = Variant {
-                lifecycle: variant.lifecycle,
-                raw_query: variant.raw_query.into(),
-                body: body.clone(),
-            };
-            self.inner.variants.insert(memo_key, Arc::new(memo)).await;
-        }
-        Ok(body)
+    /// A memoised rendering of an entry (see [`Memo`]); `hash` is the caller's.
+    pub async fn memo(&self, entry: &Entry, hash: u64) -> Option<Arc<Memo>> {
+        self.inner.variants.get(&(entry.id, hash)).await
     }
-}
 
-/// Failures a stale entry may stand in for: connect errors, timeouts, 5xx.
-fn is_upstream_failure(error: &LookupError) -> bool {
-    match error {
-        LookupError::Upstream(fetched) => fetched.status.is_server_error(),
-        LookupError::Gateway(e) => matches!(
-            e,
-            GatewayError::UpstreamUnavailable
-                | GatewayError::UpstreamTimeout
-                | GatewayError::NoHealthyUpstream
-        ),
+    /// Memoises a rendering of an entry. It is weighed into the byte budget and
+    /// dropped with the entry's invalidation-wide purges and on a `service_type`
+    /// map change.
+    pub async fn memoise(&self, entry: &Entry, hash: u64, memo: Memo) {
+        self.inner
+            .variants
+            .insert((entry.id, hash), Arc::new(memo))
+            .await;
     }
 }
 
 /// Request `Cache-Control` directives that steer the cache.
-pub fn request_directives(headers: &HeaderMap) -> (bool, bool) {
-    let mut no_cache = false;
-    let mut no_store = false;
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheDirectives {
+    /// `no-cache` (or `Pragma: no-cache`): revalidate, then store.
+    pub no_cache: bool,
+    /// `no-store`: bypass the cache entirely.
+    pub no_store: bool,
+}
+
+/// Reads the request directives that steer the cache.
+pub fn request_directives(headers: &HeaderMap) -> CacheDirectives {
+    let mut directives = CacheDirectives::default();
     for directive in headers
         .get_all(CACHE_CONTROL)
         .iter()
@@ -555,8 +491,8 @@ pub fn request_directives(headers: &HeaderMap) -> (bool, bool) {
         .flat_map(|v| v.split(','))
     {
         match directive.trim().to_ascii_lowercase().as_str() {
-            "no-cache" => no_cache = true,
-            "no-store" => no_store = true,
+            "no-cache" => directives.no_cache = true,
+            "no-store" => directives.no_store = true,
             _ => {}
         }
     }
@@ -564,9 +500,9 @@ pub fn request_directives(headers: &HeaderMap) -> (bool, bool) {
         .get(http::header::PRAGMA)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
     {
-        no_cache = true;
+        directives.no_cache = true;
     }
-    (no_cache, no_store)
+    directives
 }
 
 #[cfg(test)]
@@ -577,15 +513,16 @@ mod tests {
     #[test]
     fn request_directives_are_read() {
         let mut h = HeaderMap::new();
-        assert_eq!(request_directives(&h), (false, false));
+        let d = |no_cache, no_store| CacheDirectives { no_cache, no_store };
+        assert_eq!(request_directives(&h), d(false, false));
         h.insert(
             CACHE_CONTROL,
             HeaderValue::from_static("max-age=0, No-Cache"),
         );
-        assert_eq!(request_directives(&h), (true, false));
+        assert_eq!(request_directives(&h), d(true, false));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        assert_eq!(request_directives(&h), (false, true));
+        assert_eq!(request_directives(&h), d(false, true));
         h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
-        assert_eq!(request_directives(&h), (true, true));
+        assert_eq!(request_directives(&h), d(true, true));
     }
 }

@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::cache::{Key, Owner};
+use crate::cache::{CacheOwner, Key};
 use crate::query::Extensions;
 
 /// Version of everything csgate stores in Redis; a change of layout bumps it, so two
@@ -70,7 +70,7 @@ pub fn tenant_hash(tenant: Option<&[u8]>, group: Option<&[u8]>) -> Hash {
 }
 
 /// One owner (tenant partition + contact key): what a start invalidates.
-pub fn owner_hash(owner: &Owner) -> Hash {
+pub fn owner_hash(owner: &CacheOwner) -> Hash {
     let mut h = Hasher::new(b"owner");
     h.optional(owner.tenant.as_deref())
         .optional(owner.group.as_deref())
@@ -171,7 +171,7 @@ mod tests {
 
     fn key(tenant: Option<&'static str>, contact: &str, extensions: Extensions) -> Key {
         Key {
-            owner: Owner {
+            owner: CacheOwner {
                 tenant: tenant.map(|t| Bytes::from_static(t.as_bytes())),
                 group: None,
                 contact_key: contact.into(),

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{Invalidation, Owner};
+use crate::cache::{CacheOwner, Invalidation};
 
 /// Version of the message format; see [`Decoded::Unreadable`].
 pub const MESSAGE_VERSION: u32 = 1;
@@ -53,7 +53,7 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn of(owner: &Owner) -> Partition {
+    pub fn of(owner: &CacheOwner) -> Partition {
         Partition {
             contact_center_id: owner.tenant.clone(),
             group_id: owner.group.clone(),
@@ -61,8 +61,8 @@ impl Partition {
     }
 
     /// The owner of `contact_key` in this partition.
-    pub fn owner(&self, contact_key: &str) -> Owner {
-        Owner {
+    pub fn owner(&self, contact_key: &str) -> CacheOwner {
+        CacheOwner {
             tenant: self.contact_center_id.clone(),
             group: self.group_id.clone(),
             contact_key: contact_key.into(),
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn cache_invalidations_become_message_bodies() {
-        let owner = Owner {
+        let owner = CacheOwner {
             tenant: Some(Bytes::from_static(b"t1")),
             group: None,
             contact_key: "408".into(),

@@ -57,6 +57,49 @@ pub enum Lifecycle {
     Completed,
 }
 
+/// The four optional sections of a Service, each with an include flag of its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Section {
+    ActiveStates,
+    CompletedStates,
+    ActiveTasks,
+    CompletedTasks,
+}
+
+impl Section {
+    /// In the order the flags are written upstream.
+    pub const ALL: [Section; 4] = [
+        Section::ActiveStates,
+        Section::CompletedStates,
+        Section::ActiveTasks,
+        Section::CompletedTasks,
+    ];
+
+    /// The section's key in a Service, and its flag's parameter name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Section::ActiveStates => "active_states",
+            Section::CompletedStates => "completed_states",
+            Section::ActiveTasks => "active_tasks",
+            Section::CompletedTasks => "completed_tasks",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Section> {
+        Section::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Sections whose elements are state objects (which carry no nested task arrays).
+    pub const fn holds_states(self) -> bool {
+        matches!(self, Section::ActiveStates | Section::CompletedStates)
+    }
+
+    /// Tasks sections: what a state object nested inside must lose.
+    pub const fn holds_tasks(self) -> bool {
+        !self.holds_states()
+    }
+}
+
 /// The four include flags. Each section is present in a returned Service exactly
 /// when its flag is true.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -68,6 +111,26 @@ pub struct Include {
 }
 
 impl Include {
+    /// The flag of one section.
+    pub fn get(&self, section: Section) -> bool {
+        match section {
+            Section::ActiveStates => self.active_states,
+            Section::CompletedStates => self.completed_states,
+            Section::ActiveTasks => self.active_tasks,
+            Section::CompletedTasks => self.completed_tasks,
+        }
+    }
+
+    pub fn set(&mut self, section: Section, on: bool) {
+        let slot = match section {
+            Section::ActiveStates => &mut self.active_states,
+            Section::CompletedStates => &mut self.completed_states,
+            Section::ActiveTasks => &mut self.active_tasks,
+            Section::CompletedTasks => &mut self.completed_tasks,
+        };
+        *slot = on;
+    }
+
     /// Every section: what the cache asks the upstream for.
     pub const ALL: Include = Include {
         active_states: true,

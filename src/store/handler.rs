@@ -18,9 +18,6 @@ use super::Store;
 use crate::query::TypeMap;
 use crate::server::Body;
 
-/// Largest request body accepted. Attached data is free-form but small in practice.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
-
 /// Answers one request; never fails (errors become CS-shaped responses).
 pub async fn handle(store: Store, request: Request<Incoming>) -> Response<Body> {
     let method = request.method().clone();
@@ -38,7 +35,7 @@ async fn dispatch(store: &Store, request: Request<Incoming>) -> Result<Response<
     let route = routes::resolve(&parts.method, parts.uri.path())?;
     let tenant = tenant(&parts.headers)?;
     let raw_query = parts.uri.query();
-    let bytes = read_body(incoming).await?;
+    let bytes = read_body(incoming, store.max_body_bytes()).await?;
     let now = super::now();
     match route {
         Route::StartService => {
@@ -225,11 +222,11 @@ fn tenant(headers: &HeaderMap) -> Result<Tenant, ApiError> {
     })
 }
 
-async fn read_body(incoming: Incoming) -> Result<Bytes, ApiError> {
-    match Limited::new(incoming, MAX_BODY_BYTES).collect().await {
+async fn read_body(incoming: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    match Limited::new(incoming, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ApiError::TooLarge(MAX_BODY_BYTES))
+            Err(ApiError::TooLarge(limit))
         }
         Err(_) => Err(ApiError::BodyRead),
     }

@@ -58,6 +58,9 @@ pub struct StoreConfig {
     pub business_attributes: BTreeMap<String, TypeMap>,
     /// How often the sweeper runs; zero disables it.
     pub sweep_interval: Duration,
+    /// Largest request body accepted (`config::defaults::STORE_MAX_BODY_BYTES`);
+    /// larger is 413.
+    pub max_body_bytes: usize,
 }
 
 /// A cheap, cloneable handle on an open store.
@@ -78,6 +81,7 @@ struct Inner {
     /// Stands in for an attribute without a configured map.
     no_map: TypeMap,
     sweep_interval: Duration,
+    max_body_bytes: usize,
 }
 
 impl Store {
@@ -91,6 +95,7 @@ impl Store {
                 attributes: config.business_attributes,
                 no_map: TypeMap::default(),
                 sweep_interval: config.sweep_interval,
+                max_body_bytes: config.max_body_bytes,
             }),
         })
     }
@@ -107,6 +112,10 @@ impl Store {
 
     fn db(&self) -> &db::Db {
         &self.inner.db
+    }
+
+    fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
     }
 
     fn legacy(&self) -> bool {
@@ -147,7 +156,7 @@ pub async fn serve(
 ) {
     let sweeper = tokio::spawn(sweep::run(store.clone(), store.inner.sweep_interval));
     let handler = move |request, _peer| handler::handle(store.clone(), request);
-    crate::server::serve(listener, Plain, ServeOptions::default(), handler, shutdown).await;
+    crate::server::serve(listener, Plain, ServeOptions::internal(), handler, shutdown).await;
     sweeper.abort();
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod store;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -321,21 +322,30 @@ pub async fn start_gateway_with_clock(
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = public.local_addr().expect("addr");
     let admin_addr = admin.local_addr().expect("addr");
-    let gateway = csgate::build_gateway(&config, clock);
     let (stop, stopped) = oneshot::channel::<()>();
-    let served = gateway.clone();
+    let (started, control) = oneshot::channel();
+    let options = csgate::app::Options {
+        clock,
+        started: Some(started),
+        ..csgate::app::Options::default()
+    };
+    // No reload is ever sent: the sender is dropped at once.
+    let (_, reloads) = tokio::sync::mpsc::channel(1);
     let task = tokio::spawn(async move {
-        csgate::serve_gateway(
-            served,
-            &config,
-            csgate::Listeners { public, admin },
+        csgate::app::run(
+            config,
+            csgate::app::Sources::default(),
+            csgate::app::Listeners { public, admin },
             async move {
                 let _ = stopped.await;
             },
+            reloads,
+            options,
         )
         .await
         .expect("gateway runs");
     });
+    let gateway = control.await.expect("the gateway starts").gateway();
     TestGateway {
         addr,
         admin: admin_addr,
@@ -377,8 +387,19 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut request = Request::new(Full::new(body.into()));
+    send_body(method, url, headers, Full::new(body.into())).await
+}
+
+/// Sends one request with any body type and collects the whole answer: the one
+/// client every test uses.
+pub async fn send_body<B>(method: Method, url: &str, headers: &[(&str, &str)], body: B) -> Answer
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client: Client<_, B> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::new(body);
     *request.method_mut() = method;
     *request.uri_mut() = url.parse().expect("uri");
     for (name, value) in headers {
@@ -405,11 +426,19 @@ pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Answer {
     send(Method::GET, url, headers, Bytes::new()).await
 }
 
-/// A never-used port: bound then dropped, so connecting is refused.
+/// Sockets that hold the ports handed out by `refused_url`, for the whole test binary.
+static RESERVED: Mutex<Vec<tokio::net::TcpSocket>> = Mutex::new(Vec::new());
+
+/// An address where connecting is refused: a socket bound to it but never listening, kept
+/// for the life of the test binary, so no other socket can take the port meanwhile (a
+/// port bound and dropped could be reused by anything).
 pub async fn refused_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    drop(listener);
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    RESERVED.lock().expect("reserved").push(socket);
     format!("http://{addr}")
 }
 
@@ -440,24 +469,7 @@ pub async fn send_chunked(
     headers: &[(&str, &str)],
     chunks: Vec<Bytes>,
 ) -> Answer {
-    let client: Client<_, Chunked> = Client::builder(TokioExecutor::new()).build_http();
-    let mut request = Request::new(Chunked(chunks.into()));
-    *request.method_mut() = method;
-    *request.uri_mut() = url.parse().expect("uri");
-    for (name, value) in headers {
-        request.headers_mut().append(
-            http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
-            HeaderValue::from_str(value).expect("value"),
-        );
-    }
-    let response = client.request(request).await.expect("request");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Answer {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
+    send_body(method, url, headers, Chunked(chunks.into())).await
 }
 
 /// Writes `request` as raw bytes on a fresh connection (send `Connection: close`) and

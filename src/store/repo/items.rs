@@ -4,8 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::services::{merged_extensions, parse_object};
-use super::{owned_service, ServiceHead, Tenant};
+use super::{check_end_time, merged_extensions, owned_service, parse_object, ServiceHead, Tenant};
 use crate::store::body::{self, End, ExtensionUpdate, ItemStart};
 use crate::store::error::{ApiError, Entity};
 use crate::store::model::{item_columns, to_text, ItemRow, Kind};
@@ -153,18 +152,6 @@ pub fn transition(
         transition.end,
     )?;
     start_in(conn, head, Kind::State, transition.start)
-}
-
-/// The completion instant in Unix ms; an end before the start is refused.
-pub fn check_end_time(end: &End, started_at: i64) -> Result<i64, ApiError> {
-    let completed_at = end.event.at.timestamp_millis();
-    if completed_at < started_at {
-        return Err(ApiError::invalid(
-            "timestamp",
-            "the completion is earlier than the start",
-        ));
-    }
-    Ok(completed_at)
 }
 
 pub fn set_extension(

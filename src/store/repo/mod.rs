@@ -2,6 +2,9 @@
 //! a transaction (see `db`), check tenancy first, and return `ApiError` so that a
 //! client mistake (unknown id, completed object) rolls the transaction back.
 //!
+//! `services` calls into `items` (a service's states and tasks), never the other way;
+//! what both need lives here.
+//!
 //! Tenancy: only `services` carries the (`ContactCenterId`, `GroupId`) pair; states and
 //! tasks are reached through a service that [`owned_service`] has checked, so another
 //! tenant's id behaves exactly like an unknown one.
@@ -10,8 +13,10 @@ pub mod items;
 pub mod services;
 
 use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
 
-use super::error::{ApiError, Entity};
+use super::body::{End, Object};
+use super::error::{ApiError, Entity, StoreError};
 
 /// The tenant of a request: `ContactCenterId` and `GroupId` headers, "" when absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,4 +51,34 @@ pub fn owned_service(conn: &Connection, tenant: &Tenant, id: i64) -> Result<Serv
     )
     .optional()?
     .ok_or_else(|| ApiError::not_found(Entity::Service, id))
+}
+
+/// Extensions given later replace earlier ones of the same name (keeping their place).
+pub fn merged_extensions(mut existing: Object, newer: Object) -> Object {
+    for (name, value) in newer {
+        existing.insert(name, value);
+    }
+    existing
+}
+
+/// The completion instant in Unix ms; an end before the start is refused.
+pub fn check_end_time(end: &End, started_at: i64) -> Result<i64, ApiError> {
+    let completed_at = end.event.at.timestamp_millis();
+    if completed_at < started_at {
+        return Err(ApiError::invalid(
+            "timestamp",
+            "the completion is earlier than the start",
+        ));
+    }
+    Ok(completed_at)
+}
+
+/// An extensions column read back: a JSON object, or the database is corrupt.
+pub fn parse_object(text: &str) -> Result<Object, ApiError> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) | Err(_) => {
+            Err(StoreError::Corrupt("an extensions column is not a JSON object".into()).into())
+        }
+    }
 }

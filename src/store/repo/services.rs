@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::{items, owned_service, Tenant};
+use super::{check_end_time, items, merged_extensions, owned_service, parse_object, Tenant};
 use crate::query::Lifecycle;
 use crate::store::body::{End, Expiry, ExtensionUpdate, Object, ServiceStart};
-use crate::store::error::{ApiError, Entity, StoreError};
+use crate::store::error::{ApiError, Entity};
 use crate::store::model::{service_columns, to_text, Items, Kind, ServiceRow};
 
 /// Whose services a Query Services route lists.
@@ -64,7 +64,7 @@ pub fn complete(conn: &Connection, tenant: &Tenant, id: i64, end: End) -> Result
             id,
         });
     }
-    let completed_at = items::check_end_time(&end, head.started_at)?;
+    let completed_at = check_end_time(&end, head.started_at)?;
     let extensions = merged_extensions(load_extensions(conn, id)?, end.extensions);
     conn.prepare_cached(
         "UPDATE services SET completed_at = ?2, completed = ?3,
@@ -82,14 +82,6 @@ pub fn complete(conn: &Connection, tenant: &Tenant, id: i64, end: End) -> Result
         to_text(&Value::Object(extensions)),
     ])?;
     Ok(())
-}
-
-/// Extensions given later replace earlier ones of the same name (keeping their place).
-pub fn merged_extensions(mut existing: Object, newer: Object) -> Object {
-    for (name, value) in newer {
-        existing.insert(name, value);
-    }
-    existing
 }
 
 /// Last association wins; the service stops being anonymous.
@@ -149,15 +141,6 @@ fn load_extensions(conn: &Connection, id: i64) -> Result<Object, ApiError> {
         .prepare_cached("SELECT extensions FROM services WHERE service_id = ?1")?
         .query_row(params![id], |row| row.get(0))?;
     parse_object(&text)
-}
-
-pub fn parse_object(text: &str) -> Result<Object, ApiError> {
-    match serde_json::from_str(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) | Err(_) => {
-            Err(StoreError::Corrupt("an extensions column is not a JSON object".into()).into())
-        }
-    }
 }
 
 /// One service with its states and tasks.

@@ -1,0 +1,428 @@
+//! The one start-up path: from a validated config and bound listeners to a serving
+//! gateway, with the embedded store when no upstream is configured, reload on request,
+//! and an orderly shutdown (public listener drains, then admin, then the store).
+//!
+//! The binary calls [`run`] with signal-driven `shutdown` and `reloads`; tests call it
+//! with a channel and a oneshot, so SIGHUP and the embedded store are tested in-process.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use url::Url;
+
+use crate::admin::{self, Draining};
+use crate::cache::{Cache, Clock, SystemClock};
+use crate::config::{Config, ConfigError, Overrides, Upstream};
+use crate::logging::LevelHandle;
+use crate::metrics::Metrics;
+use crate::pipeline::Gateway;
+use crate::server::{self, Plain, ServeOptions};
+use crate::store::{self, Store, StoreConfig};
+use crate::tls::Tls;
+use crate::upstream::{AttemptObserver, Upstreams};
+
+/// The listeners [`run`] serves on, bound by the caller (tests bind `127.0.0.1:0`).
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `server.listen` and `admin.listen`; an error names the key.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        Ok(Listeners {
+            public: bind(&config.server.listen.to_string(), "server.listen").await?,
+            admin: bind(&config.admin.listen.to_string(), "admin.listen").await?,
+        })
+    }
+}
+
+async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("{what}: cannot bind {address}"))
+}
+
+/// `csgate --check`: what validation cannot see without reading other files (TLS
+/// material), so a missing or unreadable file fails the check, not the start.
+pub fn check(config: &Config) -> anyhow::Result<()> {
+    if let Some(tls) = &config.server.tls {
+        Tls::load(tls)?;
+    }
+    Ok(())
+}
+
+/// The config file read when `--config` is not given (if it exists), relative to the
+/// working directory.
+pub const DEFAULT_CONFIG: &str = "config/csgate.toml";
+
+/// Where the configuration comes from, so a reload reads it the same way start-up did:
+/// the file, and the command-line and environment overrides already merged
+/// (`Overrides::over`). [`Sources::load`] is the only place they are applied.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The config file; `None` means built-in defaults only.
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl Sources {
+    /// What the binary reads: `--config` (else [`DEFAULT_CONFIG`] when it exists), with
+    /// the command-line `flags` over the process environment (`CSGATE_*`).
+    pub fn from_process(config: Option<PathBuf>, flags: Overrides) -> Sources {
+        Sources {
+            path: config.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists())),
+            overrides: flags.over(Overrides::from_env(std::env::vars())),
+        }
+    }
+
+    /// Reads, overrides and validates the configuration.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(self.path.as_deref(), &self.overrides)
+    }
+}
+
+/// A request to re-read the configuration from the [`Sources`] (SIGHUP, or a test).
+#[derive(Debug, Default)]
+pub struct Reload {
+    reply: Option<oneshot::Sender<Result<(), ReloadError>>>,
+}
+
+impl Reload {
+    /// A reload whose outcome is only logged (SIGHUP).
+    pub fn new() -> Reload {
+        Reload::default()
+    }
+
+    /// A reload and the receiver that learns whether it was applied.
+    pub fn with_reply() -> (Reload, oneshot::Receiver<Result<(), ReloadError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Reload { reply: Some(tx) }, rx)
+    }
+}
+
+/// Why a reload was refused; the previous configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] ConfigError),
+    #[error("upstream.urls is empty and no embedded store runs")]
+    NoEmbeddedStore,
+}
+
+/// What [`run`] lets a caller change; `Options::default()` is what the binary uses.
+pub struct Options {
+    /// The cache's clock (tests inject a `ManualClock`).
+    pub clock: Arc<dyn Clock>,
+    /// Where reload sets the log level; `None` when logging was not set up by us.
+    pub log_level: Option<LevelHandle>,
+    /// Told the control handle once the gateway is built (tests reach the cache and the
+    /// upstreams through it).
+    pub started: Option<oneshot::Sender<Control>>,
+}
+
+impl Options {
+    /// The defaults, with reload setting the log level through `log_level`.
+    pub fn with_log_level(log_level: Option<LevelHandle>) -> Options {
+        Options {
+            log_level,
+            ..Options::default()
+        }
+    }
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            clock: Arc::new(SystemClock),
+            log_level: None,
+            started: None,
+        }
+    }
+}
+
+/// Serves the gateway until `shutdown` resolves, applying each request from `reloads`
+/// (re-read from `sources`), then drains within `server.shutdown_grace`. When the
+/// config names no upstream, the embedded store is started first and stopped last.
+pub async fn run(
+    config: Config,
+    sources: Sources,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: mpsc::Receiver<Reload>,
+    options: Options,
+) -> anyhow::Result<()> {
+    let tls = config.server.tls.as_ref().map(Tls::load).transpose()?;
+    // Stopped in this order: public (drains), admin (readiness stayed visible), store
+    // (the drained requests may have needed it).
+    let (public_stop, public_stopped) = watch::channel(false);
+    let (admin_stop, admin_stopped) = watch::channel(false);
+    let (store_stop, store_stopped) = watch::channel(false);
+
+    let embedded = match &config.upstream.target {
+        Upstream::Embedded(store) => {
+            let store = store.store_config(&config.business_attributes);
+            Some(start_embedded(store, stopped(store_stopped)).await?)
+        }
+        Upstream::Urls(_) => None,
+    };
+    let embedded_url = embedded.as_ref().map(|e| e.url.clone());
+    let urls = match (&config.upstream.target, &embedded_url) {
+        (Upstream::Urls(urls), _) => urls.clone(),
+        (Upstream::Embedded(_), url) => url.iter().cloned().collect(),
+    };
+    tracing::info!(
+        listen = %listeners.public.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        upstreams = ?urls.iter().map(Url::as_str).collect::<Vec<_>>(),
+        "csgate started"
+    );
+    let control = Control::start(
+        &config,
+        &urls,
+        embedded_url,
+        options.clock,
+        options.log_level,
+    );
+    if let Some(started) = options.started {
+        let _ = started.send(control.clone());
+    }
+
+    let draining = Draining::default();
+    let admin = tokio::spawn(server::serve(
+        listeners.admin,
+        Plain,
+        ServeOptions::internal(),
+        {
+            let control = control.clone();
+            let draining = draining.clone();
+            move |request, _peer| admin::handle(control.gateway(), draining.clone(), request)
+        },
+        stopped(admin_stopped),
+    ));
+    let handler = {
+        let control = control.clone();
+        move |request, peer| {
+            let gateway = control.gateway();
+            async move { gateway.handle(request, peer).await }
+        }
+    };
+    let options = config.server.serve_options();
+    let public = async {
+        let stop = stopped(public_stopped);
+        match tls {
+            Some(tls) => server::serve(listeners.public, tls, options, handler, stop).await,
+            None => server::serve(listeners.public, Plain, options, handler, stop).await,
+        }
+    };
+    let reloader = async {
+        while let Some(reload) = reloads.recv().await {
+            let outcome = sources
+                .load()
+                .map_err(ReloadError::from)
+                .and_then(|config| control.reload(&config));
+            match &outcome {
+                Ok(()) => {}
+                Err(ReloadError::Invalid(error)) => tracing::error!(
+                    %error,
+                    "reload refused: invalid configuration; keeping the previous configuration"
+                ),
+                Err(ReloadError::NoEmbeddedStore) => tracing::error!(
+                    "reload refused: upstream.urls is empty and no embedded store runs; keeping the previous configuration"
+                ),
+            }
+            if let Some(reply) = reload.reply {
+                let _ = reply.send(outcome);
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    let trigger = async {
+        shutdown.await;
+        tracing::info!("shutdown: draining");
+        draining.start();
+        let _ = public_stop.send(true);
+    };
+    tokio::select! {
+        _ = async { tokio::join!(public, trigger) } => {}
+        () = reloader => {}
+    }
+    let _ = admin_stop.send(true);
+    let _ = admin.await;
+    control.stop_probe();
+    let _ = store_stop.send(true);
+    if let Some(embedded) = embedded {
+        let _ = embedded.task.await;
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Runs the reference store on its own (`csgate store`) until `shutdown` resolves:
+/// `[store]` with the subcommand's `--db` and `--legacy` over it.
+pub async fn run_store(
+    config: &Config,
+    db: Option<PathBuf>,
+    legacy: bool,
+    listen: &str,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listener = bind(listen, "--listen").await?;
+    let mut store = config.store.store_config(&config.business_attributes);
+    store.db = db.unwrap_or(store.db);
+    store.legacy |= legacy;
+    let db = store.db.clone();
+    let opened =
+        Store::open(store).with_context(|| format!("opening the store at {}", db.display()))?;
+    tracing::info!(listen = %listener.local_addr()?, db = %db.display(), legacy, "store started");
+    store::serve(listener, opened, shutdown).await;
+    Ok(())
+}
+
+/// The embedded store, serving on a loopback port of its own.
+struct Embedded {
+    url: Url,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start_embedded(
+    config: StoreConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Embedded> {
+    let db = config.db.clone();
+    let legacy = config.legacy;
+    let store = Store::open(config)
+        .with_context(|| format!("opening the embedded store at {}", db.display()))?;
+    let listener = bind("127.0.0.1:0", "embedded store").await?;
+    let address = listener.local_addr()?;
+    tracing::info!(db = %db.display(), %address, legacy, "embedded store started");
+    Ok(Embedded {
+        url: Url::parse(&format!("http://{address}"))?,
+        task: tokio::spawn(store::serve(listener, store, shutdown)),
+    })
+}
+
+/// Resolves once `true` is sent (or the sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The running gateway's control handle: which `Gateway` serves new requests, and
+/// configuration reload.
+///
+/// Reload builds a new `Gateway` (upstreams, limits, service types) that shares the
+/// old one's cache and metrics, and swaps it in; requests already running finish on
+/// the old one and no connection is touched. Locking: `current` is read once per
+/// request (an `Arc` clone) and written only by `reload`; neither holds it across an
+/// `.await`. `probe` is held only to swap the task handle.
+#[derive(Clone)]
+pub struct Control {
+    current: Arc<RwLock<Gateway>>,
+    log_level: Option<LevelHandle>,
+    probe: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// The embedded store's URL, used whenever the config names no upstream.
+    embedded: Option<Url>,
+}
+
+impl Control {
+    /// Builds the first gateway (with the cache, which lives as long as the process)
+    /// and starts the health probe.
+    fn start(
+        config: &Config,
+        urls: &[Url],
+        embedded: Option<Url>,
+        clock: Arc<dyn Clock>,
+        log_level: Option<LevelHandle>,
+    ) -> Control {
+        let metrics = Metrics::new();
+        let cache = config.cache.enabled.then(|| {
+            Cache::new(
+                &config.cache,
+                config.upstream.cache_wait(),
+                config.service_types(),
+                metrics.clone(),
+                clock,
+            )
+        });
+        let control = Control {
+            current: Arc::new(RwLock::new(gateway(config, urls, cache, metrics))),
+            log_level,
+            probe: Arc::default(),
+            embedded,
+        };
+        control.start_probe();
+        control
+    }
+
+    /// The gateway serving new requests.
+    pub fn gateway(&self) -> Gateway {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a new, already validated configuration: upstreams, request limits,
+    /// service types, cache freshness times, log level. Listen addresses, TLS, the
+    /// cache size bound, `[cache] enabled` and `[store]` need a restart.
+    pub fn reload(&self, config: &Config) -> Result<(), ReloadError> {
+        let urls = match (&config.upstream.target, &self.embedded) {
+            (Upstream::Urls(urls), _) => urls.clone(),
+            (Upstream::Embedded(_), Some(url)) => vec![url.clone()],
+            (Upstream::Embedded(_), None) => return Err(ReloadError::NoEmbeddedStore),
+        };
+        let old = self.gateway();
+        let metrics = old.metrics().clone();
+        let cache = old.cache().cloned();
+        if let Some(cache) = &cache {
+            cache.set_policy(config.cache.policy());
+            cache.set_types(config.service_types());
+        }
+        let new = gateway(config, &urls, cache, metrics);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
+        self.start_probe();
+        if let Some(handle) = &self.log_level {
+            if let Err(error) = handle.set(&config.log.level) {
+                tracing::warn!(%error, "log level not changed");
+            }
+        }
+        tracing::info!(
+            upstreams = ?urls.iter().map(Url::as_str).collect::<Vec<_>>(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    /// (Re)starts the active health probe for the current upstreams.
+    fn start_probe(&self) {
+        let task = tokio::spawn(self.gateway().upstreams().clone().probe_loop());
+        if let Some(old) = self
+            .probe
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    fn stop_probe(&self) {
+        if let Some(task) = self.probe.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// A gateway over `urls` that shares `cache` and `metrics` with its predecessor.
+fn gateway(config: &Config, urls: &[Url], cache: Option<Cache>, metrics: Metrics) -> Gateway {
+    let observer_metrics = metrics.clone();
+    let observer: AttemptObserver = Arc::new(move |target, outcome, elapsed| {
+        observer_metrics.observe_upstream(target, outcome.label(), elapsed);
+    });
+    let upstreams = Upstreams::new(&config.upstream, urls, Some(observer));
+    Gateway::new(config, upstreams, cache, metrics)
+}

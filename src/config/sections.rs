@@ -1,0 +1,423 @@
+//! Step 2: the validated settings, one type per section, each built by one documented
+//! `TryFrom<Raw…>` that parses every value once and names the key at fault; and the
+//! values derived from them, as methods, so each formula is written once.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::parse::{addr, at_least_one, duration, positive, size, upstream_url};
+use super::raw::{RawAdmin, RawCache, RawLog, RawServer, RawStore, RawUpstream};
+use super::{defaults, invalid, ConfigError};
+use crate::cache::Policy;
+use crate::query::params::Limits;
+use crate::query::TypeMap;
+use crate::server::ServeOptions;
+use crate::store::StoreConfig;
+
+/// `[server]`: the public listener and request limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub max_inflight: usize,
+    pub max_query_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: usize,
+    pub max_key_bytes: usize,
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[server]`: durations and sizes parsed, counts at least one.
+impl TryFrom<RawServer> for ServerConfig {
+    type Error = ConfigError;
+
+    fn try_from(s: RawServer) -> Result<Self, ConfigError> {
+        Ok(ServerConfig {
+            listen: addr("server.listen", s.listen.as_deref(), defaults::LISTEN)?,
+            shutdown_grace: duration(
+                "server.shutdown_grace",
+                s.shutdown_grace,
+                defaults::SHUTDOWN_GRACE,
+            )?,
+            header_read_timeout: positive(
+                "server.header_read_timeout",
+                s.header_read_timeout,
+                defaults::HEADER_READ_TIMEOUT,
+            )?,
+            max_inflight: at_least_one(
+                "server.max_inflight",
+                s.max_inflight.unwrap_or(defaults::MAX_INFLIGHT),
+            )?,
+            max_query_bytes: size(
+                "server.max_query_bytes",
+                s.max_query_bytes,
+                defaults::MAX_QUERY_BYTES,
+            )?,
+            max_header_bytes: size(
+                "server.max_header_bytes",
+                s.max_header_bytes,
+                defaults::MAX_HEADER_BYTES,
+            )?,
+            max_body_bytes: size(
+                "server.max_body_bytes",
+                s.max_body_bytes,
+                defaults::MAX_BODY_BYTES,
+            )?,
+            max_key_bytes: size(
+                "server.max_key_bytes",
+                s.max_key_bytes,
+                defaults::MAX_KEY_BYTES,
+            )?,
+            tls: s.tls.map(|t| TlsConfig {
+                cert: t.cert,
+                key: t.key,
+            }),
+        })
+    }
+}
+
+impl ServerConfig {
+    /// Connection settings of the public listener. hyper's read buffer is four times
+    /// the gateway's own head limits (and at least [`defaults::PUBLIC_MAX_BUF_FLOOR`]),
+    /// so the gateway answers 414/431 itself, in the CS error shape.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions {
+            header_read_timeout: self.header_read_timeout,
+            max_buf_size: ((self.max_header_bytes + self.max_query_bytes) * 4)
+                .max(defaults::PUBLIC_MAX_BUF_FLOOR),
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+
+    /// The Query Services parameter limits: the configured key length, the contract's
+    /// filter count.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_key_bytes: self.max_key_bytes,
+            max_filters: defaults::MAX_FILTERS,
+        }
+    }
+}
+
+/// Where requests go: remote Context Services backends, or the embedded reference store
+/// that `app::run` starts when the config names no upstream.
+#[derive(Debug, Clone)]
+pub enum Upstream {
+    /// `[upstream] urls`, never empty.
+    Urls(Vec<Url>),
+    /// No URL configured: run the store with these `[store]` settings and use it.
+    Embedded(StoreSettings),
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The backends. `RawConfig::validate` turns an empty `urls` into
+    /// [`Upstream::Embedded`].
+    pub target: Upstream,
+    /// Prefix of the Context Services API on the upstreams (when a URL has no path).
+    pub path_prefix: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub deadline: Duration,
+    pub max_response_bytes: usize,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub retry_budget: f64,
+    pub max_retries: u32,
+    pub eject_after: u32,
+    pub eject_for: Duration,
+}
+
+/// `[upstream]`: every URL checked (http, a host, no query), the prefix absolute, the
+/// retry budget a fraction.
+impl TryFrom<RawUpstream> for UpstreamConfig {
+    type Error = ConfigError;
+
+    fn try_from(u: RawUpstream) -> Result<Self, ConfigError> {
+        let urls = u
+            .urls
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, text)| upstream_url(&format!("upstream.urls[{i}]"), text))
+            .collect::<Result<Vec<_>, _>>()?;
+        let path_prefix = u
+            .path_prefix
+            .unwrap_or_else(|| defaults::PATH_PREFIX.to_owned());
+        if !path_prefix.starts_with('/') {
+            return Err(invalid(
+                "upstream.path_prefix",
+                format!("'{path_prefix}' must start with '/'"),
+            ));
+        }
+        let retry_budget = u.retry_budget.unwrap_or(defaults::RETRY_BUDGET);
+        if !(0.0..=1.0).contains(&retry_budget) {
+            return Err(invalid(
+                "upstream.retry_budget",
+                format!("{retry_budget} is not a fraction between 0 and 1"),
+            ));
+        }
+        Ok(UpstreamConfig {
+            target: Upstream::Urls(urls),
+            path_prefix: path_prefix.trim_end_matches('/').to_owned(),
+            connect_timeout: positive(
+                "upstream.connect_timeout",
+                u.connect_timeout,
+                defaults::CONNECT_TIMEOUT,
+            )?,
+            request_timeout: positive(
+                "upstream.request_timeout",
+                u.request_timeout,
+                defaults::REQUEST_TIMEOUT,
+            )?,
+            deadline: positive("upstream.deadline", u.deadline, defaults::DEADLINE)?,
+            max_response_bytes: size(
+                "upstream.max_response_bytes",
+                u.max_response_bytes,
+                defaults::MAX_RESPONSE_BYTES,
+            )?,
+            pool_idle_timeout: positive(
+                "upstream.pool_idle_timeout",
+                u.pool_idle_timeout,
+                defaults::POOL_IDLE_TIMEOUT,
+            )?,
+            pool_max_idle_per_host: u
+                .pool_max_idle_per_host
+                .unwrap_or(defaults::POOL_MAX_IDLE_PER_HOST),
+            retry_budget,
+            max_retries: u.max_retries.unwrap_or(defaults::MAX_RETRIES),
+            eject_after: u32::try_from(at_least_one(
+                "upstream.eject_after",
+                u.eject_after.unwrap_or(defaults::EJECT_AFTER) as usize,
+            )?)
+            .map_err(|_| invalid("upstream.eject_after", "too large"))?,
+            eject_for: positive("upstream.eject_for", u.eject_for, defaults::EJECT_FOR)?,
+        })
+    }
+}
+
+impl UpstreamConfig {
+    /// The configured URLs; empty when the embedded store serves.
+    pub fn urls(&self) -> &[Url] {
+        match &self.target {
+            Upstream::Urls(urls) => urls,
+            Upstream::Embedded(_) => &[],
+        }
+    }
+
+    /// How long a request waits for another request's fetch of the same cache key:
+    /// the fetch's own deadline plus [`defaults::CACHE_WAIT_SLACK`].
+    pub fn cache_wait(&self) -> Duration {
+        self.deadline + defaults::CACHE_WAIT_SLACK
+    }
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+    pub max_bytes: usize,
+    pub max_entry_bytes: usize,
+    pub share_across_credentials: bool,
+}
+
+/// `[cache]`: durations and sizes parsed; one entry never larger than the whole cache.
+impl TryFrom<RawCache> for CacheConfig {
+    type Error = ConfigError;
+
+    fn try_from(c: RawCache) -> Result<Self, ConfigError> {
+        let cache = CacheConfig {
+            enabled: c.enabled.unwrap_or(defaults::CACHE_ENABLED),
+            ttl: duration("cache.ttl", c.ttl, defaults::CACHE_TTL)?,
+            stale_while_revalidate: duration(
+                "cache.stale_while_revalidate",
+                c.stale_while_revalidate,
+                defaults::CACHE_STALE_WHILE_REVALIDATE,
+            )?,
+            stale_if_error: duration(
+                "cache.stale_if_error",
+                c.stale_if_error,
+                defaults::CACHE_STALE_IF_ERROR,
+            )?,
+            max_bytes: size("cache.max_bytes", c.max_bytes, defaults::CACHE_MAX_BYTES)?,
+            max_entry_bytes: size(
+                "cache.max_entry_bytes",
+                c.max_entry_bytes,
+                defaults::CACHE_MAX_ENTRY_BYTES,
+            )?,
+            share_across_credentials: c
+                .share_across_credentials
+                .unwrap_or(defaults::CACHE_SHARE_ACROSS_CREDENTIALS),
+        };
+        if cache.max_entry_bytes > cache.max_bytes {
+            return Err(invalid(
+                "cache.max_entry_bytes",
+                "must not exceed cache.max_bytes",
+            ));
+        }
+        Ok(cache)
+    }
+}
+
+impl CacheConfig {
+    /// The freshness times, as the cache applies them (also on reload).
+    pub fn policy(&self) -> Policy {
+        Policy {
+            ttl: self.ttl,
+            stale_while_revalidate: self.stale_while_revalidate,
+            stale_if_error: self.stale_if_error,
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[admin]`: the address parsed (that it differs from `server.listen` is checked by
+/// `RawConfig::validate`, which sees both).
+impl TryFrom<RawAdmin> for AdminConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: RawAdmin) -> Result<Self, ConfigError> {
+        Ok(AdminConfig {
+            listen: addr("admin.listen", a.listen.as_deref(), defaults::ADMIN_LISTEN)?,
+        })
+    }
+}
+
+/// `[log] format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive, e.g. `info` or `csgate=debug`.
+    pub level: String,
+    /// Hash contact keys and customer ids in logs.
+    pub redact: bool,
+}
+
+/// `[log]`: the format one of the two known, the level a valid `tracing` filter.
+impl TryFrom<RawLog> for LogConfig {
+    type Error = ConfigError;
+
+    fn try_from(l: RawLog) -> Result<Self, ConfigError> {
+        let format = match l.format.as_deref().unwrap_or(defaults::LOG_FORMAT) {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("'{other}' is not one of: text, json"),
+                ))
+            }
+        };
+        let level = l.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            return Err(invalid(
+                "log.level",
+                format!("'{level}' is not a valid filter: {e}"),
+            ));
+        }
+        Ok(LogConfig {
+            format,
+            level,
+            redact: l.redact.unwrap_or(defaults::LOG_REDACT),
+        })
+    }
+}
+
+/// `[store]`: the reference store, embedded or run with `csgate store`.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub db: PathBuf,
+    pub legacy: bool,
+    pub sweep_interval: Duration,
+}
+
+impl StoreSettings {
+    /// What the store is opened with: these settings, the business-attribute maps
+    /// (shared with the gateway), and the store's body bound.
+    pub fn store_config(&self, business_attributes: &BTreeMap<String, TypeMap>) -> StoreConfig {
+        StoreConfig {
+            db: self.db.clone(),
+            legacy: self.legacy,
+            business_attributes: business_attributes.clone(),
+            sweep_interval: self.sweep_interval,
+            max_body_bytes: defaults::STORE_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// `[store]`: the sweep interval positive.
+impl TryFrom<RawStore> for StoreSettings {
+    type Error = ConfigError;
+
+    fn try_from(st: RawStore) -> Result<Self, ConfigError> {
+        Ok(StoreSettings {
+            db: st.db.unwrap_or_else(|| PathBuf::from(defaults::STORE_DB)),
+            legacy: st.legacy.unwrap_or(defaults::STORE_LEGACY),
+            sweep_interval: positive(
+                "store.sweep_interval",
+                st.sweep_interval,
+                defaults::STORE_SWEEP_INTERVAL,
+            )?,
+        })
+    }
+}
+
+/// `[business_attributes.*]`: names non-empty and not integers, IDs unique per map.
+pub(super) fn business_attributes(
+    raw: BTreeMap<String, BTreeMap<String, i64>>,
+) -> Result<BTreeMap<String, TypeMap>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (attribute, pairs) in raw {
+        let mut seen = BTreeMap::new();
+        for (name, id) in &pairs {
+            if name.is_empty() {
+                return Err(invalid(
+                    &format!("business_attributes.{attribute}"),
+                    "empty name",
+                ));
+            }
+            if name.parse::<i64>().is_ok() {
+                return Err(invalid(
+                    &format!("business_attributes.{attribute}.{name}"),
+                    "a name must not be an integer (it would be read as an ID)",
+                ));
+            }
+            if let Some(other) = seen.insert(*id, name.clone()) {
+                return Err(invalid(
+                    &format!("business_attributes.{attribute}.{name}"),
+                    format!("ID {id} is already used by '{other}'"),
+                ));
+            }
+        }
+        out.insert(attribute, TypeMap::new(pairs));
+    }
+    Ok(out)
+}

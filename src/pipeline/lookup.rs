@@ -1,0 +1,222 @@
+//! Stage `lookup`: anonymous routes ask the cache, whose fetch is this pipeline's own
+//! `forward` of the broad query; the entry it returns goes through `post_filter`.
+//! Customer routes, `no-store` requests and uncacheable keys go upstream with the
+//! client's own query instead.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderMap;
+use http::request::Parts;
+use http::{Method, Response};
+
+use super::forward::forward_detached;
+use super::{post_filter, respond, respond_json, Exchange, Gateway, Validated};
+use crate::cache::{self, Cache, CacheOutcome, FetchError, Fill, Found, NoEntry};
+use crate::error::GatewayError;
+use crate::query::filter;
+use crate::server::Body;
+use crate::upstream::Fetched;
+
+/// Why the broad fetch has no answer to store; shared with the requests waiting on it.
+#[derive(Debug, Clone)]
+pub(super) enum BroadError {
+    /// The upstream answered non-2xx: passed through unchanged.
+    Answered(Arc<Fetched>),
+    /// Connect error, timeout, invalid body, no healthy upstream.
+    Gateway(GatewayError),
+}
+
+impl FetchError for BroadError {
+    /// Connect errors, timeouts, 5xx.
+    fn is_upstream_failure(&self) -> bool {
+        match self {
+            BroadError::Answered(fetched) => fetched.status.is_server_error(),
+            BroadError::Gateway(e) => matches!(
+                e,
+                GatewayError::UpstreamUnavailable
+                    | GatewayError::UpstreamTimeout
+                    | GatewayError::NoHealthyUpstream
+            ),
+        }
+    }
+
+    fn wait_timed_out() -> Self {
+        BroadError::Gateway(GatewayError::UpstreamTimeout)
+    }
+
+    fn fetch_lost() -> Self {
+        BroadError::Gateway(GatewayError::Internal(
+            "cache fetch task ended without an answer".into(),
+        ))
+    }
+}
+
+/// What the cache stage made of an anonymous request.
+#[derive(Debug)]
+pub enum Cached {
+    /// The key is remembered as uncacheable: forward the client's own query.
+    Uncacheable,
+    /// The post-filtered answer; `age` is set when served from a stored entry.
+    Answer { body: Bytes, age: Option<Duration> },
+    /// The upstream answered the broad query non-2xx: passed through unchanged.
+    Passed(Fetched),
+}
+
+impl Gateway {
+    /// The answer to an anonymous request from the cache, or `None` when the request
+    /// goes upstream with its own query.
+    pub(super) async fn lookup(
+        &self,
+        parts: &Parts,
+        validated: &Validated,
+        peer: SocketAddr,
+        exchange: &mut Exchange,
+    ) -> Result<Option<Response<Body>>, GatewayError> {
+        if !validated.is_anonymous() {
+            return Ok(None);
+        }
+        let Some(cache) = &self.inner.cache else {
+            // The contract puts Cache-Status on every anonymous answer.
+            exchange.cache = Some(CacheOutcome::Bypass);
+            return Ok(None);
+        };
+        let directives = cache::request_directives(&parts.headers);
+        if directives.no_store {
+            cache.note_bypass();
+            exchange.cache = Some(CacheOutcome::Bypass);
+            return Ok(None);
+        }
+        let raw_query = parts.uri.query().unwrap_or("");
+        let cached = self
+            .cached(
+                cache,
+                &parts.headers,
+                validated,
+                raw_query,
+                directives.no_cache,
+                peer,
+                exchange,
+            )
+            .await?;
+        Ok(match cached {
+            Cached::Uncacheable => None,
+            Cached::Answer { body, age } => Some(respond_json(&parts.method, body, age)),
+            Cached::Passed(fetched) => Some(respond::upstream_error(&parts.method, fetched)),
+        })
+    }
+
+    /// The lookup stage alone, without HTTP around it (tests drive the cache this
+    /// way): `headers` are the client's, `raw_query` its query string. Returns the
+    /// cache outcome (`Cache-Status`) beside the result; `None` without a cache.
+    pub async fn lookup_cached(
+        &self,
+        headers: &HeaderMap,
+        validated: &Validated,
+        raw_query: &str,
+        no_cache: bool,
+        peer: SocketAddr,
+    ) -> Option<(Option<CacheOutcome>, Result<Cached, GatewayError>)> {
+        let cache = self.inner.cache.as_ref()?;
+        let mut exchange = Exchange::new(headers, Method::GET);
+        let result = self
+            .cached(
+                cache,
+                headers,
+                validated,
+                raw_query,
+                no_cache,
+                peer,
+                &mut exchange,
+            )
+            .await;
+        Some((exchange.cache, result))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn cached(
+        &self,
+        cache: &Cache,
+        headers: &HeaderMap,
+        validated: &Validated,
+        raw_query: &str,
+        no_cache: bool,
+        peer: SocketAddr,
+        exchange: &mut Exchange,
+    ) -> Result<Cached, GatewayError> {
+        let query = &validated.query;
+        let key = cache.key(headers, &validated.owner_id, &query.extensions);
+        let fetch = || {
+            let path_and_query = format!(
+                "{}?{}",
+                validated.owner_path,
+                query.broad().upstream_query()
+            );
+            let forward_headers = self.query_headers(headers, peer, &exchange.id);
+            broad_fill(forward_detached(
+                self.inner.upstreams.clone(),
+                path_and_query,
+                forward_headers,
+            ))
+        };
+        let found = cache.get_or_fetch(key, no_cache, fetch).await;
+        let Found {
+            entry,
+            outcome,
+            age,
+        } = match found {
+            Ok(found) => found,
+            Err(NoEntry::Uncacheable) => {
+                exchange.cache = Some(CacheOutcome::Bypass);
+                return Ok(Cached::Uncacheable);
+            }
+            Err(NoEntry::Failed { error, outcome }) => {
+                exchange.cache = Some(outcome);
+                return match error {
+                    BroadError::Answered(fetched) => {
+                        exchange.upstream = Some(fetched.target.clone());
+                        Ok(Cached::Passed(Arc::unwrap_or_clone(fetched)))
+                    }
+                    BroadError::Gateway(error) => Err(error),
+                };
+            }
+        };
+        let memoise = match outcome {
+            CacheOutcome::Hit { .. } => true,
+            CacheOutcome::Miss { stored, .. } | CacheOutcome::Revalidated { stored } => {
+                exchange.upstream = Some(entry.source().clone());
+                exchange.upstream_time = Some(entry.fetch_time());
+                stored
+            }
+            CacheOutcome::Bypass => false,
+        };
+        exchange.cache = Some(outcome);
+        let body = self
+            .post_filter_entry(cache, &entry, query, raw_query, memoise, exchange)
+            .await?;
+        Ok(Cached::Answer { body, age })
+    }
+}
+
+/// Turns the broad answer into what the cache stores: the bytes, the service ids for
+/// its invalidation index, and whether the upstream allows storing it.
+async fn broad_fill(
+    fetching: impl std::future::Future<Output = Result<Fetched, GatewayError>>,
+) -> Result<Fill, BroadError> {
+    let fetched = fetching.await.map_err(BroadError::Gateway)?;
+    if !fetched.status.is_success() {
+        return Err(BroadError::Answered(Arc::new(fetched)));
+    }
+    let services = filter::parse_services(&fetched.body)
+        .map_err(|e| BroadError::Gateway(GatewayError::UpstreamInvalidResponse(e.to_string())))?;
+    Ok(Fill {
+        service_ids: post_filter::service_ids(&services),
+        storable: cache::may_store(&fetched.headers),
+        body: fetched.body,
+        source: fetched.target,
+        fetch_time: fetched.elapsed,
+    })
+}

@@ -1,0 +1,129 @@
+//! Transparent proxying of everything else under the public prefix: hop-by-hop
+//! headers stripped, forwarding headers set, bodies streamed (bounded), and a
+//! successful write invalidating the cache entries it can change.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header;
+use http::request::Parts;
+use http::{Method, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::{with_query, Exchange, Gateway};
+use crate::cache::Invalidation;
+use crate::error::GatewayError;
+use crate::httputil::{self, full};
+use crate::server::Body;
+use crate::upstream::UpstreamError;
+
+impl Gateway {
+    pub(super) async fn proxy(
+        &self,
+        parts: Parts,
+        body: Incoming,
+        rest: &str,
+        peer: SocketAddr,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Body>, GatewayError> {
+        let max = self.inner.settings.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(GatewayError::PayloadTooLarge { max });
+        }
+        let mut headers = parts.headers.clone();
+        httputil::strip_hop_by_hop(&mut headers);
+        headers.remove(header::HOST);
+        self.forwarding_headers(&mut headers, &parts.headers, peer, &exchange.id);
+
+        let path_and_query = with_query(rest, parts.uri.query().unwrap_or(""));
+        let invalidation = self
+            .inner
+            .cache
+            .as_ref()
+            .and_then(|_| Invalidation::for_write(&parts.method, rest));
+
+        // A start names its contact key in the body: read it (it is small and bounded),
+        // then forward the same bytes.
+        let (upstream_body, invalidation): (Body, _) = match invalidation {
+            Some(start @ Invalidation::ServiceStart { .. }) => {
+                let bytes = read_bounded(body, max).await?;
+                let start = start.with_start_body(&parts.headers, &bytes);
+                (full(bytes), Some(start))
+            }
+            other => (Limited::new(body, max).map_err(Into::into).boxed(), other),
+        };
+        let upstream_body = (!is_bodiless_read(&parts)).then_some(upstream_body);
+        let streamed = self
+            .forward_stream(
+                parts.method.clone(),
+                &path_and_query,
+                &headers,
+                upstream_body,
+                exchange,
+            )
+            .await;
+        let streamed = match streamed {
+            Ok(s) => s,
+            Err(UpstreamError::RequestBodyTooLarge) => {
+                return Err(GatewayError::PayloadTooLarge { max })
+            }
+            Err(e) => return Err(e.into()),
+        };
+
+        let (mut head, incoming) = streamed.response.into_parts();
+        httputil::strip_hop_by_hop(&mut head.headers);
+        if let (true, Some(cache), Some(invalidation)) =
+            (head.status.is_success(), &self.inner.cache, invalidation)
+        {
+            if let Invalidation::ServiceStart { owner: Some(_) } = invalidation {
+                // The answer names the new service id, for the service-id index.
+                let bytes = read_bounded(incoming, self.inner.settings.max_body_bytes)
+                    .await
+                    .map_err(|_| GatewayError::UpstreamUnavailable)?;
+                let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v.get("service_id").map(crate::cache::id_text));
+                cache.invalidate(&invalidation, id.as_deref()).await;
+                return Ok(Response::from_parts(head, full(bytes)));
+            }
+            cache.invalidate(&invalidation, None).await;
+        }
+        Ok(Response::from_parts(
+            head,
+            incoming.map_err(Into::into).boxed(),
+        ))
+    }
+}
+
+/// Reads a whole body, refusing one over `max` bytes.
+async fn read_bounded<B>(body: B, max: usize) -> Result<Bytes, GatewayError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<crate::server::BoxError>,
+{
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(GatewayError::PayloadTooLarge { max })
+        }
+        Err(_) => Err(GatewayError::InvalidParameter(
+            "the request body could not be read".into(),
+        )),
+    }
+}
+
+/// A GET or HEAD that announces no body: safe to send again to another upstream.
+fn is_bodiless_read(parts: &Parts) -> bool {
+    let read = parts.method == Method::GET || parts.method == Method::HEAD;
+    let no_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .is_none_or(|v| v.as_bytes() == b"0");
+    read && no_length && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+}

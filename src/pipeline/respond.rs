@@ -1,0 +1,74 @@
+//! Stage `respond`: the response heads the pipeline builds (JSON answers, passed-through
+//! upstream errors, the gateway's own errors) and the headers every answer carries.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Response};
+
+use super::{Exchange, Gateway};
+use crate::error::GatewayError;
+use crate::httputil::{self, empty, full, json_content_type};
+use crate::server::Body;
+use crate::upstream::Fetched;
+
+impl Gateway {
+    /// Turns a stage's result into the response, with `X-Request-Id` and (anonymous
+    /// routes) `Cache-Status`. Errors are logged here, once.
+    pub(super) fn respond(
+        &self,
+        result: Result<Response<Body>, GatewayError>,
+        exchange: &Exchange,
+    ) -> Response<Body> {
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                self.log_error(&error, exchange);
+                error.into_response()
+            }
+        };
+        response
+            .headers_mut()
+            .insert(&httputil::X_REQUEST_ID, exchange.id.clone());
+        if let Some(outcome) = &exchange.cache {
+            if let Ok(value) = HeaderValue::from_str(&outcome.header()) {
+                response
+                    .headers_mut()
+                    .insert(&httputil::CACHE_STATUS, value);
+            }
+        }
+        response
+    }
+}
+
+/// `200` JSON; for HEAD the same headers and no body.
+pub fn respond_json(method: &Method, body: Bytes, age: Option<Duration>) -> Response<Body> {
+    let length = body.len();
+    let mut response = Response::new(if *method == Method::HEAD {
+        empty()
+    } else {
+        full(body)
+    });
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, json_content_type());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    if let Some(age) = age {
+        headers.insert(header::AGE, HeaderValue::from(age.as_secs()));
+    }
+    response
+}
+
+/// A non-2xx upstream answer, passed through with its status, headers and body.
+pub(super) fn upstream_error(method: &Method, fetched: Fetched) -> Response<Body> {
+    let mut headers = fetched.headers;
+    httputil::strip_hop_by_hop(&mut headers);
+    let mut response = Response::new(if *method == Method::HEAD {
+        empty()
+    } else {
+        full(fetched.body)
+    });
+    *response.status_mut() = fetched.status;
+    *response.headers_mut() = headers;
+    response
+}
