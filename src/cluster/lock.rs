@@ -124,6 +124,12 @@ impl SharedTier {
         }
         match self.try_lock(key).await {
             LockAttempt::Acquired(lock) => {
+                // The previous holder may have stored and released between the lookup
+                // and the lock: look again, or two replicas fetch one cold key.
+                if let SharedLookup::Hit(entry) = self.lookup(key).await {
+                    lock.release().await;
+                    return Coalesced::Shared(entry);
+                }
                 let fetched = fetch(generation).await;
                 lock.release().await;
                 Coalesced::Fetched(fetched)

@@ -146,7 +146,52 @@ impl Message {
                     service_ids: vec![service_id.clone()],
                 },
             )),
+            Invalidation::Tenant { tenant, group } => Some((
+                Partition {
+                    contact_center_id: tenant.clone(),
+                    group_id: group.clone(),
+                },
+                Scope::WholeTenant,
+            )),
             Invalidation::Everything => Some((Partition::default(), Scope::Everything)),
+        }
+    }
+
+    /// What a receiving replica applies to its cache, with the same rules as a local
+    /// write (the inverse of [`Message::body_of`]). Customer ids are in no cache key,
+    /// so a message naming one invalidates the whole tenant.
+    pub fn invalidations(&self) -> Vec<(Invalidation, Option<String>)> {
+        let tenant = || Invalidation::Tenant {
+            tenant: self.partition.contact_center_id.clone(),
+            group: self.partition.group_id.clone(),
+        };
+        match &self.scope {
+            Scope::Everything => vec![(Invalidation::Everything, None)],
+            Scope::WholeTenant => vec![(tenant(), None)],
+            Scope::Touched { customer_ids, .. } if !customer_ids.is_empty() => {
+                vec![(tenant(), None)]
+            }
+            Scope::Touched {
+                contact_keys,
+                service_ids,
+                ..
+            } if !contact_keys.is_empty() => contact_keys
+                .iter()
+                .map(|key| {
+                    let owner = Some(self.partition.owner(key));
+                    (
+                        Invalidation::ServiceStart { owner },
+                        service_ids.first().cloned(),
+                    )
+                })
+                .collect(),
+            Scope::Touched { service_ids, .. } => service_ids
+                .iter()
+                .map(|id| {
+                    let service_id = crate::cache::normalise_id(id);
+                    (Invalidation::Service { service_id }, None)
+                })
+                .collect(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`keys`]: names in Redis and the hashes of cache keys.
 //! - [`message`]: the versioned invalidation message.
 //! - [`conn`]: the command connection, every operation bounded by `op_timeout`.
+//! - [`apply`]: the bus's events applied to the local cache; the hit-path gate.
 //! - [`bus`]: publishing, and the subscriber with degraded mode and flush signals.
 //! - [`shared`]: the shared tier (generations, markers).
 //! - [`lock`]: the fleet lock and cold-miss coalescing across replicas.
@@ -21,6 +22,7 @@
 //!   [`ClusterMetrics::applied`] with [`Message::delay`];
 //!   [`BusEvent::Flush`] → drop every local entry.
 
+pub mod apply;
 pub mod bus;
 pub mod config;
 pub mod conn;
@@ -30,6 +32,7 @@ pub mod message;
 pub mod metrics;
 pub mod shared;
 
+pub use apply::apply_to;
 pub use bus::{Bus, BusEvent, BusState, EventSink, FlushReason, PublishError};
 pub use config::{ClusterConfig, ClusterConfigError, RawCluster};
 pub use conn::{Conn, OpError};
@@ -49,6 +52,8 @@ pub struct Cluster {
     /// `None` with `shared_cache = false`.
     pub shared: Option<SharedTier>,
     pub metrics: ClusterMetrics,
+    /// The Redis URL with any password replaced (logs, `/healthz`).
+    pub redis: String,
 }
 
 impl Cluster {
@@ -93,7 +98,24 @@ impl Cluster {
             bus,
             shared,
             metrics,
+            redis: config::redacted(url),
         }))
+    }
+}
+
+impl Cluster {
+    /// What `/healthz` says about the fleet: the redacted URL and the subscription.
+    pub fn health(&self) -> serde_json::Value {
+        let state = *self.bus.state().borrow();
+        serde_json::json!({
+            "redis": self.redis,
+            "connected": state.connected,
+            "degraded_for_ms": state
+                .degraded_since
+                .map(|since| since.elapsed().as_millis() as u64),
+            "subscriptions": state.subscriptions,
+            "shared_cache": self.shared.is_some(),
+        })
     }
 }
 

@@ -100,6 +100,7 @@ impl Gateway {
         peer: SocketAddr,
         id: &HeaderValue,
     ) {
+        crate::cache::drop_empty_tenant_headers(headers);
         headers.insert(&httputil::X_REQUEST_ID, id.clone());
         let forwarded_for = match incoming
             .get(&httputil::X_FORWARDED_FOR)

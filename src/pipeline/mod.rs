@@ -10,6 +10,7 @@
 //! upstreams.
 
 mod admit;
+mod fleet;
 mod forward;
 mod log;
 mod lookup;
@@ -33,6 +34,7 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::cache::{Cache, CacheOutcome};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::httputil;
@@ -55,6 +57,8 @@ struct Inner {
     settings: Settings,
     upstreams: Upstreams,
     cache: Option<Cache>,
+    /// The fleet this replica is in (`[cluster]`); `None` runs alone.
+    cluster: Option<Cluster>,
     metrics: Metrics,
     inflight: Arc<Semaphore>,
     /// Scheme clients reached us by, for `X-Forwarded-Proto`.
@@ -69,6 +73,9 @@ pub struct Settings {
     pub max_query_bytes: usize,
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
+    /// How long a replica waits for another's fetch of a cold key (the fleet lock)
+    /// before fetching itself: the upstream deadline.
+    pub fleet_wait: Duration,
     pub redactor: Redactor,
 }
 
@@ -83,6 +90,7 @@ impl Settings {
             max_query_bytes: config.server.max_query_bytes,
             max_header_bytes: config.server.max_header_bytes,
             max_body_bytes: config.server.max_body_bytes,
+            fleet_wait: config.upstream.deadline,
             redactor: Redactor {
                 redact: config.log.redact,
             },
@@ -126,11 +134,23 @@ impl Gateway {
         cache: Option<Cache>,
         metrics: Metrics,
     ) -> Gateway {
+        Gateway::in_fleet(config, upstreams, cache, None, metrics)
+    }
+
+    /// [`Gateway::new`] in a fleet: `cluster` is consulted on misses and writes.
+    pub fn in_fleet(
+        config: &Config,
+        upstreams: Upstreams,
+        cache: Option<Cache>,
+        cluster: Option<Cluster>,
+        metrics: Metrics,
+    ) -> Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 settings: Settings::from_config(config),
                 upstreams,
                 cache,
+                cluster,
                 metrics,
                 inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
                 scheme: if config.server.tls.is_some() {
@@ -148,6 +168,10 @@ impl Gateway {
 
     pub fn cache(&self) -> Option<&Cache> {
         self.inner.cache.as_ref()
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {
