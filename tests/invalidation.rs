@@ -148,3 +148,44 @@ async fn an_empty_tenant_header_is_no_tenant_to_the_key_the_write_and_the_upstre
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_maintenance_write_leaves_other_tenants_fetches_in_flight() {
+    let upstream = FakeUpstream::start(Reply::Gate(Box::new(Reply::json(
+        200,
+        r#"[{"service_id":"1","service_type":1,"started":{"timestamp":"2024-03-01T10:00:00.000Z"}}]"#,
+    ))))
+    .await;
+    let gw = start_gateway("", &[upstream.url()]).await;
+    let lookup = gw.url(LOOKUP);
+    let victim = tokio::spawn({
+        let lookup = lookup.clone();
+        async move { get_with(&lookup, &[("ContactCenterId", "victim")]).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while upstream.count() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no upstream request");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    upstream.push(Reply::json(204, ""));
+    let purge = send(
+        Method::POST,
+        &gw.url("/genesys/1/cs/maintenance/purge"),
+        &[("ContactCenterId", "writer")],
+        "{}".to_owned(),
+    )
+    .await;
+    assert_eq!(purge.status, 204, "{}", purge.text());
+    upstream.release();
+    let answer = victim.await.expect("victim request");
+    assert_eq!(
+        status_of(&answer),
+        MISS,
+        "the victim's fetch is still stored"
+    );
+    assert_eq!(
+        status_of(&get_with(&lookup, &[("ContactCenterId", "victim")]).await),
+        HIT
+    );
+    assert_eq!(upstream.count(), 2, "the victim's lookup and the purge");
+}
