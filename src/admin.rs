@@ -51,7 +51,14 @@ pub async fn handle(
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
     match (method.clone(), path.as_str()) {
-        (Method::GET | Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
+        (Method::GET | Method::HEAD, "/healthz") => match gateway.cluster() {
+            // The fleet is reported, never a reason to fail: Redis is an accelerator.
+            Some(cluster) => json(
+                StatusCode::OK,
+                serde_json::json!({"status": "ok", "cluster": cluster.health()}).to_string(),
+            ),
+            None => json(StatusCode::OK, r#"{"status":"ok"}"#),
+        },
         (Method::GET | Method::HEAD, "/readyz") => readiness(&gateway, &draining),
         (Method::GET | Method::HEAD, "/metrics") => metrics(&gateway).await,
         (Method::GET | Method::HEAD, "/openapi/csgate.yaml") => yaml(OPENAPI_CSGATE),

@@ -17,6 +17,7 @@ use url::Url;
 
 use crate::admin::{self, Draining};
 use crate::cache::{Cache, Clock, SystemClock};
+use crate::cluster::{self, Cluster, SharedPolicy};
 use crate::config::{defaults, Config, ConfigError, Overrides, Upstream};
 use crate::logging::LevelHandle;
 use crate::metrics::Metrics;
@@ -53,6 +54,12 @@ async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {
 pub fn check(config: &Config) -> anyhow::Result<()> {
     if let Some(tls) = &config.server.tls {
         Tls::load(tls)?;
+    }
+    if let Some(url) = &config.cluster.redis_url {
+        // What the client would refuse at start (e.g. rediss:// without TLS support);
+        // the URL is not repeated, it may hold a password.
+        redis::Client::open(url.as_str())
+            .map_err(|e| anyhow::anyhow!("cluster.redis_url: not usable ({:?})", e.kind()))?;
     }
     Ok(())
 }
@@ -223,7 +230,7 @@ pub async fn run(
         embedded_url,
         options.clock,
         options.log_level,
-    );
+    )?;
     if let Some(started) = options.started {
         let _ = started.send(control.clone());
     }
@@ -387,7 +394,7 @@ impl Control {
         embedded: Option<Url>,
         clock: Arc<dyn Clock>,
         log_level: Option<LevelHandle>,
-    ) -> Control {
+    ) -> anyhow::Result<Control> {
         let metrics = Metrics::new();
         let cache = config.cache.enabled.then(|| {
             Cache::new(
@@ -398,14 +405,15 @@ impl Control {
                 clock,
             )
         });
+        let cluster = join_fleet(config, cache.as_ref(), &metrics)?;
         let control = Control {
-            current: Arc::new(RwLock::new(gateway(config, urls, cache, metrics))),
+            current: Arc::new(RwLock::new(gateway(config, urls, cache, cluster, metrics))),
             log_level,
             probe: Arc::default(),
             embedded,
         };
         control.start_probe();
-        control
+        Ok(control)
     }
 
     /// The gateway serving new requests.
@@ -432,7 +440,9 @@ impl Control {
             cache.set_policy(config.cache.policy());
             cache.set_types(config.service_types());
         }
-        let new = gateway(config, &urls, cache, metrics);
+        // `[cluster]` needs a restart: the fleet membership carries over.
+        let cluster = old.cluster().cloned();
+        let new = gateway(config, &urls, cache, cluster, metrics);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
         self.start_probe();
         if let Some(handle) = &self.log_level {
@@ -467,12 +477,46 @@ impl Control {
     }
 }
 
-/// A gateway over `urls` that shares `cache` and `metrics` with its predecessor.
-fn gateway(config: &Config, urls: &[Url], cache: Option<Cache>, metrics: Metrics) -> Gateway {
+/// Joins the fleet `[cluster]` names (never waiting for Redis): received invalidations
+/// and flushes go to `cache`, whose hits the bus gates. `None` runs alone, as does a
+/// gateway without a cache (it has nothing to keep coherent).
+fn join_fleet(
+    config: &Config,
+    cache: Option<&Cache>,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<Cluster>> {
+    if !config.cluster.enabled() {
+        return Ok(None);
+    }
+    let Some(cache) = cache else {
+        tracing::warn!("[cluster] is ignored: [cache] enabled = false");
+        return Ok(None);
+    };
+    let policy = SharedPolicy {
+        entry_ttl: config.cache.policy().retention(),
+        fetch_window: config.upstream.cache_wait(),
+    };
+    let sink = cluster::apply_to(cache.clone(), metrics.cluster().clone());
+    let cluster = Cluster::start(&config.cluster, policy, metrics.cluster().clone(), sink)?;
+    if let Some(cluster) = &cluster {
+        cache.set_gate(Arc::new(cluster.bus.clone()));
+    }
+    Ok(cluster)
+}
+
+/// A gateway over `urls` that shares `cache`, `cluster` and `metrics` with its
+/// predecessor.
+fn gateway(
+    config: &Config,
+    urls: &[Url],
+    cache: Option<Cache>,
+    cluster: Option<Cluster>,
+    metrics: Metrics,
+) -> Gateway {
     let observer_metrics = metrics.clone();
     let observer: AttemptObserver = Arc::new(move |target, outcome, elapsed| {
         observer_metrics.observe_upstream(target, outcome.label(), elapsed);
     });
     let upstreams = Upstreams::new(&config.upstream, urls, Some(observer));
-    Gateway::new(config, upstreams, cache, metrics)
+    Gateway::in_fleet(config, upstreams, cache, cluster, metrics)
 }

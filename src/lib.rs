@@ -14,6 +14,7 @@
 //! - [`upstream`]: pooled client, health, retries, deadlines.
 //! - [`cache`]: the anonymous-lookup cache, a single-flight store on moka (`get_or_fetch`
 //!   runs the pipeline's fetch): keys, freshness, invalidation, the variant memo store.
+//! - [`cluster`]: a fleet on one Redis: invalidation bus, shared tier, fleet lock.
 //! - [`admin`]: health, readiness, metrics, cache administration on the admin listener.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: gateway-made errors and the one place they become responses.
@@ -41,6 +42,7 @@
 pub mod admin;
 pub mod app;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod httputil;

@@ -94,6 +94,9 @@ struct Inner {
     cache_bytes: Gauge,
     cache_evictions: Family<CauseLabel, Counter>,
     inflight: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// `csgate_cluster_*`: registered always (zero without a fleet), so dashboards
+    /// need no second shape.
+    cluster: crate::cluster::ClusterMetrics,
 }
 
 impl Default for Metrics {
@@ -177,8 +180,11 @@ impl Metrics {
             "Requests being served now",
             inflight.clone(),
         );
+        let cluster = crate::cluster::ClusterMetrics::default();
+        cluster.register(&mut registry);
         Metrics {
             inner: Arc::new(Inner {
+                cluster,
                 registry,
                 requests,
                 request_duration,
@@ -265,6 +271,11 @@ impl Metrics {
     }
 
     /// Counts one in-flight request until the guard is dropped.
+    /// The fleet's metrics (`csgate_cluster_*`).
+    pub fn cluster(&self) -> &crate::cluster::ClusterMetrics {
+        &self.inner.cluster
+    }
+
     pub fn inflight_guard(&self) -> InflightGuard {
         self.inner.inflight.inc();
         InflightGuard(self.inner.inflight.clone())

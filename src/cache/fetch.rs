@@ -127,7 +127,10 @@ impl Cache {
             service_ids: fill.service_ids,
             source: fill.source,
             fetch_time: fill.fetch_time,
-            fetched_at: self.inner.clock.now(),
+            fetched_at: {
+                let now = self.inner.clock.now();
+                now.checked_sub(fill.age).unwrap_or(now)
+            },
             refreshing: AtomicBool::new(false),
         });
         let too_large = entry.body().len() > self.inner.max_entry_bytes

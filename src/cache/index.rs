@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::key::{CacheOwner, Key};
 use super::Entry;
 
@@ -21,6 +23,8 @@ pub(super) struct Index {
     pub(super) started: HashMap<String, CacheOwner>,
     pub(super) owner_written: HashMap<CacheOwner, (u64, Instant)>,
     pub(super) service_written: HashMap<String, (u64, Instant)>,
+    /// Tenant partition (`ContactCenterId`, `GroupId`) → last whole-tenant write.
+    pub(super) tenant_written: HashMap<(Option<Bytes>, Option<Bytes>), (u64, Instant)>,
     pub(super) all_written: u64,
 }
 
@@ -68,6 +72,10 @@ impl Index {
     ) -> bool {
         self.all_written > epoch
             || self
+                .tenant_written
+                .get(&(owner.tenant.clone(), owner.group.clone()))
+                .is_some_and(|(e, _)| *e > epoch)
+            || self
                 .owner_written
                 .get(owner)
                 .is_some_and(|(e, _)| *e > epoch)
@@ -88,6 +96,10 @@ impl Index {
         }
         if self.service_written.len() > LIMIT {
             self.service_written
+                .retain(|_, (_, at)| now.duration_since(*at) < older_than);
+        }
+        if self.tenant_written.len() > LIMIT {
+            self.tenant_written
                 .retain(|_, (_, at)| now.duration_since(*at) < older_than);
         }
         if self.started.len() > 100_000 {

@@ -15,7 +15,9 @@ use http::Method;
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-use super::key::{CacheOwner, Key};
+use bytes::Bytes;
+
+use super::key::{tenant_of, CacheOwner, Key};
 use super::lock;
 
 /// What a successful write invalidates.
@@ -25,14 +27,21 @@ pub enum Invalidation {
     ServiceStart { owner: Option<CacheOwner> },
     /// A write to one service: every entry holding it.
     Service { service_id: String },
-    /// `POST /maintenance/...`: anything may have changed.
+    /// A write the gateway cannot attribute to keys (`POST /maintenance/...`): every
+    /// entry of the writer's tenant partition, and no other tenant's (issue 10.4).
+    Tenant {
+        tenant: Option<Bytes>,
+        group: Option<Bytes>,
+    },
+    /// Every entry of every tenant (the admin purge, a fleet flush).
     Everything,
 }
 
 impl Invalidation {
-    /// Classifies a request under the API prefix (`rest` is the path after it).
-    /// Reads are `None`; so are writes that cannot change a Service[] answer.
-    pub fn for_write(method: &Method, rest: &str) -> Option<Invalidation> {
+    /// Classifies a request under the API prefix (`rest` is the path after it;
+    /// `headers` name the writer's tenant). Reads are `None`; so are writes that cannot
+    /// change a Service[] answer.
+    pub fn for_write(method: &Method, rest: &str, headers: &HeaderMap) -> Option<Invalidation> {
         if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
             return None;
         }
@@ -49,7 +58,10 @@ impl Invalidation {
             ["customers", _, "services", id] => Some(Invalidation::Service {
                 service_id: decode(id),
             }),
-            ["maintenance", ..] => Some(Invalidation::Everything),
+            ["maintenance", ..] => {
+                let (tenant, group) = tenant_of(headers);
+                Some(Invalidation::Tenant { tenant, group })
+            }
             _ => None,
         }
     }
@@ -72,16 +84,35 @@ impl Invalidation {
 }
 
 /// A service id (or contact key) as text, whether the JSON has it as a number or a
-/// string, so ids from paths and from bodies compare equal.
+/// string, so ids from paths and from bodies compare equal (see [`normalise_id`]).
 pub fn id_text(value: &Value) -> String {
     match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => normalise_id(s),
+        other => normalise_id(&other.to_string()),
+    }
+}
+
+/// An id as the upstream reads it (issue 10.5): a decimal integer by its value (`+7`,
+/// `007` and `7` are one service), anything else as written.
+pub fn normalise_id(id: &str) -> String {
+    let (negative, digits) = match id.as_bytes().first() {
+        Some(b'+') => (false, &id[1..]),
+        Some(b'-') => (true, &id[1..]),
+        _ => (false, id),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return id.to_owned();
+    }
+    let value = digits.trim_start_matches('0');
+    match (value.is_empty(), negative) {
+        (true, _) => "0".to_owned(),
+        (false, true) => format!("-{value}"),
+        (false, false) => value.to_owned(),
     }
 }
 
 fn decode(segment: &str) -> String {
-    percent_decode_str(segment).decode_utf8_lossy().into_owned()
+    normalise_id(&percent_decode_str(segment).decode_utf8_lossy())
 }
 
 impl super::Cache {
@@ -127,6 +158,18 @@ impl super::Cache {
                     // Unknown owner: any in-flight fetch might hold the service.
                     (keys, (!owners.is_empty()).then_some(owners))
                 }
+                Invalidation::Tenant { tenant, group } => {
+                    index
+                        .tenant_written
+                        .insert((tenant.clone(), group.clone()), (epoch, now));
+                    let keys = index
+                        .by_owner
+                        .iter()
+                        .filter(|(owner, _)| owner.in_partition(tenant, group))
+                        .flat_map(|(_, keys)| keys.keys().cloned())
+                        .collect();
+                    (keys, Some(Vec::new()))
+                }
                 Invalidation::Everything => {
                     index.all_written = epoch;
                     (Vec::new(), None)
@@ -135,9 +178,12 @@ impl super::Cache {
         };
         {
             let mut inflight = lock(&self.inner.inflight);
-            match &owners {
-                Some(owners) => inflight.retain(|key, _| !owners.contains(&key.owner)),
-                None => inflight.clear(),
+            match (&owners, invalidation) {
+                (_, Invalidation::Tenant { tenant, group }) => {
+                    inflight.retain(|key, _| !key.owner.in_partition(tenant, group));
+                }
+                (Some(owners), _) => inflight.retain(|key, _| !owners.contains(&key.owner)),
+                (None, _) => inflight.clear(),
             }
         }
         if matches!(invalidation, Invalidation::Everything) {
@@ -148,6 +194,16 @@ impl super::Cache {
         for key in keys {
             self.inner.entries.invalidate(&key).await;
         }
+    }
+
+    /// Drops everything at once, without waiting (a fleet flush: messages may have
+    /// been missed). Fetches in flight are detached and will not be stored.
+    pub fn flush(&self) {
+        let epoch = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        lock(&self.inner.index).all_written = epoch;
+        lock(&self.inner.inflight).clear();
+        self.inner.entries.invalidate_all();
+        self.inner.variants.invalidate_all();
     }
 
     /// Admin: drops everything.
@@ -176,7 +232,7 @@ mod tests {
     use super::*;
 
     fn classify(method: Method, rest: &str) -> Option<Invalidation> {
-        Invalidation::for_write(&method, rest)
+        Invalidation::for_write(&method, rest, &HeaderMap::new())
     }
 
     fn service(id: &str) -> Option<Invalidation> {
@@ -209,8 +265,14 @@ mod tests {
             (
                 Method::POST,
                 "/maintenance/purge",
-                Some(Invalidation::Everything),
+                Some(Invalidation::Tenant {
+                    tenant: None,
+                    group: None,
+                }),
             ),
+            (Method::POST, "/services/+7/end", service("7")),
+            (Method::POST, "/services/007/end", service("7")),
+            (Method::POST, "/services/%2B7/end", service("7")),
             (Method::GET, "/services/42", None),
             (Method::HEAD, "/services/42/states", None),
             (Method::POST, "/metadata/business-attributes", None),
@@ -218,6 +280,39 @@ mod tests {
         for (method, rest, expected) in cases {
             assert_eq!(classify(method.clone(), rest), expected, "{method} {rest}");
         }
+    }
+
+    #[test]
+    fn ids_are_normalised_as_the_upstream_reads_them() {
+        for (id, expected) in [
+            ("7", "7"),
+            ("+7", "7"),
+            ("007", "7"),
+            ("000", "0"),
+            ("-07", "-7"),
+            ("+", "+"),
+            ("7a", "7a"),
+            ("383-f9a6", "383-f9a6"),
+            ("", ""),
+        ] {
+            assert_eq!(normalise_id(id), expected, "{id:?}");
+        }
+        assert_eq!(id_text(&serde_json::json!(7)), "7");
+        assert_eq!(id_text(&serde_json::json!("007")), "7");
+    }
+
+    #[test]
+    fn a_maintenance_write_names_the_writers_tenant_and_an_empty_header_is_none() {
+        let mut headers = HeaderMap::new();
+        headers.insert("contactcenterid", "t1".parse().expect("valid"));
+        headers.insert("groupid", "".parse().expect("valid"));
+        assert_eq!(
+            Invalidation::for_write(&Method::POST, "/maintenance/purge", &headers),
+            Some(Invalidation::Tenant {
+                tenant: Some(Bytes::from_static(b"t1")),
+                group: None,
+            })
+        );
     }
 
     #[test]

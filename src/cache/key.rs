@@ -20,14 +20,43 @@ pub struct CacheOwner {
 impl CacheOwner {
     /// The owner named by a request's tenant headers and a decoded contact key.
     pub fn from_headers(headers: &HeaderMap, contact_key: &str) -> CacheOwner {
+        let (tenant, group) = tenant_of(headers);
         CacheOwner {
-            tenant: headers
-                .get(&CONTACT_CENTER_ID)
-                .map(|v| Bytes::copy_from_slice(v.as_bytes())),
-            group: headers
-                .get(&GROUP_ID)
-                .map(|v| Bytes::copy_from_slice(v.as_bytes())),
+            tenant,
+            group,
             contact_key: contact_key.into(),
+        }
+    }
+
+    /// Is this owner in the tenant partition `(tenant, group)`?
+    pub fn in_partition(&self, tenant: &Option<Bytes>, group: &Option<Bytes>) -> bool {
+        self.tenant == *tenant && self.group == *group
+    }
+}
+
+/// The tenant partition (`ContactCenterId`, `GroupId`) a request names. An empty
+/// header is the same as an absent one (issue 10.5): the forwarded request drops it
+/// too (see [`drop_empty_tenant_headers`]), so the cache key, the invalidation and the
+/// upstream all read one tenant.
+pub fn tenant_of(headers: &HeaderMap) -> (Option<Bytes>, Option<Bytes>) {
+    let read = |name| {
+        headers
+            .get(name)
+            .filter(|v| !v.as_bytes().trim_ascii().is_empty())
+            .map(|v| Bytes::copy_from_slice(v.as_bytes()))
+    };
+    (read(&CONTACT_CENTER_ID), read(&GROUP_ID))
+}
+
+/// Removes empty tenant headers from a request about to be forwarded.
+pub fn drop_empty_tenant_headers(headers: &mut HeaderMap) {
+    for name in [&CONTACT_CENTER_ID, &GROUP_ID] {
+        let empty = headers
+            .get_all(name)
+            .iter()
+            .all(|v| v.as_bytes().trim_ascii().is_empty());
+        if empty {
+            headers.remove(name);
         }
     }
 }

@@ -33,8 +33,8 @@ mod stats;
 
 pub use fetch::may_store;
 pub use freshness::{CacheOutcome, Clock, Freshness, ManualClock, Policy, SystemClock};
-pub use invalidate::{id_text, Invalidation};
-pub use key::{CacheOwner, Key};
+pub use invalidate::{id_text, normalise_id, Invalidation};
+pub use key::{drop_empty_tenant_headers, tenant_of, CacheOwner, Key};
 
 use fetch::Shared;
 use index::Index;
@@ -119,6 +119,16 @@ pub struct Fill {
     pub storable: bool,
     pub source: Arc<str>,
     pub fetch_time: Duration,
+    /// How old the answer already is: zero from the upstream, its age there from a
+    /// shared tier (the entry then expires when the shared one does).
+    pub age: Duration,
+}
+
+/// Decides whether a stored entry may still be served, beyond its freshness: a fleet
+/// that cannot hear invalidations serves local entries only briefly. Asked on every
+/// hit, so it must be cheap (an atomic load).
+pub trait ServeGate: Send + Sync {
+    fn may_serve(&self, stored_at: Instant, now: Instant) -> bool;
 }
 
 /// An entry [`Cache::get_or_fetch`] found or fetched.
@@ -190,6 +200,8 @@ struct Inner {
     /// The `service_type` map the variants were computed with (reloadable).
     types: RwLock<TypeMap>,
     clock: Arc<dyn Clock>,
+    /// Set once when the replica joins a fleet; `None` serves every fresh entry.
+    gate: std::sync::OnceLock<Arc<dyn ServeGate>>,
     metrics: Metrics,
     stats: Arc<Stats>,
 }
@@ -292,6 +304,7 @@ impl Cache {
                 wait_bound,
                 types: RwLock::new(types),
                 clock,
+                gate: std::sync::OnceLock::new(),
                 metrics,
                 stats,
             }),
@@ -352,7 +365,12 @@ impl Cache {
     {
         let key = Arc::new(key);
         let policy = self.policy();
-        let existing = self.inner.entries.get(&key).await;
+        let existing = self
+            .inner
+            .entries
+            .get(&key)
+            .await
+            .filter(|entry| self.may_serve(entry));
         if let (Some(entry), false) = (&existing, no_cache) {
             let age = self.age(entry);
             match policy.freshness(age) {
@@ -406,6 +424,18 @@ impl Cache {
                 Err(NoEntry::Failed { error, outcome })
             }
         }
+    }
+
+    /// Joins a fleet: from now on a hit is served only if `gate` allows it.
+    pub fn set_gate(&self, gate: Arc<dyn ServeGate>) {
+        let _ = self.inner.gate.set(gate);
+    }
+
+    fn may_serve(&self, entry: &Entry) -> bool {
+        self.inner
+            .gate
+            .get()
+            .is_none_or(|gate| gate.may_serve(entry.fetched_at, self.inner.clock.now()))
     }
 
     fn is_uncacheable(&self, key: &Arc<Key>) -> bool {

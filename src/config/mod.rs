@@ -17,6 +17,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::cluster::ClusterConfig;
 use crate::query::TypeMap;
 use raw::RawConfig;
 
@@ -57,6 +58,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub store: StoreSettings,
+    /// `[cluster]`: a fleet on one Redis; no `redis_url` runs alone.
+    pub cluster: ClusterConfig,
     /// `[business_attributes.<attribute>]` name = id maps; `service_type` drives
     /// `service_types` validation and matching.
     pub business_attributes: BTreeMap<String, TypeMap>,
@@ -71,11 +74,14 @@ pub struct Overrides {
     pub upstreams: Vec<String>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
+    /// Replaces `[cluster] redis_url`.
+    pub redis_url: Option<String>,
 }
 
 impl Overrides {
     /// Reads `CSGATE_LISTEN`, `CSGATE_ADMIN_LISTEN`, `CSGATE_UPSTREAMS` (comma-separated),
-    /// `CSGATE_LOG_LEVEL`, `CSGATE_LOG_FORMAT` from `vars` (pass `std::env::vars()`).
+    /// `CSGATE_LOG_LEVEL`, `CSGATE_LOG_FORMAT`, `CSGATE_REDIS_URL` from `vars` (pass
+    /// `std::env::vars()`).
     pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Overrides {
         let mut out = Overrides::default();
         for (name, value) in vars {
@@ -92,6 +98,7 @@ impl Overrides {
                 }
                 "CSGATE_LOG_LEVEL" => out.log_level = Some(value),
                 "CSGATE_LOG_FORMAT" => out.log_format = Some(value),
+                "CSGATE_REDIS_URL" if !value.trim().is_empty() => out.redis_url = Some(value),
                 _ => {}
             }
         }
@@ -110,6 +117,7 @@ impl Overrides {
             },
             log_level: self.log_level.or(env.log_level),
             log_format: self.log_format.or(env.log_format),
+            redis_url: self.redis_url.or(env.redis_url),
         }
     }
 }
@@ -175,6 +183,9 @@ impl RawConfig {
         if let Some(format) = &o.log_format {
             self.log.format = Some(format.clone());
         }
+        if let Some(url) = &o.redis_url {
+            self.cluster.redis_url = Some(url.clone());
+        }
     }
 
     /// Validates each section by its `TryFrom`, then what spans sections: admin and
@@ -195,6 +206,8 @@ impl RawConfig {
             admin,
             log: LogConfig::try_from(self.log)?,
             store: StoreSettings::try_from(self.store)?,
+            cluster: ClusterConfig::try_from(self.cluster)
+                .map_err(|e| invalid(&format!("cluster.{}", e.key), e.message))?,
             business_attributes: sections::business_attributes(self.business_attributes)?,
         };
         if config.upstream.urls().is_empty() {

@@ -15,6 +15,7 @@ pub(super) struct RawConfig {
     pub admin: RawAdmin,
     pub log: RawLog,
     pub store: RawStore,
+    pub cluster: crate::cluster::RawCluster,
     pub business_attributes: BTreeMap<String, BTreeMap<String, i64>>,
 }
 

@@ -171,6 +171,7 @@ fn section(config: &Config, table: &str) -> String {
         "admin" => format!("{:?}", config.admin),
         "log" => format!("{:?}", config.log),
         "store" => format!("{:?}", config.store),
+        "cluster" => format!("{:?}", config.cluster),
         other => panic!("config/csgate.toml documents a default in unknown table [{other}]"),
     }
 }

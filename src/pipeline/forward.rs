@@ -105,6 +105,7 @@ impl Gateway {
         peer: SocketAddr,
         exchange: &Exchange,
     ) {
+        crate::cache::drop_empty_tenant_headers(headers);
         let s = &self.inner.settings;
         headers.insert(&httputil::X_REQUEST_ID, exchange.id.clone());
         let ip = peer.ip().to_canonical();

@@ -13,6 +13,7 @@ use http::header::HeaderMap;
 use http::request::Parts;
 use http::{Method, Response};
 
+use super::fleet::fleet_fill;
 use super::forward::forward_detached;
 use super::{post_filter, respond, respond_json, Exchange, Gateway, Validated};
 use crate::cache::{self, Cache, CacheOutcome, FetchError, Fill, Found, NoEntry};
@@ -148,6 +149,7 @@ impl Gateway {
     ) -> Result<Cached, GatewayError> {
         let query = &validated.query;
         let key = cache.key(headers, &validated.owner_id, &query.extensions);
+        let shared = self.shared_tier().map(|tier| (tier, key.clone()));
         let fetch = || {
             let path_and_query = format!(
                 "{}?{}",
@@ -155,11 +157,18 @@ impl Gateway {
                 query.broad().upstream_query()
             );
             let forward_headers = self.query_headers(headers, peer, exchange);
-            broad_fill(forward_detached(
+            let upstream = broad_fill(forward_detached(
                 self.inner.upstreams.clone(),
                 path_and_query,
                 forward_headers,
-            ))
+            ));
+            let wait = self.inner.settings.fleet_wait;
+            async move {
+                match shared {
+                    Some((tier, key)) => fleet_fill(Some(tier), key, wait, upstream).await,
+                    None => upstream.await,
+                }
+            }
         };
         let found = cache.get_or_fetch(key, no_cache, fetch).await;
         let Found {
@@ -216,5 +225,6 @@ async fn broad_fill(
         broad,
         source: fetched.target,
         fetch_time: fetched.elapsed,
+        age: Duration::ZERO,
     })
 }

@@ -10,6 +10,7 @@
 //! upstreams.
 
 mod admit;
+mod fleet;
 mod forward;
 mod log;
 mod lookup;
@@ -33,6 +34,7 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::cache::{Cache, CacheOutcome};
+use crate::cluster::Cluster;
 use crate::config::{Cidr, Config};
 use crate::error::GatewayError;
 use crate::httputil;
@@ -54,6 +56,8 @@ struct Inner {
     settings: Settings,
     upstreams: Upstreams,
     cache: Option<Cache>,
+    /// The fleet this replica is in (`[cluster]`); `None` runs alone.
+    cluster: Option<Cluster>,
     metrics: Metrics,
     inflight: Arc<Semaphore>,
     /// Scheme clients reached us by, for `X-Forwarded-Proto`.
@@ -71,6 +75,9 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Time spent waiting for a request body, summed; past it 408.
     pub body_read_timeout: Duration,
+    /// How long a replica waits for another's fetch of a cold key (the fleet lock)
+    /// before fetching itself: the upstream deadline.
+    pub fleet_wait: Duration,
     pub redactor: Redactor,
     /// `Cache-Control` on Query Services answers (`[cache] downstream_cache_control`).
     pub downstream_cache_control: HeaderValue,
@@ -100,6 +107,7 @@ impl Settings {
             trusted_proxies: config.server.trusted_proxies.clone(),
             via: config.server.via.clone(),
             preserve_host: config.upstream.preserve_host,
+            fleet_wait: config.upstream.deadline,
         }
     }
 }
@@ -143,11 +151,23 @@ impl Gateway {
         cache: Option<Cache>,
         metrics: Metrics,
     ) -> Gateway {
+        Gateway::in_fleet(config, upstreams, cache, None, metrics)
+    }
+
+    /// [`Gateway::new`] in a fleet: `cluster` is consulted on misses and writes.
+    pub fn in_fleet(
+        config: &Config,
+        upstreams: Upstreams,
+        cache: Option<Cache>,
+        cluster: Option<Cluster>,
+        metrics: Metrics,
+    ) -> Gateway {
         Gateway {
             inner: Arc::new(Inner {
                 settings: Settings::from_config(config),
                 upstreams,
                 cache,
+                cluster,
                 metrics,
                 inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
                 scheme: if config.server.tls.is_some() {
@@ -165,6 +185,10 @@ impl Gateway {
 
     pub fn cache(&self) -> Option<&Cache> {
         self.inner.cache.as_ref()
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.inner.cluster.as_ref()
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -50,7 +50,7 @@ impl Gateway {
             .inner
             .cache
             .as_ref()
-            .and_then(|_| Invalidation::for_write(&parts.method, rest));
+            .and_then(|_| Invalidation::for_write(&parts.method, rest, &parts.headers));
 
         // A start names its contact key in the body: read it (it is small and bounded),
         // then forward the same bytes.
@@ -93,10 +93,11 @@ impl Gateway {
                 let id = serde_json::from_slice::<serde_json::Value>(&bytes)
                     .ok()
                     .and_then(|v| v.get("service_id").map(crate::cache::id_text));
-                cache.invalidate(&invalidation, id.as_deref()).await;
+                self.invalidate_write(cache, &invalidation, id.as_deref())
+                    .await;
                 return Ok(Response::from_parts(head, full(bytes)));
             }
-            cache.invalidate(&invalidation, None).await;
+            self.invalidate_write(cache, &invalidation, None).await;
         }
         Ok(Response::from_parts(
             head,

@@ -1,0 +1,48 @@
+//! The cache's side of the bus: received invalidations applied like local writes, in
+//! the order they arrived; flushes applied before the subscriber carries on; and the
+//! hit-path gate (degraded mode) as an atomic load on the bus.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+
+use super::bus::{Bus, BusEvent, EventSink};
+use super::metrics::ClusterMetrics;
+use crate::cache::{Cache, ServeGate};
+
+impl ServeGate for Bus {
+    fn may_serve(&self, stored_at: Instant, now: Instant) -> bool {
+        Bus::may_serve(self, stored_at, now)
+    }
+}
+
+/// The event sink that applies the bus's events to `cache`. Messages are handed to
+/// one task (applying one awaits moka), so they are applied in order; a flush is
+/// synchronous, so it has taken effect when the subscriber leaves degraded mode.
+/// Must be called inside a runtime.
+pub fn apply_to(cache: Cache, metrics: ClusterMetrics) -> EventSink {
+    let (sender, mut receiver) = mpsc::unbounded_channel::<super::Message>();
+    let applier = cache.clone();
+    tokio::spawn(async move {
+        while let Some(message) = receiver.recv().await {
+            for (invalidation, started) in message.invalidations() {
+                applier.invalidate(&invalidation, started.as_deref()).await;
+            }
+            metrics.applied(message.delay(SystemTime::now()));
+        }
+    });
+    Arc::new(move |event| match event {
+        BusEvent::Invalidate(message) => {
+            if sender.send(message).is_err() {
+                // The applier is gone (shutting down): dropping everything is the
+                // only safe reading of a message that cannot be applied.
+                cache.flush();
+            }
+        }
+        BusEvent::Flush(reason) => {
+            tracing::info!(?reason, "cluster: flushing the local cache");
+            cache.flush();
+        }
+    })
+}

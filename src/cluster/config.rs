@@ -1,0 +1,255 @@
+//! The `[cluster]` section: the file as written ([`RawCluster`]), validated once into
+//! [`ClusterConfig`]. Every default lives in [`defaults`], each with the reason for it.
+//! No section and no `CSGATE_REDIS_URL` means a single instance, exactly as before.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+/// Every default of `[cluster]`, once.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// Prefix of every Redis key and channel, so several fleets can share one Redis.
+    pub const NAMESPACE: &str = "csgate";
+    /// How long a local entry may be served while the subscription is down: csgate
+    /// cannot hear other replicas' writes then, so this bounds how stale a read can be.
+    /// One second is the staleness a caller ringing back cannot notice.
+    pub const DEGRADED_TTL: Duration = Duration::from_secs(1);
+    /// Bound on every Redis operation. A Redis round trip on a LAN is ~0.2 ms; 50 ms
+    /// covers a busy Redis and still costs a miss less than an upstream request does.
+    pub const OP_TIMEOUT: Duration = Duration::from_millis(50);
+}
+
+/// Step 1: `[cluster]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCluster {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
+    pub redis_url: Option<String>,
+    /// Prefix of keys and channels.
+    pub namespace: Option<String>,
+    /// Store broad entries in Redis too (default: true when `redis_url` is set).
+    pub shared_cache: Option<bool>,
+    /// e.g. `"1s"`.
+    pub degraded_ttl: Option<String>,
+    /// e.g. `"50ms"`.
+    pub op_timeout: Option<String>,
+}
+
+/// Step 2: `[cluster]` validated.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `None`: a single instance, no Redis.
+    pub redis_url: Option<Url>,
+    pub namespace: String,
+    pub shared_cache: bool,
+    pub degraded_ttl: Duration,
+    pub op_timeout: Duration,
+}
+
+/// A `[cluster]` problem, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cluster.{key}: {message}")]
+pub struct ClusterConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ClusterConfigError {
+    ClusterConfigError {
+        key,
+        message: message.into(),
+    }
+}
+
+impl RawCluster {
+    /// Applies `CSGATE_REDIS_URL` from `vars` (pass `std::env::vars()`); precedence:
+    /// env over file, so one image can be pointed at a Redis without editing the file.
+    pub fn with_env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> RawCluster {
+        for (name, value) in vars {
+            if name == "CSGATE_REDIS_URL" && !value.trim().is_empty() {
+                self.redis_url = Some(value);
+            }
+        }
+        self
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig::try_from(RawCluster::default()).expect("the defaults are valid")
+    }
+}
+
+impl TryFrom<RawCluster> for ClusterConfig {
+    type Error = ClusterConfigError;
+
+    fn try_from(raw: RawCluster) -> Result<ClusterConfig, ClusterConfigError> {
+        let redis_url = raw.redis_url.as_deref().map(redis_url).transpose()?;
+        let namespace = raw
+            .namespace
+            .unwrap_or_else(|| defaults::NAMESPACE.to_owned());
+        if namespace.is_empty()
+            || !namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "namespace",
+                format!("'{namespace}' must be non-empty ASCII letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        let shared_cache = match (raw.shared_cache, &redis_url) {
+            (Some(true), None) => {
+                return Err(invalid("shared_cache", "needs cluster.redis_url"));
+            }
+            (Some(value), _) => value,
+            (None, url) => url.is_some(),
+        };
+        let degraded_ttl = duration("degraded_ttl", raw.degraded_ttl, defaults::DEGRADED_TTL)?;
+        let op_timeout = duration("op_timeout", raw.op_timeout, defaults::OP_TIMEOUT)?;
+        Ok(ClusterConfig {
+            redis_url,
+            namespace,
+            shared_cache,
+            degraded_ttl,
+            op_timeout,
+        })
+    }
+}
+
+fn duration(
+    key: &'static str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, ClusterConfigError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let value = humantime::parse_duration(text.trim())
+        .map_err(|e| invalid(key, format!("'{text}' is not a duration: {e}")))?;
+    if value.is_zero() {
+        return Err(invalid(key, "must be more than 0"));
+    }
+    Ok(value)
+}
+
+/// Parses a Redis URL; the error never repeats the URL, which may hold a password.
+fn redis_url(text: &str) -> Result<Url, ClusterConfigError> {
+    let url =
+        Url::parse(text.trim()).map_err(|e| invalid("redis_url", format!("not a URL ({e})")))?;
+    match url.scheme() {
+        "redis" | "rediss" => {}
+        other => {
+            return Err(invalid(
+                "redis_url",
+                format!("scheme '{other}' is not redis:// or rediss://"),
+            ))
+        }
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("redis_url", "has no host"));
+    }
+    Ok(url)
+}
+
+/// The URL with any password replaced, for logs and `/healthz`.
+pub fn redacted(url: &Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        // Setting a password on a URL that already has one cannot fail.
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &self.redis_url.as_ref().map(redacted))
+            .field("namespace", &self.namespace)
+            .field("shared_cache", &self.shared_cache)
+            .field("degraded_ttl", &self.degraded_ttl)
+            .field("op_timeout", &self.op_timeout)
+            .finish()
+    }
+}
+
+impl ClusterConfig {
+    /// True when a Redis is configured.
+    pub fn enabled(&self) -> bool {
+        self.redis_url.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<ClusterConfig, String> {
+        let raw: RawCluster = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        ClusterConfig::try_from(raw).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn no_section_is_a_single_instance_with_the_documented_defaults() {
+        let config = ClusterConfig::default();
+        assert_eq!(config.redis_url, None);
+        assert!(!config.enabled());
+        assert_eq!(config.namespace, "csgate");
+        assert!(!config.shared_cache);
+        assert_eq!(config.degraded_ttl, Duration::from_secs(1));
+        assert_eq!(config.op_timeout, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn a_redis_url_turns_the_shared_cache_on() {
+        let config = parse(r#"redis_url = "redis://10.0.0.5:6379/2""#).expect("valid");
+        assert!(config.enabled());
+        assert!(config.shared_cache);
+        let off = parse("redis_url = \"rediss://r:6380\"\nshared_cache = false").expect("valid");
+        assert!(!off.shared_cache);
+    }
+
+    #[test]
+    fn invalid_sections_name_the_key() {
+        let cases = [
+            (r#"redis_url = "http://r:6379""#, "cluster.redis_url"),
+            (r#"redis_url = "nonsense""#, "cluster.redis_url"),
+            ("shared_cache = true", "cluster.shared_cache"),
+            (r#"namespace = "a b""#, "cluster.namespace"),
+            (r#"namespace = """#, "cluster.namespace"),
+            (r#"degraded_ttl = "soon""#, "cluster.degraded_ttl"),
+            (r#"op_timeout = "0ms""#, "cluster.op_timeout"),
+            ("redis = 1", "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let error = parse(text).expect_err(text);
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_password_is_never_shown() {
+        let config = parse(r#"redis_url = "redis://app:s3cret@r:6379""#).expect("valid");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let error = parse(r#"redis_url = "ftp://app:s3cret@r""#).expect_err("scheme");
+        assert!(!error.contains("s3cret"), "{error}");
+    }
+
+    #[test]
+    fn the_env_overrides_the_file() {
+        let raw = RawCluster {
+            redis_url: Some("redis://file:6379".into()),
+            ..RawCluster::default()
+        }
+        .with_env([("CSGATE_REDIS_URL".to_owned(), "redis://env:6379".to_owned())]);
+        let config = ClusterConfig::try_from(raw).expect("valid");
+        assert_eq!(
+            config.redis_url.as_ref().and_then(Url::host_str),
+            Some("env")
+        );
+    }
+}

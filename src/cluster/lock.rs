@@ -1,0 +1,205 @@
+//! The fleet lock (fleet contract §3): `SET NX PX` on a cold key, so N replicas cold
+//! on one key send one upstream request; the others wait for the holder's entry in the
+//! shared tier, bounded by the fetch deadline, then fetch themselves. The lock's value
+//! is the replica id and a random token, it is released only by its owner
+//! (compare-and-delete), and it expires after `fetch_window` by itself, so a replica
+//! that dies holding it blocks no one for longer.
+
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use redis::Script;
+
+use super::conn::Conn;
+use super::keys;
+use super::shared::{Generation, SharedEntry, SharedLookup, SharedTier};
+use crate::cache::Key;
+
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// What [`SharedTier::coalesce`] produced.
+#[derive(Debug)]
+pub enum Coalesced<T> {
+    /// From the shared tier (directly, or after waiting for another replica's fetch).
+    Shared(SharedEntry),
+    /// This replica's own fetch.
+    Fetched(T),
+}
+
+impl SharedTier {
+    /// Tries to take the fleet lock of `key` for `fetch_window`.
+    pub async fn try_lock(&self, key: &Key) -> LockAttempt {
+        let name = self.names.lock(&keys::key_hash(key));
+        let token = format!("{}:{}", self.replica, uuid::Uuid::new_v4());
+        let ttl_ms = self.policy.fetch_window.as_millis() as u64;
+        let (lock_name, value) = (name.clone(), token.clone());
+        let reply = self
+            .conn
+            .run(|mut manager| async move {
+                redis::cmd("SET")
+                    .arg(lock_name)
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<Option<String>>(&mut manager)
+                    .await
+            })
+            .await;
+        match reply {
+            Ok(Some(_)) => LockAttempt::Acquired(FleetLock {
+                conn: Some(self.conn.clone()),
+                name,
+                token,
+            }),
+            Ok(None) => LockAttempt::Held,
+            Err(error) => {
+                tracing::debug!(%error, "fleet lock unavailable");
+                LockAttempt::Unavailable
+            }
+        }
+    }
+
+    /// Waits for another replica's fetch of `key` to land in the shared tier, until
+    /// `deadline`, or until its lock is gone without an entry (that fetch failed or was
+    /// not storable). Polls: 2 ms, doubling to 25 ms.
+    pub async fn wait_for(&self, key: &Key, deadline: Instant) -> Option<SharedEntry> {
+        let lock = self.names.lock(&keys::key_hash(key));
+        let mut pause = Duration::from_millis(2);
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                self.metrics.lock_wait("fallback");
+                return None;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+            if let Ok(SharedLookup::Hit(entry)) = self.lookup_raw(key).await {
+                self.metrics.lock_wait("filled");
+                return Some(entry);
+            }
+            let name = lock.clone();
+            let held = self
+                .conn
+                .run(|mut manager| async move {
+                    redis::cmd("EXISTS")
+                        .arg(name)
+                        .query_async::<i64>(&mut manager)
+                        .await
+                })
+                .await;
+            if !matches!(held, Ok(1)) {
+                // One last look: the holder stores, then releases.
+                if let Ok(SharedLookup::Hit(entry)) = self.lookup_raw(key).await {
+                    self.metrics.lock_wait("filled");
+                    return Some(entry);
+                }
+                self.metrics.lock_wait("fallback");
+                return None;
+            }
+        }
+    }
+
+    /// A cold local miss, fleet-wide: the shared entry if there is one; else, if this
+    /// replica takes the fleet lock (or Redis cannot say), `fetch` with the generation
+    /// to store under (the closure stores, so the lock is released after the store);
+    /// else waits for the holder's entry until `deadline`, then fetches itself.
+    pub async fn coalesce<T, F, Fut>(&self, key: &Key, deadline: Instant, fetch: F) -> Coalesced<T>
+    where
+        F: FnOnce(Option<Generation>) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let generation = match self.lookup(key).await {
+            SharedLookup::Hit(entry) => return Coalesced::Shared(entry),
+            SharedLookup::Miss(generation) => generation,
+        };
+        if generation.is_none() {
+            return Coalesced::Fetched(fetch(None).await);
+        }
+        match self.try_lock(key).await {
+            LockAttempt::Acquired(lock) => {
+                // The previous holder may have stored and released between the lookup
+                // and the lock: look again, or two replicas fetch one cold key.
+                if let SharedLookup::Hit(entry) = self.lookup(key).await {
+                    lock.release().await;
+                    return Coalesced::Shared(entry);
+                }
+                let fetched = fetch(generation).await;
+                lock.release().await;
+                Coalesced::Fetched(fetched)
+            }
+            LockAttempt::Unavailable => Coalesced::Fetched(fetch(generation).await),
+            LockAttempt::Held => match self.wait_for(key, deadline).await {
+                Some(entry) => Coalesced::Shared(entry),
+                None => Coalesced::Fetched(fetch(generation).await),
+            },
+        }
+    }
+}
+
+/// The result of [`SharedTier::try_lock`].
+#[derive(Debug)]
+pub enum LockAttempt {
+    Acquired(FleetLock),
+    /// Another replica is fetching.
+    Held,
+    /// Redis did not answer: fetch without coordination.
+    Unavailable,
+}
+
+/// A held fleet lock, released by its owner only (compare-and-delete). Dropping it
+/// without [`FleetLock::release`] releases it in the background.
+#[derive(Debug)]
+pub struct FleetLock {
+    conn: Option<Conn>,
+    name: String,
+    token: String,
+}
+
+impl FleetLock {
+    pub async fn release(mut self) {
+        if let Some(conn) = self.conn.take() {
+            release(
+                conn,
+                std::mem::take(&mut self.name),
+                std::mem::take(&mut self.token),
+            )
+            .await;
+        }
+    }
+}
+
+impl Drop for FleetLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (name, token) = (
+                    std::mem::take(&mut self.name),
+                    std::mem::take(&mut self.token),
+                );
+                runtime.spawn(release(conn, name, token));
+            }
+        }
+    }
+}
+
+async fn release(conn: Conn, name: String, token: String) {
+    let released = conn
+        .run(|mut manager| async move {
+            RELEASE_SCRIPT
+                .key(name)
+                .arg(token)
+                .invoke_async::<i64>(&mut manager)
+                .await
+        })
+        .await;
+    if let Err(error) = released {
+        tracing::debug!(%error, "fleet lock not released; it expires by itself");
+    }
+}

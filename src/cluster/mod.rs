@@ -1,0 +1,148 @@
+//! A fleet of replicas sharing one Redis (issue 11; fleet contract in
+//! `shared/spec/fleet.md`): the invalidation bus, the shared cache tier and the fleet
+//! lock. Optional: without `[cluster] redis_url` nothing here runs.
+//!
+//! - [`config`]: `[cluster]`, raw and validated, and `CSGATE_REDIS_URL`.
+//! - [`keys`]: names in Redis and the hashes of cache keys.
+//! - [`message`]: the versioned invalidation message.
+//! - [`conn`]: the command connection, every operation bounded by `op_timeout`.
+//! - [`apply`]: the bus's events applied to the local cache; the hit-path gate.
+//! - [`bus`]: publishing, and the subscriber with degraded mode and flush signals.
+//! - [`shared`]: the shared tier (generations, markers).
+//! - [`lock`]: the fleet lock and cold-miss coalescing across replicas.
+//! - [`metrics`]: Prometheus metrics, `csgate_cluster_*`.
+//!
+//! How the cache uses it (the hit path never touches Redis):
+//! - local miss → [`SharedTier::coalesce`] (lookup; fleet lock; wait or fetch; the
+//!   fetch closure calls [`SharedTier::store`] with the generation it was given);
+//! - local hit → serve only if [`Bus::may_serve`] (an atomic load);
+//! - write's 2xx → [`SharedTier::invalidate_local`], then
+//!   [`Bus::publish_invalidation`], then the local invalidation, then answer;
+//! - [`BusEvent::Invalidate`] → apply like a local write, then
+//!   [`ClusterMetrics::applied`] with [`Message::delay`];
+//!   [`BusEvent::Flush`] → drop every local entry.
+
+pub mod apply;
+pub mod bus;
+pub mod config;
+pub mod conn;
+pub mod keys;
+pub mod lock;
+pub mod message;
+pub mod metrics;
+pub mod shared;
+
+pub use apply::apply_to;
+pub use bus::{Bus, BusEvent, BusState, EventSink, FlushReason, PublishError};
+pub use config::{ClusterConfig, ClusterConfigError, RawCluster};
+pub use conn::{Conn, OpError};
+pub use lock::{Coalesced, FleetLock, LockAttempt};
+pub use message::{Message, Partition, ReplicaId, Scope};
+pub use metrics::ClusterMetrics;
+pub use shared::{Generation, SharedEntry, SharedLookup, SharedPolicy, SharedTier};
+
+use std::time::Duration;
+
+use keys::Names;
+
+/// A replica's cluster membership: the bus, and the shared tier when enabled.
+#[derive(Clone)]
+pub struct Cluster {
+    pub bus: Bus,
+    /// `None` with `shared_cache = false`.
+    pub shared: Option<SharedTier>,
+    pub metrics: ClusterMetrics,
+    /// The Redis URL with any password replaced (logs, `/healthz`).
+    pub redis: String,
+}
+
+impl Cluster {
+    /// Starts the bus (and the shared tier) for `config`; `None` without a
+    /// `redis_url`. Never waits for Redis: connections are made in the background, and
+    /// until the subscription is up the bus is degraded. Must run inside a runtime.
+    pub fn start(
+        config: &ClusterConfig,
+        policy: SharedPolicy,
+        metrics: ClusterMetrics,
+        on_event: EventSink,
+    ) -> Result<Option<Cluster>, ClusterConfigError> {
+        let Some(url) = &config.redis_url else {
+            return Ok(None);
+        };
+        let client = redis::Client::open(url.as_str()).map_err(|e| ClusterConfigError {
+            key: "redis_url",
+            // The error names the kind of problem; the URL (with its password) is not
+            // repeated.
+            message: format!("not a usable Redis URL ({:?})", e.kind()),
+        })?;
+        let names = Names::new(&config.namespace);
+        let conn = Conn::start(client.clone(), config.op_timeout);
+        let bus = Bus::start(
+            client,
+            conn.clone(),
+            &names,
+            config.degraded_ttl,
+            metrics.clone(),
+            on_event,
+        );
+        let shared = config
+            .shared_cache
+            .then(|| SharedTier::new(conn, names, policy, bus.id(), metrics.clone()));
+        tracing::info!(
+            redis = %config::redacted(url),
+            namespace = %config.namespace,
+            shared_cache = config.shared_cache,
+            "cluster on"
+        );
+        Ok(Some(Cluster {
+            bus,
+            shared,
+            metrics,
+            redis: config::redacted(url),
+        }))
+    }
+}
+
+impl Cluster {
+    /// What `/healthz` says about the fleet: the redacted URL and the subscription.
+    pub fn health(&self) -> serde_json::Value {
+        let state = *self.bus.state().borrow();
+        serde_json::json!({
+            "redis": self.redis,
+            "connected": state.connected,
+            "degraded_for_ms": state
+                .degraded_since
+                .map(|since| since.elapsed().as_millis() as u64),
+            "subscriptions": state.subscriptions,
+            "shared_cache": self.shared.is_some(),
+        })
+    }
+}
+
+/// Reconnect delays: 25 ms doubling to 500 ms, so a returning Redis is found again
+/// within half a second (the fleet must be coherent within 1 s of Redis returning).
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(25);
+    const MAX: Duration = Duration::from_millis(500);
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+}

@@ -1,0 +1,94 @@
+//! The fleet's part of the pipeline (issue 11), when `[cluster]` is on: a local miss
+//! asks the shared tier (and the fleet lock) before the upstream, and a write's 2xx is
+//! made known fleet-wide before the client hears it. Without a cluster both are the
+//! single-instance behaviour.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use super::lookup::BroadError;
+use super::Gateway;
+use crate::cache::{Cache, Fill, Invalidation, Key};
+use crate::cluster::{Coalesced, SharedTier};
+
+impl Gateway {
+    /// The shared tier, when this replica is in a fleet with `shared_cache`.
+    pub(super) fn shared_tier(&self) -> Option<SharedTier> {
+        self.inner.cluster.as_ref()?.shared.clone()
+    }
+
+    /// Applies a successful write: shared keys deleted (generations advanced), the
+    /// message published, then the local cache; the caller answers the client after.
+    /// Redis failing costs no client an error: the others flush on the sequence gap.
+    pub(super) async fn invalidate_write(
+        &self,
+        cache: &Cache,
+        invalidation: &Invalidation,
+        started_service_id: Option<&str>,
+    ) {
+        if let Some(cluster) = &self.inner.cluster {
+            if let Some(shared) = &cluster.shared {
+                if let Err(error) = shared
+                    .invalidate_local(invalidation, started_service_id)
+                    .await
+                {
+                    tracing::warn!(%error, "cluster: shared entries not invalidated");
+                }
+            }
+            // Logged by the bus.
+            let _ = cluster
+                .bus
+                .publish_invalidation(invalidation, started_service_id)
+                .await;
+        }
+        cache.invalidate(invalidation, started_service_id).await;
+    }
+}
+
+/// A local miss in a fleet: the shared entry, or the upstream's answer (fetched under
+/// the fleet lock, stored in the shared tier unless a write raced it). Runs inside the
+/// cache's single flight, so one replica asks Redis once per cold key.
+pub(super) async fn fleet_fill(
+    shared: Option<SharedTier>,
+    key: Key,
+    wait: Duration,
+    upstream: impl Future<Output = Result<Fill, BroadError>>,
+) -> Result<Fill, BroadError> {
+    let Some(shared) = shared else {
+        return upstream.await;
+    };
+    let deadline = Instant::now() + wait;
+    let (tier, at) = (&shared, &key);
+    let coalesced = shared
+        .coalesce(&key, deadline, |generation| async move {
+            let fill = upstream.await?;
+            if let (Some(generation), true) = (&generation, fill.storable) {
+                // Failures are counted by the tier; the answer is served anyway.
+                let _ = tier
+                    .store(
+                        at,
+                        generation,
+                        fill.broad.body(),
+                        &fill.service_ids,
+                        Duration::ZERO,
+                    )
+                    .await;
+            }
+            Ok(fill)
+        })
+        .await;
+    match coalesced {
+        Coalesced::Fetched(fetched) => fetched,
+        Coalesced::Shared(entry) => Ok(Fill {
+            broad: super::post_filter::parse(entry.body).map_err(BroadError::Gateway)?,
+            service_ids: entry.service_ids,
+            storable: true,
+            source: SHARED_SOURCE.into(),
+            fetch_time: Duration::ZERO,
+            age: entry.age,
+        }),
+    }
+}
+
+/// The access log's `upstream` for an answer the shared tier gave.
+const SHARED_SOURCE: &str = "redis";
