@@ -10,7 +10,8 @@
 //!   the upstream bytes (served), `filter` on a JSON tree (its oracle).
 //! - [`pipeline`]: the public request pipeline, one module per stage: `admit` → `route`
 //!   ([`routes`]) → `validate` → `lookup` → `forward` → `post_filter` → `respond` → `log`;
-//!   and `proxy` (transparent proxying). `forward` alone talks to [`upstream`].
+//!   `proxy` (transparent proxying); `fleet` (the shared tier around the cache's fetch,
+//!   publishing invalidations). `forward` alone talks to [`upstream`].
 //! - [`upstream`]: pooled client, health, retries, deadlines.
 //! - [`cache`]: the anonymous-lookup cache, a single-flight store on moka (`get_or_fetch`
 //!   runs the pipeline's fetch): keys, freshness, invalidation, the variant memo store.

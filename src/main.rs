@@ -19,8 +19,7 @@ use csgate::config::Overrides;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-// `about` is the package description: "A caching, validating gateway for the Genesys
-// Context Services API".
+// `about` is the package description.
 #[derive(Parser, Debug)]
 #[command(name = "csgate", version, about)]
 struct Cli {

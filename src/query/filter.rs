@@ -9,9 +9,7 @@
 
 use serde_json::{Map, Number, Value};
 
-use super::{
-    date, json_kind, Include, Lifecycle, Section, ServiceQuery, ServiceType, TypeMap, Window,
-};
+use super::{date, json_kind, Include, Lifecycle, Section, ServiceQuery, TypeMap, Window};
 
 /// The upstream body was not a JSON array of objects (or not a JSON object, for `parse_service`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -125,20 +123,7 @@ struct Matcher<'q> {
 
 impl<'q> Matcher<'q> {
     fn new(q: &'q ServiceQuery, types: &'q TypeMap) -> Matcher<'q> {
-        let mut type_ids = Vec::new();
-        let mut type_names = Vec::new();
-        for listed in &q.service_types {
-            match listed {
-                ServiceType::Id(id) => {
-                    type_ids.push(*id);
-                    type_names.extend(types.name_of(*id));
-                }
-                ServiceType::Name(name) => {
-                    type_names.push(name.as_str());
-                    type_ids.extend(types.id_of(name));
-                }
-            }
-        }
+        let (type_ids, type_names) = crate::query::listed_types(q, types);
         Matcher {
             q,
             types,

@@ -1,7 +1,7 @@
 //! Unit and property tests of the post-filter.
 
 use super::*;
-use crate::query::{ExtensionFilter, Extensions};
+use crate::query::{ExtensionFilter, Extensions, ServiceType};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::json;

@@ -7,7 +7,7 @@ use serde_json::{Number, Value};
 use super::index::{ServiceIndex, Tables};
 use super::scan::{decode_string, Scanner, Span};
 use crate::query::filter::Match;
-use crate::query::{date, Lifecycle, ServiceQuery, ServiceType, TypeMap, Window};
+use crate::query::{date, Lifecycle, ServiceQuery, TypeMap, Window};
 
 /// A query with its service types resolved through the map, ready to test many services.
 pub(super) struct Matcher<'q> {
@@ -19,20 +19,7 @@ pub(super) struct Matcher<'q> {
 
 impl<'q> Matcher<'q> {
     pub fn new(q: &'q ServiceQuery, types: &'q TypeMap) -> Matcher<'q> {
-        let mut type_ids = Vec::new();
-        let mut type_names = Vec::new();
-        for listed in &q.service_types {
-            match listed {
-                ServiceType::Id(id) => {
-                    type_ids.push(*id);
-                    type_names.extend(types.name_of(*id));
-                }
-                ServiceType::Name(name) => {
-                    type_names.push(name.as_str());
-                    type_ids.extend(types.id_of(name));
-                }
-            }
-        }
+        let (type_ids, type_names) = crate::query::listed_types(q, types);
         Matcher {
             q,
             types,
