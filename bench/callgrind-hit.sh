@@ -22,7 +22,7 @@ if [[ -z $CSGATE ]]; then
     (cd "$REPO" && cargo build --release --quiet --bin csgate)
     CSGATE="$BIN/csgate"
 fi
-cargo build --release --quiet --manifest-path "$HERE/tools/Cargo.toml"
+cargo build --release --quiet --manifest-path "$HERE/tools/Cargo.toml" --target-dir "$TARGET_DIR"
 
 TMP="$(mktemp -d /tmp/csgate-callgrind.XXXXXX)"
 PIDS=()

@@ -2,7 +2,7 @@
 # csgate benchmark: csgate vs nginx proxy_cache/proxy_pass vs a minimal hyper "floor",
 # on the same machine in the same run, systems alternating in rounds.
 #
-#   bench/run.sh [--quick] [--only hit,miss,rate,stampede,memory] [--note "text"]
+#   bench/run.sh [--quick] [--only hit,miss,miss40,deep,rate,stampede,memory] [--note "text"]
 #
 # CSGATE_BIN=/path/to/csgate benchmarks that binary instead of building this checkout
 # (e.g. to compare a change before committing it); the report names the binary.
@@ -19,7 +19,8 @@ set -euo pipefail
 # ----------------------------------------------------------------------------- settings
 MODE=full
 NOTE=""
-PHASES="hit,miss,rate,stampede,memory"
+ALL_PHASES="hit,miss,miss40,deep,rate,stampede,memory"
+PHASES=$ALL_PHASES
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) MODE=quick ;;
@@ -48,11 +49,10 @@ CONNECTIONS=64         # wrk connections
 RATE_CONNECTIONS=64    # constant-rate generator connections
 STAMPEDE=1000          # concurrent cold requests
 SLOW_MS=200            # upstream delay on the stampede key, so the requests overlap
-# Cache TTL of both csgate and nginx (csgate's default and the brief's nginx setting).
-# Rounds of the three systems outlast 30 s in full mode, so each hit round includes one
-# refresh of every entry (the "upstream req/round" column); BENCH_TTL=1h measures pure
-# hits instead.
-TTL="${BENCH_TTL:-30s}"
+# Cache TTL of both csgate and nginx. 1h: the hit path measures pure hits (the
+# "upstream req/round" column stays 0); BENCH_TTL=30s (csgate's default) makes every
+# hit round in full mode include one refresh of every entry.
+TTL="${BENCH_TTL:-1h}"
 TENANT="bench-tenant"
 SERVER_CPU=0           # the server under test
 LOAD_CPU=1             # load generator and fake upstream
@@ -186,6 +186,11 @@ for ((i = 0; i < KEYS; i++)); do
     echo "$C/$k/services/completed?completed_states=true&started_from=2024-01-01T00:00:00Z"
     echo "$C/$k/services?service_types=2&segment=silver"
 done | fixed_shuffle >"$TMP/miss.txt"
+# The same routes with a 40 KB answer (50 services; the fake upstream keys it on the
+# `big-` prefix), and a pass-through of attached data nested 1,000 levels (`deep-`):
+# no include flag, so the gateway's answer is the upstream's, byte for byte.
+sed 's|/customers/cust-|/customers/big-|' "$TMP/miss.txt" >"$TMP/miss40.txt"
+for ((i = 0; i < KEYS; i++)); do echo "$C/deep-$i/services"; done >"$TMP/deep.txt"
 HIT_URIS=$(wc -l <"$TMP/hit.txt")
 
 # wrk script: requests are formatted once in init, so Lua costs little per request.
@@ -330,6 +335,8 @@ pids_of() { case $1 in csgate) echo "$CSGATE_PID" ;; nginx) echo "$NGX_PIDS" ;; 
 
 # ------------------------------------------------------------------------------ meta
 ANON_BYTES=$(curl -s "http://127.0.0.1:$UP_PORT/genesys/1/cs/services/anonymous/size" | wc -c)
+CUST_BYTES=$(curl -s "http://127.0.0.1:$UP_PORT$C/size/services" | wc -c)
+BIG_BYTES=$(curl -s "http://127.0.0.1:$UP_PORT/__body/big" | wc -c)
 GIT_COMMIT=$(git -C "$REPO" rev-parse --short HEAD)
 GIT_DIRTY=false
 [[ -n $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock bench/tools) ]] && GIT_DIRTY=true
@@ -380,10 +387,29 @@ if phase hit; then
     done
 fi
 
-if phase miss; then
-    log "2. miss path: $ROUNDS rounds × ${DURATION}s, csgate / nginx"
+for miss in miss miss40; do
+    phase $miss || continue
+    log "2. miss path ($miss): $ROUNDS rounds × ${DURATION}s, csgate / nginx"
     for ((r = 1; r <= ROUNDS; r++)); do
-        for system in csgate nginx; do throughput miss "$TMP/miss.txt" "$system" "$r"; done
+        for system in csgate nginx; do throughput $miss "$TMP/$miss.txt" "$system" "$r"; done
+    done
+done
+
+if phase deep; then
+    # Correctness first: both systems must hand over the upstream's bytes unchanged.
+    curl -s "http://127.0.0.1:$UP_PORT/__body/deep" >"$TMP/deep.expected"
+    for system in csgate nginx; do
+        status=$(curl -s -o "$TMP/deep.$system" -w '%{http_code}' -H "ContactCenterId: $TENANT" \
+            "http://127.0.0.1:$(port_of $system)$C/deep-check/services")
+        same=false
+        cmp -s "$TMP/deep.expected" "$TMP/deep.$system" && same=true
+        emit "{\"kind\":\"check\",\"name\":\"deep\",\"system\":\"$system\",\"status\":$status,\"identical\":$same,\"bytes\":$(wc -c <"$TMP/deep.$system"),\"levels\":1000}"
+        log "deep pass-through $system: status $status, identical to the upstream's body: $same"
+        [[ $status == 200 && $same == true ]] || die "$system did not pass the 1,000-deep answer through"
+    done
+    log "2b. deep pass-through: $ROUNDS rounds × ${DURATION}s, csgate / nginx"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for system in csgate nginx; do throughput deep "$TMP/deep.txt" "$system" "$r"; done
     done
 fi
 
@@ -460,11 +486,11 @@ done
 
 # -------------------------------------------------------------------------- report
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
-emit "{\"kind\":\"meta\",\"mode\":\"$MODE\",\"date\":\"$STARTED\",\"commit\":\"$GIT_COMMIT\",\"dirty\":\"$GIT_DIRTY\",\"nproc\":$(nproc),\"cpu\":\"$(json_str "$CPU_MODEL")\",\"kernel\":\"$(uname -sr)\",\"loadavg_start\":\"$LOAD_START\",\"loadavg_end\":\"$LOAD_END\",\"nginx\":\"$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')\",\"wrk\":\"$(wrk -v 2>&1 | head -1 | awk '{ print $2 }')\",\"rustc\":\"$(rustc -V | awk '{ print $2 }')\",\"csgate_bin\":\"$(json_str "$CSGATE_BIN")\",\"phases\":\"$PHASES\",\"note\":\"$(json_str "$NOTE")\",\"rounds\":$ROUNDS,\"duration_s\":$DURATION,\"connections\":$CONNECTIONS,\"rate_connections\":$RATE_CONNECTIONS,\"keys\":$KEYS,\"variants\":$VARIANTS,\"hit_uris\":$HIT_URIS,\"slow_ms\":$SLOW_MS,\"ttl\":\"$TTL\",\"anonymous_body_bytes\":$ANON_BYTES,\"rate50\":$RATE50,\"rate80\":$RATE80}"
+emit "{\"kind\":\"meta\",\"mode\":\"$MODE\",\"date\":\"$STARTED\",\"commit\":\"$GIT_COMMIT\",\"dirty\":\"$GIT_DIRTY\",\"nproc\":$(nproc),\"cpu\":\"$(json_str "$CPU_MODEL")\",\"kernel\":\"$(uname -sr)\",\"loadavg_start\":\"$LOAD_START\",\"loadavg_end\":\"$LOAD_END\",\"nginx\":\"$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')\",\"wrk\":\"$(wrk -v 2>&1 | head -1 | awk '{ print $2 }')\",\"rustc\":\"$(rustc -V | awk '{ print $2 }')\",\"csgate_bin\":\"$(json_str "$CSGATE_BIN")\",\"phases\":\"$PHASES\",\"note\":\"$(json_str "$NOTE")\",\"rounds\":$ROUNDS,\"duration_s\":$DURATION,\"connections\":$CONNECTIONS,\"rate_connections\":$RATE_CONNECTIONS,\"keys\":$KEYS,\"variants\":$VARIANTS,\"hit_uris\":$HIT_URIS,\"slow_ms\":$SLOW_MS,\"ttl\":\"$TTL\",\"anonymous_body_bytes\":$ANON_BYTES,\"customer_body_bytes\":$CUST_BYTES,\"large_body_bytes\":$BIG_BYTES,\"rate50\":$RATE50,\"rate80\":$RATE80}"
 
 mkdir -p "$RESULTS"
 NAME="$MODE-$STAMP"
-[[ $PHASES == "hit,miss,rate,stampede,memory" ]] || NAME="$MODE-only-${PHASES//,/-}-$STAMP"
+[[ $PHASES == "$ALL_PHASES" ]] || NAME="$MODE-only-${PHASES//,/-}-$STAMP"
 cp "$RAW" "$RESULTS/raw-$NAME.jsonl"
 "$BIN/report" --raw "$RAW" --md "$RESULTS/$NAME.md" --svg "$RESULTS/$NAME.svg"
 sed -i "s/(latest.svg)/($NAME.svg)/" "$RESULTS/$NAME.md"

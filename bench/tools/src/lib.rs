@@ -107,6 +107,90 @@ pub mod body {
             CUSTOMER
         }
     }
+
+    /// A large customer answer: `count` services cycled from [`CUSTOMER`]'s three, each
+    /// with its own `service_id` (50 services are about 40 KB).
+    pub fn large(count: usize) -> String {
+        let services = split_services(CUSTOMER);
+        let mut out = String::from("[");
+        for i in 0..count {
+            if i > 0 {
+                out.push(',');
+            }
+            let service = services[i % services.len()];
+            let rest = service
+                .strip_prefix(r#"{"service_id":"#)
+                .and_then(|r| r.split_once(','))
+                .map(|(_, rest)| rest)
+                .expect("every CUSTOMER service starts with its service_id");
+            out.push_str(&format!(r#"{{"service_id":{},{rest}"#, 1_000_000 + i));
+        }
+        out.push(']');
+        out
+    }
+
+    /// One customer service whose attached data `x_deep` nests `levels` objects: the
+    /// gateway never looks inside attached data, so it must pass through unchanged.
+    pub fn deep(levels: usize) -> String {
+        format!(
+            r#"[{{"service_id":77,"service_type":1,"customer_id":"ABC1234","started":{{"timestamp":"2024-03-01T10:00:00.000Z"}},"x_deep":{}1{}}}]"#,
+            r#"{"d":"#.repeat(levels),
+            "}".repeat(levels)
+        )
+    }
+
+    /// The top-level objects of a JSON array of objects (no strings contain braces here
+    /// that are not balanced; quoted text is skipped anyway).
+    fn split_services(array: &str) -> Vec<&str> {
+        let bytes = array.as_bytes();
+        let (mut depth, mut start, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+        let mut out = Vec::new();
+        for (i, &b) in bytes.iter().enumerate() {
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' => {
+                    if depth == 0 {
+                        start = i;
+                    }
+                    depth += 1;
+                }
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        out.push(&array[start..=i]);
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn large_and_deep_answers_are_json_of_the_advertised_shape() {
+            let large: serde_json::Value = serde_json::from_str(&super::large(50)).unwrap();
+            let services = large.as_array().unwrap();
+            assert_eq!(services.len(), 50);
+            assert!((35_000..45_000).contains(&super::large(50).len()));
+            let ids: std::collections::HashSet<_> =
+                services.iter().map(|s| s["service_id"].clone()).collect();
+            assert_eq!(ids.len(), 50);
+            let deep = super::deep(1000);
+            assert_eq!(deep.matches(r#"{"d":"#).count(), 1000);
+            assert_eq!(deep.matches('{').count(), deep.matches('}').count());
+        }
+    }
 }
 
 /// An HTTP/1.1 connection to `addr` (`host:port`).

@@ -294,29 +294,30 @@ impl<'a> Scanner<'a> {
         self.pos += 1;
         let mut escaped = false;
         loop {
-            let rest = &self.buf[self.pos..];
-            let Some(i) = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            else {
-                self.pos = self.buf.len();
-                return Err(self.error("unterminated string"));
-            };
-            let chunk = &rest[..i];
-            if !chunk.is_ascii() && std::str::from_utf8(chunk).is_err() {
-                return Err(self.error("invalid UTF-8 in a string"));
-            }
-            self.pos += i;
-            match rest[i] {
-                b'"' => {
+            self.pos += plain_ascii_run(&self.buf[self.pos..]);
+            match self.buf.get(self.pos) {
+                None => return Err(self.error("unterminated string")),
+                Some(b'"') => {
                     self.pos += 1;
                     return Ok(escaped);
                 }
-                b'\\' => {
+                Some(b'\\') => {
                     escaped = true;
                     self.escape()?;
                 }
-                _ => return Err(self.error("control character in a string")),
+                Some(&b) if b >= 0x80 => {
+                    // Every byte of a multi-byte character is >= 0x80, so a run of them
+                    // is a sequence of whole characters when it is valid UTF-8.
+                    let run = self.buf[self.pos..]
+                        .iter()
+                        .position(|&b| b < 0x80)
+                        .unwrap_or(self.buf.len() - self.pos);
+                    if std::str::from_utf8(&self.buf[self.pos..self.pos + run]).is_err() {
+                        return Err(self.error("invalid UTF-8 in a string"));
+                    }
+                    self.pos += run;
+                }
+                Some(_) => return Err(self.error("control character in a string")),
             }
         }
     }
@@ -374,15 +375,55 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// The length of the leading run of bytes that a string passes over as they are: ASCII,
+/// neither `"` nor `\\` nor a control character. Eight bytes at a time (the classic
+/// "has zero byte" word tricks: a flag can be wrong only above a byte that is truly
+/// flagged, so the lowest flag is exact).
+pub(super) fn plain_ascii_run(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut i = 0;
+    while let Some(chunk) = s.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("an 8-byte slice"));
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        let stops = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (w.wrapping_sub(ONES * 0x20) & !w)
+            | w;
+        let stops = stops & HIGH;
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + s[i..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))
+        .unwrap_or(s.len() - i)
+}
+
 /// Do two keys of one object have the same bytes? Keys are compared as written, which is
 /// exact because a key with an escape already marks its service irregular.
 pub(super) fn has_duplicate(buf: &[u8], keys: &mut [Span]) -> bool {
+    // Two keys can be equal only if their lengths and first and last content bytes are;
+    // comparing that fingerprint first leaves the byte comparison to true candidates.
+    let fingerprint = |k: &Span| {
+        let bytes = k.of(buf);
+        let edge = |i: usize| u64::from(bytes.get(i).copied().unwrap_or(0));
+        (u64::from(k.end - k.start) << 16) | (edge(1) << 8) | edge(bytes.len().wrapping_sub(2))
+    };
     match keys.len() {
         0 | 1 => false,
-        2..=8 => (1..keys.len()).any(|i| {
-            let k = keys[i].of(buf);
-            keys[..i].iter().any(|j| j.of(buf) == k)
-        }),
+        n @ 2..=32 => {
+            let mut prints = [0u64; 32];
+            for (print, key) in prints.iter_mut().zip(keys.iter()) {
+                *print = fingerprint(key);
+            }
+            (1..n).any(|i| {
+                (0..i).any(|j| prints[j] == prints[i] && keys[j].of(buf) == keys[i].of(buf))
+            })
+        }
         _ => {
             // Sorting the frame's spans in place is fine: they are dropped after the check.
             keys.sort_unstable_by(|a, b| a.of(buf).cmp(b.of(buf)));

@@ -865,3 +865,23 @@ fn memo_or_render() {
         println!("{name}: render from index {best_render:.0} ns, memo lookup {best_memo:.0} ns");
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// The word-at-a-time string scan stops exactly where a byte-at-a-time one does,
+    /// whatever bytes follow (quotes, backslashes, controls and non-ASCII at every offset).
+    #[test]
+    fn the_word_scan_stops_where_the_byte_scan_does(
+        bytes in proptest::collection::vec(
+            prop_oneof![4 => 0x20u8..0x7f, 1 => any::<u8>(), 1 => Just(b'"'), 1 => Just(b'\\')],
+            0..40,
+        )
+    ) {
+        let naive = bytes
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x80).contains(&b))
+            .unwrap_or(bytes.len());
+        prop_assert_eq!(super::scan::plain_ascii_run(&bytes), naive);
+    }
+}

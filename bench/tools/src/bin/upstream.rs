@@ -6,6 +6,10 @@
 //! - `GET /__reset` zeroes both counters.
 //! - Requests whose path contains `--slow-marker` are answered after `--slow-ms`, so that
 //!   concurrent cold requests overlap (the stampede test).
+//! - Customer paths with an id starting `big-` get 50 services (about 40 KB,
+//!   [`body::large`]); with an id starting `deep-`, one service whose attached data nests
+//!   1,000 levels ([`body::deep`]). `GET /__body/big` and `/__body/deep` return them
+//!   uncounted, so the benchmark can compare what the gateway forwarded.
 //!
 //! Usage: `upstream --listen 127.0.0.1:PORT [--slow-marker stampede] [--slow-ms 200]`
 
@@ -44,6 +48,8 @@ fn main() {
         let marker: Arc<str> = Arc::from(marker);
         let anonymous = Bytes::from_static(body::ANONYMOUS.as_bytes());
         let customer = Bytes::from_static(body::CUSTOMER.as_bytes());
+        let large = Bytes::from(body::large(50));
+        let deep = Bytes::from(body::deep(1000));
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -51,12 +57,17 @@ fn main() {
             let _ = stream.set_nodelay(true);
             let counts = counts.clone();
             let marker = marker.clone();
-            let (anonymous, customer) = (anonymous.clone(), customer.clone());
+            let bodies = (
+                anonymous.clone(),
+                customer.clone(),
+                large.clone(),
+                deep.clone(),
+            );
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let counts = counts.clone();
                     let marker = marker.clone();
-                    let (anonymous, customer) = (anonymous.clone(), customer.clone());
+                    let (anonymous, customer, large, deep) = bodies.clone();
                     async move {
                         let path = request.uri().path();
                         let json = |text: String| {
@@ -72,6 +83,10 @@ fn main() {
                                 counts.marked.load(Ordering::SeqCst)
                             )));
                         }
+                        if let Some(name) = path.strip_prefix("/__body/") {
+                            let body = if name == "big" { large } else { deep };
+                            return Ok(Response::new(Full::new(body)));
+                        }
                         if path == "/__reset" {
                             counts.total.store(0, Ordering::SeqCst);
                             counts.marked.store(0, Ordering::SeqCst);
@@ -84,6 +99,10 @@ fn main() {
                         }
                         let body = if path.contains("/services/anonymous/") {
                             anonymous
+                        } else if path.contains("/customers/big-") {
+                            large
+                        } else if path.contains("/customers/deep-") {
+                            deep
                         } else {
                             customer
                         };
