@@ -427,6 +427,20 @@ impl Recv {
             return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
         }
 
+        // csgate patch (vendor/PATCHES.md): RFC 9113 §8.1 makes pseudo-header fields
+        // in trailers malformed, a stream error; `into_fields` would drop them unseen.
+        let pseudo = frame.pseudo();
+        if pseudo.method.is_some()
+            || pseudo.scheme.is_some()
+            || pseudo.authority.is_some()
+            || pseudo.path.is_some()
+            || pseudo.protocol.is_some()
+            || pseudo.status.is_some()
+        {
+            proto_err!(stream: "recv_trailers: pseudo-header in trailers; stream={:?};", stream.id);
+            return Err(Error::library_reset(stream.id, Reason::PROTOCOL_ERROR));
+        }
+
         let trailers = frame.into_fields();
 
         // Push the frame onto the stream's recv buffer
