@@ -63,6 +63,14 @@ pub(crate) use informational::OnInformational;
 #[cfg(all(feature = "http1", feature = "client", feature = "ffi"))]
 pub(crate) use informational::{on_informational_raw, OnInformationalCallback};
 
+// csgate patch: interim (1xx) responses from a server's service.
+#[cfg(all(feature = "server", any(feature = "http1", feature = "http2")))]
+mod interim;
+#[cfg(all(feature = "server", any(feature = "http1", feature = "http2")))]
+pub(crate) use interim::{channel as informational_channel, InformationalReceiver};
+#[cfg(all(feature = "server", any(feature = "http1", feature = "http2")))]
+pub use interim::{InformationalRefused, InformationalSender};
+
 #[cfg(feature = "http2")]
 /// Extension type representing the `:protocol` pseudo-header in HTTP/2.
 ///

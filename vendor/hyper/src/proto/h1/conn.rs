@@ -599,6 +599,34 @@ where
         self.io.has_buffered_write()
     }
 
+    /// csgate patch: room to buffer one more interim (1xx) response head; past 64 KiB
+    /// of unflushed head bytes the service's interim responses wait (and, queued past
+    /// their bound, are refused) until the peer reads.
+    pub(crate) fn can_write_informational(&mut self) -> bool {
+        self.can_write_head() && self.io.headers_buf().len() < 64 * 1024
+    }
+
+    /// csgate patch: writes an interim (1xx) response head ahead of the final one, as
+    /// `100 Continue` is written, leaving the writing state at `Init`. Only servers
+    /// queue these, and only for HTTP/1.1 requests.
+    pub(crate) fn write_informational(&mut self, interim: &http::Response<()>) {
+        debug_assert!(self.can_write_head());
+        let status = interim.status();
+        let buf = self.io.headers_buf();
+        buf.extend_from_slice(b"HTTP/1.1 ");
+        buf.extend_from_slice(status.as_str().as_bytes());
+        buf.push(b' ');
+        buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        buf.extend_from_slice(b"\r\n");
+        for (name, value) in interim.headers() {
+            buf.extend_from_slice(name.as_str().as_bytes());
+            buf.extend_from_slice(b": ");
+            buf.extend_from_slice(value.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
+        buf.extend_from_slice(b"\r\n");
+    }
+
     pub(crate) fn write_head(&mut self, head: MessageHead<T::Outgoing>, body: Option<BodyLength>) {
         if let Some(encoder) = self.encode_head(head, body) {
             self.state.writing = if !encoder.is_eof() {

@@ -40,6 +40,16 @@ pub(crate) trait Dispatch {
         -> crate::Result<()>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>>;
     fn should_poll(&self) -> bool;
+    /// csgate patch: the next interim (1xx) response the service sent, to be written
+    /// before its final head.
+    fn poll_informational(&mut self, _cx: &mut Context<'_>) -> Poll<http::Response<()>> {
+        Poll::Pending
+    }
+    /// csgate patch: the final head is next; returns what is still queued and refuses
+    /// later interim responses.
+    fn close_informational(&mut self) -> std::collections::VecDeque<http::Response<()>> {
+        std::collections::VecDeque::new()
+    }
 }
 
 cfg_server! {
@@ -48,6 +58,8 @@ cfg_server! {
     pub(crate) struct Server<S: HttpService<B>, B> {
         in_flight: Pin<Box<Option<S::Future>>>,
         pub(crate) service: S,
+        // csgate patch: the in-flight request's interim responses (HTTP/1.1 only).
+        informational: Option<crate::ext::InformationalReceiver>,
     }
 }
 
@@ -361,7 +373,17 @@ where
                 && self.conn.can_write_head()
                 && self.dispatch.should_poll()
             {
+                // csgate patch: interim responses go out while the final one is pending.
+                while self.conn.can_write_informational() {
+                    match self.dispatch.poll_informational(cx) {
+                        Poll::Ready(interim) => self.conn.write_informational(&interim),
+                        Poll::Pending => break,
+                    }
+                }
                 if let Some(msg) = ready!(Pin::new(&mut self.dispatch).poll_msg(cx)) {
+                    for interim in self.dispatch.close_informational() {
+                        self.conn.write_informational(&interim);
+                    }
                     let (head, body) = msg.map_err(crate::Error::new_user_service)?;
 
                     let body_type = if body.is_end_stream() {
@@ -572,6 +594,7 @@ cfg_server! {
             Server {
                 in_flight: Box::pin(None),
                 service,
+                informational: None,
             }
         }
 
@@ -626,6 +649,14 @@ cfg_server! {
             *req.headers_mut() = msg.headers;
             *req.version_mut() = msg.version;
             *req.extensions_mut() = msg.extensions;
+            // csgate patch: interim responses may go to an HTTP/1.1 client, never to an
+            // HTTP/1.0 one (RFC 9110 §15.2).
+            self.informational = None;
+            if msg.version == http::Version::HTTP_11 {
+                let (sender, receiver) = crate::ext::informational_channel();
+                req.extensions_mut().insert(sender);
+                self.informational = Some(receiver);
+            }
             let fut = self.service.call(req);
             self.in_flight.set(Some(fut));
             Ok(())
@@ -641,6 +672,20 @@ cfg_server! {
 
         fn should_poll(&self) -> bool {
             self.in_flight.is_some()
+        }
+
+        fn poll_informational(&mut self, cx: &mut Context<'_>) -> Poll<http::Response<()>> {
+            match &self.informational {
+                Some(receiver) => receiver.poll_recv(cx),
+                None => Poll::Pending,
+            }
+        }
+
+        fn close_informational(&mut self) -> std::collections::VecDeque<http::Response<()>> {
+            self.informational
+                .take()
+                .map(|receiver| receiver.close())
+                .unwrap_or_default()
         }
     }
 }

@@ -305,13 +305,18 @@ where
                             req.extensions_mut().insert(Protocol::from_inner(protocol));
                         }
 
-                        let fut = H2Stream::new(
+                        // csgate patch: the service may send interim responses.
+                        let (informational, receiver) = crate::ext::informational_channel();
+                        req.extensions_mut().insert(informational);
+
+                        let mut fut = H2Stream::new(
                             service.call(req),
                             connect_parts,
                             respond,
                             self.date_header,
                             exec.clone(),
                         );
+                        fut.informational = Some(receiver);
 
                         exec.execute_h2stream(fut);
                     }
@@ -369,6 +374,8 @@ pin_project! {
         state: H2StreamState<F, B>,
         date_header: bool,
         exec: E,
+        // csgate patch: interim responses the service sends before its final one.
+        informational: Option<crate::ext::InformationalReceiver>,
     }
 }
 
@@ -412,7 +419,20 @@ where
             state: H2StreamState::Service { fut, connect_parts },
             date_header,
             exec,
+            informational: None,
         }
+    }
+}
+
+/// csgate patch: sends each interim (1xx) response as a HEADERS frame without
+/// END_STREAM; one h2 refuses is logged and skipped, the final response still follows.
+fn send_informational<D: bytes::Buf>(
+    reply: &mut SendResponse<SendBuf<D>>,
+    mut interim: Response<()>,
+) {
+    super::strip_connection_headers(interim.headers_mut(), super::MessageKind::Response);
+    if let Err(_e) = reply.send_informational(interim) {
+        debug!("send informational response error: {}", _e);
     }
 }
 
@@ -446,8 +466,20 @@ where
                     fut: h,
                     connect_parts,
                 } => {
+                    if let Some(receiver) = me.informational.as_ref() {
+                        while let Poll::Ready(interim) = receiver.poll_recv(cx) {
+                            send_informational(me.reply, interim);
+                        }
+                    }
                     let res = match h.poll(cx) {
-                        Poll::Ready(Ok(r)) => r,
+                        Poll::Ready(Ok(r)) => {
+                            if let Some(receiver) = me.informational.take() {
+                                for interim in receiver.close() {
+                                    send_informational(me.reply, interim);
+                                }
+                            }
+                            r
+                        }
                         Poll::Pending => {
                             // Response is not yet ready, so we want to check if the client has sent a
                             // RST_STREAM frame which would cancel the current request.
