@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -41,6 +42,10 @@ pub struct InformationalSender {
 struct Shared {
     /// `None` once the final response head is on its way: nothing more is written.
     queue: Mutex<Option<VecDeque<http::Response<()>>>>,
+    /// Set (after the push, under the lock) when something was queued: the connection
+    /// polls every request, and almost none sends anything, so it checks this flag
+    /// instead of taking the lock.
+    queued: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -68,6 +73,7 @@ impl std::error::Error for InformationalRefused {}
 pub(crate) fn channel() -> (InformationalSender, InformationalReceiver) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Some(VecDeque::new())),
+        queued: AtomicBool::new(false),
         waker: AtomicWaker::new(),
     });
     (
@@ -97,6 +103,7 @@ impl InformationalSender {
                 Some(queue) if queue.len() < MAX_QUEUED => queue.push_back(response),
                 _ => return Err(InformationalRefused(response)),
             }
+            self.shared.queued.store(true, Ordering::Release);
         }
         self.shared.waker.wake();
         Ok(())
@@ -124,6 +131,9 @@ impl InformationalReceiver {
 
     /// The next queued interim response, if any.
     pub(crate) fn try_recv(&self) -> Option<http::Response<()>> {
+        if !self.shared.queued.load(Ordering::Acquire) {
+            return None;
+        }
         let mut queue = self
             .shared
             .queue
