@@ -253,6 +253,7 @@ async fn five_bad_bodies_a_second_for_ten_seconds_fail_no_legitimate_request() {
         business_attributes: BTreeMap::new(),
         sweep_interval: Duration::ZERO,
         max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
+        max_memory_bytes: csgate::config::defaults::STORE_MAX_MEMORY_BYTES,
     })
     .await;
     let seen = Seen::default();
