@@ -27,6 +27,7 @@ async fn start_store(dir: &std::path::Path, legacy: bool) -> store::TestStore {
         business_attributes: BTreeMap::new(),
         sweep_interval: Duration::ZERO,
         max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
+        max_memory_bytes: csgate::config::defaults::STORE_MAX_MEMORY_BYTES,
     })
     .await
 }

@@ -331,6 +331,7 @@ async fn the_store_names_what_it_creates_and_forbids_caching_but_for_query_lists
         business_attributes: BTreeMap::new(),
         sweep_interval: std::time::Duration::ZERO,
         max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
+        max_memory_bytes: csgate::config::defaults::STORE_MAX_MEMORY_BYTES,
     })
     .await;
     let base = format!("{}/genesys/1/cs", store.url());

@@ -45,6 +45,7 @@ fn config(db: &Path, legacy: bool) -> StoreConfig {
         business_attributes,
         sweep_interval: Duration::ZERO,
         max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
+        max_memory_bytes: csgate::config::defaults::STORE_MAX_MEMORY_BYTES,
     }
 }
 

@@ -133,3 +133,11 @@ pub const STORE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// The store's request body bound: the same 1 MiB the gateway allows, so a body the
 /// gateway lets through is never refused by the store behind it.
 pub const STORE_MAX_BODY_BYTES: usize = MAX_BODY_BYTES;
+/// SQLite's own memory (page caches, schema, statements, query scratch): 16 MiB keeps
+/// about SQLite's default page cache (2000 KiB for each of the five connections) but
+/// makes it a bound. `bench/flood.sh` over a store of 200,000 services: the store and
+/// runtime added 22.9 MiB to RSS at this value, 13.7 MiB at 2 MiB, so SQLite's share is
+/// about 9 MiB of it (bench/results/flood-20261129T103626Z.md, -104137Z.md).
+pub const STORE_MAX_MEMORY_BYTES: usize = 16 * 1024 * 1024;
+/// Below this every query would evict the pages the next one needs.
+pub const STORE_MIN_MEMORY_BYTES: usize = 1024 * 1024;

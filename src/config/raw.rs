@@ -101,6 +101,7 @@ pub(super) struct RawStore {
     pub db: Option<PathBuf>,
     pub legacy: Option<bool>,
     pub sweep_interval: Option<String>,
+    pub max_memory_bytes: Option<Size>,
 }
 
 /// A byte size: an integer, or a string such as `"8KiB"`, `"256MiB"`, `"1GiB"`, `"512B"`.

@@ -472,6 +472,8 @@ pub struct StoreSettings {
     pub db: PathBuf,
     pub legacy: bool,
     pub sweep_interval: Duration,
+    /// SQLite's heap limit, which also sizes every connection's page cache.
+    pub max_memory_bytes: usize,
 }
 
 impl StoreSettings {
@@ -484,16 +486,26 @@ impl StoreSettings {
             business_attributes: business_attributes.clone(),
             sweep_interval: self.sweep_interval,
             max_body_bytes: defaults::STORE_MAX_BODY_BYTES,
+            max_memory_bytes: self.max_memory_bytes,
         }
     }
 }
 
-/// `[store]`: the sweep interval positive.
+/// `[store]`: the sweep interval positive, the memory limit at least 1 MiB.
 impl TryFrom<RawStore> for StoreSettings {
     type Error = ConfigError;
 
     fn try_from(st: RawStore) -> Result<Self, ConfigError> {
+        let max_memory_bytes = size(
+            "store.max_memory_bytes",
+            st.max_memory_bytes,
+            defaults::STORE_MAX_MEMORY_BYTES,
+        )?;
+        if max_memory_bytes < defaults::STORE_MIN_MEMORY_BYTES {
+            return Err(invalid("store.max_memory_bytes", "must be at least 1MiB"));
+        }
         Ok(StoreSettings {
+            max_memory_bytes,
             db: st.db.unwrap_or_else(|| PathBuf::from(defaults::STORE_DB)),
             legacy: st.legacy.unwrap_or(defaults::STORE_LEGACY),
             sweep_interval: positive(

@@ -91,6 +91,10 @@ fn errors_name_the_key() {
             "cache.max_entry_bytes",
         ),
         ("[log]\nformat = \"xml\"", "log.format"),
+        (
+            "[store]\nmax_memory_bytes = \"512KiB\"",
+            "store.max_memory_bytes",
+        ),
         ("[cachee]\nttl = \"1s\"", "cachee"),
         (
             "[business_attributes.service_type]\nA = 1\nB = 1",

@@ -4,6 +4,11 @@
 //! are serialised without `SQLITE_BUSY` games and a per-service counter (state and task
 //! ids) can never hand out the same id twice. A small pool of read connections serves
 //! queries concurrently with it (WAL). All SQLite calls run on tokio's blocking pool.
+//!
+//! Memory is bounded by one setting, `[store] max_memory_bytes` (see [`Memory`]): it is
+//! SQLite's soft heap limit, and half of it is split between the connections' page
+//! caches. SQLite allocates with the C allocator, not Rust's, so this is the one bound
+//! that reaches it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -93,9 +98,41 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// (about thirty, with the state/task variants) stays compiled.
 const STATEMENT_CACHE: usize = 64;
 
+/// How SQLite's memory is bounded, from `[store] max_memory_bytes`.
+#[derive(Clone, Copy, Debug)]
+struct Memory {
+    /// `PRAGMA soft_heap_limit`: process-wide; past it SQLite frees page-cache pages
+    /// before allocating more (it never fails a query for it, unlike the hard limit).
+    soft_heap_limit: i64,
+    /// `PRAGMA cache_size` of every connection, negative as SQLite takes KiB: half the
+    /// limit over all connections, so the page caches together stay within half and the
+    /// rest covers schema, prepared statements and sorting.
+    cache_size: i64,
+}
+
+impl Memory {
+    fn new(max_memory_bytes: usize, connections: usize) -> Memory {
+        let bytes = i64::try_from(max_memory_bytes).unwrap_or(i64::MAX);
+        let per_connection_kib = bytes / 2 / 1024 / i64::try_from(connections.max(1)).unwrap_or(1);
+        Memory {
+            soft_heap_limit: bytes,
+            cache_size: -per_connection_kib.max(1),
+        }
+    }
+
+    /// The per-connection pragmas. `mmap_size = 0`: pages are read into the bounded page
+    /// cache, never mapped, so a large file does not become resident memory.
+    fn apply(self, conn: &Connection) -> Result<(), StoreError> {
+        conn.pragma_update(None, "cache_size", self.cache_size)?;
+        conn.pragma_update(None, "mmap_size", 0)?;
+        Ok(())
+    }
+}
+
 /// The store's connections. Cheap to share behind the store's `Arc`.
 pub struct Db {
     path: PathBuf,
+    memory: Memory,
     writer: Arc<tokio::sync::Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     /// One permit per pooled reader: holding a permit guarantees a connection (or the
@@ -104,23 +141,26 @@ pub struct Db {
 }
 
 impl Db {
-    /// Opens or creates the file, migrates the schema and opens `readers` read connections.
-    pub fn open(path: &Path, readers: usize) -> Result<Db, StoreError> {
+    /// Opens or creates the file, migrates the schema and opens `readers` read
+    /// connections, SQLite's memory bounded by `max_memory_bytes`.
+    pub fn open(path: &Path, readers: usize, max_memory_bytes: usize) -> Result<Db, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
                 path: parent.to_owned(),
                 source,
             })?;
         }
-        let mut writer = Connection::open(path)?;
-        configure_writer(&writer)?;
-        migrate(&mut writer)?;
         let readers = readers.max(1);
+        let memory = Memory::new(max_memory_bytes, readers + 1);
+        let mut writer = Connection::open(path)?;
+        configure_writer(&writer, memory)?;
+        migrate(&mut writer)?;
         let pool = (0..readers)
-            .map(|_| open_reader(path))
+            .map(|_| open_reader(path, memory))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Db {
             path: path.to_owned(),
+            memory,
             writer: Arc::new(tokio::sync::Mutex::new(writer)),
             readers: Arc::new(Mutex::new(pool)),
             reader_permits: Arc::new(Semaphore::new(readers)),
@@ -163,11 +203,12 @@ impl Db {
             .expect("the reader semaphore is never closed");
         let pool = self.readers.clone();
         let path = self.path.clone();
+        let memory = self.memory;
         tokio::task::spawn_blocking(move || {
             let pooled = pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
             let mut conn = match pooled {
                 Some(conn) => conn,
-                None => open_reader(&path)?,
+                None => open_reader(&path, memory)?,
             };
             let result = (|| {
                 let tx = conn.transaction().map_err(StoreError::from)?;
@@ -186,9 +227,16 @@ impl Db {
     }
 }
 
-fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+fn configure_writer(conn: &Connection, memory: Memory) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // Process-wide: set once, by the connection every store opens first.
+    let _: i64 = conn.query_row(
+        &format!("PRAGMA soft_heap_limit = {}", memory.soft_heap_limit),
+        [],
+        |row| row.get(0),
+    )?;
+    memory.apply(conn)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Corrupt(format!(
@@ -207,13 +255,14 @@ fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+fn open_reader(path: &Path, memory: Memory) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    memory.apply(&conn)?;
     conn.pragma_update(None, "query_only", true)?;
     Ok(conn)
 }
@@ -242,14 +291,38 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::defaults::STORE_MAX_MEMORY_BYTES as MEMORY;
+
+    /// The settings every connection reads back. The heap limit is process-wide and other
+    /// tests open stores concurrently, all with the default, so that is what this uses.
+    #[tokio::test]
+    async fn the_memory_bound_is_applied_to_every_connection() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::open(&dir.path().join("cs.db"), 4, MEMORY).expect("open");
+        let settings = |conn: &Connection| -> Result<[i64; 3], StoreError> {
+            let read = |pragma: &str| conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0));
+            Ok([
+                read("cache_size")?,
+                read("mmap_size")?,
+                read("soft_heap_limit")?,
+            ])
+        };
+        // 16 MiB: 8 MiB of page cache over 5 connections, 1638 KiB each (SQLite's own
+        // default is 2000 KiB per connection, and no heap limit at all).
+        let expected = [-1638, 0, 16 * 1024 * 1024];
+        assert_eq!(db.write(settings).await.expect("writer"), expected);
+        for _ in 0..4 {
+            assert_eq!(db.read(settings).await.expect("reader"), expected);
+        }
+    }
 
     #[test]
     fn migrations_run_once_and_record_the_version() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("nested/dir/cs.db");
-        let db = Db::open(&path, 1).expect("first open");
+        let db = Db::open(&path, 1, MEMORY).expect("first open");
         drop(db);
-        let db = Db::open(&path, 1).expect("second open does not re-run migrations");
+        let db = Db::open(&path, 1, MEMORY).expect("second open does not re-run migrations");
         drop(db);
         let conn = Connection::open(&path).expect("open");
         let version: i64 = conn
@@ -267,7 +340,7 @@ mod tests {
             .expect("set version");
         drop(conn);
         assert!(matches!(
-            Db::open(&path, 1),
+            Db::open(&path, 1, MEMORY),
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
     }

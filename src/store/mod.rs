@@ -62,6 +62,9 @@ pub struct StoreConfig {
     /// Largest request body accepted (`config::defaults::STORE_MAX_BODY_BYTES`);
     /// larger is 413.
     pub max_body_bytes: usize,
+    /// SQLite's memory bound (`[store] max_memory_bytes`): its heap limit, half of it
+    /// split between the connections' page caches.
+    pub max_memory_bytes: usize,
 }
 
 /// A cheap, cloneable handle on an open store.
@@ -88,7 +91,7 @@ struct Inner {
 impl Store {
     /// Opens (creating when needed) the database file and brings its schema up to date.
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
-        let db = db::Db::open(&config.db, READERS)?;
+        let db = db::Db::open(&config.db, READERS, config.max_memory_bytes)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 db,
