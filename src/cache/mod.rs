@@ -213,9 +213,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What one stored answer costs in memory: the body and its index, the key, and the bookkeeping
 /// the weigher would otherwise not see (moka's node and deque entries, the `Entry`,
 /// the owner and service-id index entries, allocator rounding). The constants were
-/// set from RSS measured by `bench/run.sh --only memory`.
+/// set from RSS measured by `bench/run.sh --only memory` (2.3 KB answers) and
+/// `bench/flood.sh` (unique keys with small or empty answers: 768 and 256 left the
+/// cache resident at 1.2 x its weighed bytes; 1,280 and 384 measured 0.95 x).
 fn entry_weight(key: &Key, entry: &Entry) -> usize {
-    const PER_ENTRY: usize = 768;
+    const PER_ENTRY: usize = 1280;
     const PER_SERVICE_ID: usize = 192;
     entry.broad.weight()
         + key.weight()
@@ -226,7 +228,7 @@ fn entry_weight(key: &Key, entry: &Entry) -> usize {
 
 /// One memoised variant: its bytes, its memo key and moka's node.
 fn variant_weight(query: &str, body: &Bytes) -> usize {
-    const PER_VARIANT: usize = 256;
+    const PER_VARIANT: usize = 384;
     body.len() + query.len() + PER_VARIANT
 }
 

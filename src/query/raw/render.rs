@@ -47,6 +47,11 @@ impl Broad {
             }
         }
         out.push(b']');
+        // The buffer was sized for the whole broad answer; a variant kept in the memo
+        // would hold that capacity while the cache counts only its length.
+        if out.capacity() - out.len() > out.len() / 4 {
+            out.shrink_to_fit();
+        }
         Rendered {
             body: Bytes::from(out),
             unparseable_timestamps,
