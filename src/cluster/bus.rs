@@ -7,24 +7,32 @@
 //! every sign of a lost message (a gap in an origin's sequence, a message this version
 //! cannot read) is a [`BusEvent::Flush`]: anything may have been missed.
 //!
-//! Locking: `seq` is a `tokio::sync::Mutex` held across the `PUBLISH` on purpose, so
-//! that messages leave in sequence order and receivers see a gap only when one was lost.
-//! Publishing is rare (one per write), and the whole call is bounded by `op_timeout`.
+//! A publish that fails (Redis gone, or just back and this replica's command connection
+//! not yet) must not leave the other replicas stale until this replica's next write: the
+//! message stays in the [`Outbox`] and a republisher task sends it as soon as Redis
+//! answers (backoff from 25 ms to 500 ms, and at once when this replica's own
+//! subscription comes back). Later messages queue behind it, so order is kept. The
+//! outbox is bounded: past [`MAX_PENDING`] messages they collapse into one that
+//! invalidates more (the writer's whole tenant, or everything).
+//!
+//! Locking: the outbox's `tokio::sync::Mutex` is held across the `PUBLISH`es on purpose,
+//! so that messages leave in sequence order and receivers see a gap only when one was
+//! lost. Publishing is rare (one per write), and every holder is bounded by `op_timeout`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::Client;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 
 use super::conn::{Conn, OpError};
-use super::keys::Names;
 use super::message::{now_us, Decoded, Message, Partition, ReplicaId, Scope, MESSAGE_VERSION};
 use super::metrics::{ClusterMetrics, OpOutcome};
+use super::shared::SharedTier;
 use super::Backoff;
 use crate::cache::Invalidation;
 
@@ -33,6 +41,10 @@ use crate::cache::Invalidation;
 const PING_EVERY: Duration = Duration::from_millis(500);
 /// How long a subscription attempt or a ping may take before the link counts as down.
 const LINK_TIMEOUT: Duration = Duration::from_millis(500);
+/// Messages a replica holds while Redis does not take them; one per write, so at a
+/// few hundred bytes each this bounds the outbox to well under a MiB. Past it they
+/// collapse into one broader message ([`Outbox::collapse`]).
+pub const MAX_PENDING: usize = 1024;
 
 /// What the subscriber hands the cache, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +82,10 @@ pub struct BusState {
     pub subscriptions: u64,
 }
 
-/// Why a publish did not reach Redis. The writer answers its client anyway: the other
-/// replicas will see a gap in this replica's sequence at its next message and flush.
+/// Why a publish did not reach Redis. The writer answers its client anyway: the bus
+/// keeps the message and publishes it as soon as Redis answers again (see [`Outbox`]).
 #[derive(Debug, thiserror::Error)]
-#[error("invalidation not published: {0}")]
+#[error("invalidation not published yet (kept to republish): {0}")]
 pub struct PublishError(#[from] pub OpError);
 
 /// Receives the bus's events; called from the subscriber task, in order. It should
@@ -89,16 +101,59 @@ pub struct Bus {
 
 struct Inner {
     shared: Arc<Shared>,
-    conn: Conn,
-    channel: String,
-    seq: Mutex<u64>,
+    outbox: Arc<Outbox>,
     subscriber: JoinHandle<()>,
+    republisher: JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.subscriber.abort();
+        self.republisher.abort();
     }
+}
+
+/// What [`Bus::start`] joins.
+pub struct Link {
+    /// For the subscription (a connection of its own).
+    pub client: Client,
+    /// For publishing.
+    pub conn: Conn,
+    /// The namespace's channel ([`Names::channel`](super::keys::Names::channel)).
+    pub channel: String,
+    /// This replica in the fleet (random per process).
+    pub id: ReplicaId,
+    /// The shared tier, whose entries a message's invalidation reaches first.
+    pub tier: Option<SharedTier>,
+}
+
+/// This replica's messages on their way out: the sequence, and those not yet taken
+/// by Redis, in order. Delivering one is two steps, each retried until done: the shared
+/// tier's entries it concerns made unservable, then the `PUBLISH` (fleet contract §2).
+struct Outbox {
+    conn: Conn,
+    channel: String,
+    tier: Option<SharedTier>,
+    queue: Mutex<Queue>,
+    /// Signalled when a publish leaves messages behind (a permit is kept if the
+    /// republisher is not waiting yet).
+    failed: Notify,
+    metrics: ClusterMetrics,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// The sequence number of the last message made.
+    last_seq: u64,
+    pending: VecDeque<Held>,
+}
+
+/// A message not yet delivered.
+#[derive(Debug)]
+struct Held {
+    message: Message,
+    /// Its shared-tier invalidation is done (or there is no shared tier).
+    shared_done: bool,
 }
 
 /// What the subscriber task and the handles share.
@@ -111,12 +166,10 @@ struct Shared {
 }
 
 impl Bus {
-    /// Starts the subscriber on `client` (its own connection) and publishes through
-    /// `conn`. Starts degraded until the first subscription is made.
+    /// Starts the subscriber on `link.client` (its own connection) and publishes
+    /// through `link.conn`. Starts degraded until the first subscription is made.
     pub fn start(
-        client: Client,
-        conn: Conn,
-        names: &Names,
+        link: Link,
         degraded_ttl: Duration,
         metrics: ClusterMetrics,
         on_event: EventSink,
@@ -128,26 +181,36 @@ impl Bus {
         });
         metrics.set_connected(false);
         let shared = Arc::new(Shared {
-            id: ReplicaId::random(),
+            id: link.id,
             degraded: AtomicBool::new(true),
             degraded_ttl,
             state,
             metrics,
         });
-        let channel = names.channel();
+        let outbox = Arc::new(Outbox {
+            conn: link.conn,
+            channel: link.channel.clone(),
+            tier: link.tier,
+            queue: Mutex::new(Queue::default()),
+            failed: Notify::new(),
+            metrics: shared.metrics.clone(),
+        });
+        let republisher = tokio::spawn(republish_loop(
+            Arc::clone(&outbox),
+            shared.state.subscribe(),
+        ));
         let subscriber = tokio::spawn(subscribe_loop(
-            client,
-            channel.clone(),
+            link.client,
+            link.channel,
             Arc::clone(&shared),
             on_event,
         ));
         Bus {
             inner: Arc::new(Inner {
                 shared,
-                conn,
-                channel,
-                seq: Mutex::new(0),
+                outbox,
                 subscriber,
+                republisher,
             }),
         }
     }
@@ -191,40 +254,37 @@ impl Bus {
         }
     }
 
-    /// Publishes one invalidation, bounded by `op_timeout` (waiting for the sequence
-    /// lock included). Returns the message as sent.
+    /// Delivers one invalidation: the shared entries it concerns made unservable, then
+    /// the message published, after any message still held from an earlier failure;
+    /// bounded by `op_timeout` (waiting for the outbox included). Returns the message
+    /// as sent; on an error it is held and delivered when Redis answers again.
     pub async fn publish(
         &self,
         partition: Partition,
         scope: Scope,
     ) -> Result<Message, PublishError> {
         let inner = &self.inner;
+        let outbox = &inner.outbox;
         let sending = async {
-            let mut seq = inner.seq.lock().await;
-            *seq += 1;
+            let mut queue = outbox.queue.lock().await;
+            queue.last_seq += 1;
             let message = Message {
                 v: MESSAGE_VERSION,
                 origin: inner.shared.id,
-                seq: *seq,
+                seq: queue.last_seq,
                 sent_at_us: now_us(),
                 partition,
                 scope,
             };
-            let payload = message.encode();
-            let channel = inner.channel.clone();
-            inner
-                .conn
-                .run(|mut manager| async move {
-                    redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(payload)
-                        .query_async::<i64>(&mut manager)
-                        .await
-                })
-                .await?;
+            queue.push(Held {
+                message: message.clone(),
+                shared_done: outbox.tier.is_none(),
+            });
+            outbox.metrics.set_pending(queue.pending.len());
+            outbox.drain(&mut queue).await?;
             Ok::<Message, OpError>(message)
         };
-        let result = match tokio::time::timeout(inner.conn.op_timeout(), sending).await {
+        let result = match tokio::time::timeout(outbox.conn.op_timeout(), sending).await {
             Ok(result) => result,
             Err(_) => Err(OpError::Timeout),
         };
@@ -233,9 +293,133 @@ impl Bus {
             .map_or_else(OpError::outcome, |_| OpOutcome::Ok);
         inner.shared.metrics.published(outcome);
         if let Err(error) = &result {
-            tracing::warn!(%error, "invalidation not published; other replicas will flush");
+            outbox.failed.notify_one();
+            tracing::warn!(%error, "invalidation not published; kept to republish");
         }
         Ok(result?)
+    }
+
+    /// Messages held to republish (failed publishes not yet taken by Redis).
+    pub async fn pending(&self) -> usize {
+        self.inner.outbox.queue.lock().await.pending.len()
+    }
+}
+
+impl Queue {
+    /// Queues a message; past [`MAX_PENDING`], collapses the queue.
+    fn push(&mut self, held: Held) {
+        self.pending.push_back(held);
+        if self.pending.len() > MAX_PENDING {
+            self.collapse();
+        }
+    }
+
+    /// Replaces the queue by one message that invalidates at least as much: the whole
+    /// tenant when every message stays in one tenant partition, else everything. It
+    /// takes the first held sequence number (the sequence continues from there, so
+    /// receivers see no gap), and the first one's time, so the delay metric shows how
+    /// long the fleet went without it.
+    fn collapse(&mut self) {
+        let Some(first) = self.pending.front() else {
+            return;
+        };
+        let partition = first.message.partition.clone();
+        let one_tenant = self.pending.iter().all(|held| {
+            held.message.partition == partition && held.message.scope.within_partition()
+        });
+        let (partition, scope) = if one_tenant {
+            (partition, Scope::WholeTenant)
+        } else {
+            (Partition::default(), Scope::Everything)
+        };
+        let collapsed = Held {
+            message: Message {
+                partition,
+                scope,
+                ..first.message.clone()
+            },
+            shared_done: self.pending.iter().all(|held| held.shared_done),
+        };
+        tracing::warn!(
+            held = self.pending.len(),
+            scope = ?collapsed.message.scope,
+            "too many invalidations held while Redis is away: collapsed into one"
+        );
+        self.last_seq = collapsed.message.seq;
+        self.pending.clear();
+        self.pending.push_back(collapsed);
+    }
+}
+
+impl Outbox {
+    /// Delivers the held messages in order (shared tier, then `PUBLISH`), removing
+    /// each once Redis took it; stops at the first failure. Cancel-safe: a message cancelled mid-`PUBLISH` stays held
+    /// (it may then arrive twice; receivers apply a repeat without flushing).
+    async fn drain(&self, queue: &mut Queue) -> Result<(), OpError> {
+        while let Some(held) = queue.pending.front_mut() {
+            if !held.shared_done {
+                if let Some(tier) = &self.tier {
+                    tier.invalidate(&held.message.partition, &held.message.scope)
+                        .await?;
+                }
+                held.shared_done = true;
+            }
+            let payload = held.message.encode();
+            let channel = self.channel.clone();
+            self.conn
+                .run(|mut manager| async move {
+                    redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(payload)
+                        .query_async::<i64>(&mut manager)
+                        .await
+                })
+                .await?;
+            queue.pending.pop_front();
+            self.metrics.set_pending(queue.pending.len());
+        }
+        Ok(())
+    }
+}
+
+/// Sends what failed publishes left in the outbox, as soon as Redis answers: retries
+/// with backoff (25 ms doubling to 500 ms), and at once when this replica's own
+/// subscription is made again (Redis is back).
+async fn republish_loop(outbox: Arc<Outbox>, mut state: watch::Receiver<BusState>) {
+    loop {
+        outbox.failed.notified().await;
+        let mut backoff = Backoff::default();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                changed = state.wait_for(|s| s.connected) => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            let mut queue = outbox.queue.lock().await;
+            let held = queue.pending.len();
+            let drained =
+                tokio::time::timeout(outbox.conn.op_timeout(), outbox.drain(&mut queue)).await;
+            let sent = held - queue.pending.len();
+            outbox.metrics.republished(sent as u64);
+            if queue.pending.is_empty() {
+                if sent > 0 {
+                    tracing::info!(messages = sent, "held invalidations republished");
+                }
+                break;
+            }
+            drop(queue);
+            if let Ok(Err(error)) = drained {
+                tracing::debug!(%error, "republishing held invalidations failed");
+            }
+            if state.borrow().connected {
+                // Subscribed but the command connection is not: wait for the backoff,
+                // not for a change of subscription state that already happened.
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
     }
 }
 
@@ -334,21 +518,127 @@ fn handle(
         Decoded::Message(message) if message.origin == shared.id => {}
         Decoded::Message(message) => {
             shared.metrics.received();
-            if let Some(last) = last_seq.insert(message.origin, message.seq) {
-                if message.seq != last + 1 {
-                    on_event(BusEvent::Flush(FlushReason::SequenceGap {
-                        origin: message.origin,
-                        last,
-                        got: message.seq,
-                    }));
-                }
+            let seen = last_seq.entry(message.origin).or_insert(message.seq);
+            // A repeat (a republished message whose first publish did reach Redis)
+            // is applied again, harmlessly; only a jump means a message was lost.
+            if message.seq > *seen + 1 {
+                on_event(BusEvent::Flush(FlushReason::SequenceGap {
+                    origin: message.origin,
+                    last: *seen,
+                    got: message.seq,
+                }));
             }
+            *seen = (*seen).max(message.seq);
             on_event(BusEvent::Invalidate(message));
         }
         Decoded::Unreadable { origin } if origin == Some(shared.id) => {}
         Decoded::Unreadable { origin } => {
             shared.metrics.received();
             on_event(BusEvent::Flush(FlushReason::Unreadable { origin }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn message(seq: u64, tenant: Option<&'static str>, scope: Scope) -> Message {
+        Message {
+            v: MESSAGE_VERSION,
+            origin: ReplicaId(uuid::Uuid::nil()),
+            seq,
+            sent_at_us: seq * 1000,
+            partition: Partition {
+                contact_center_id: tenant.map(|t| Bytes::from_static(t.as_bytes())),
+                group_id: None,
+            },
+            scope,
+        }
+    }
+
+    fn start(contact_key: &str) -> Scope {
+        Scope::Touched {
+            contact_keys: vec![contact_key.into()],
+            customer_ids: Vec::new(),
+            service_ids: vec!["42".into()],
+        }
+    }
+
+    fn service(id: &str) -> Scope {
+        Scope::Touched {
+            contact_keys: Vec::new(),
+            customer_ids: Vec::new(),
+            service_ids: vec![id.into()],
+        }
+    }
+
+    /// Fills a queue from sequence 10 on, as `publish` does.
+    fn queued(scopes: impl IntoIterator<Item = (Option<&'static str>, Scope)>) -> Queue {
+        let mut queue = Queue {
+            last_seq: 9,
+            pending: VecDeque::new(),
+        };
+        for (tenant, scope) in scopes {
+            queue.last_seq += 1;
+            let seq = queue.last_seq;
+            queue.push(Held {
+                message: message(seq, tenant, scope),
+                shared_done: seq % 2 == 0,
+            });
+        }
+        queue
+    }
+
+    #[test]
+    fn the_outbox_keeps_order_up_to_its_bound() {
+        let queue = queued((0..MAX_PENDING).map(|i| (Some("t1"), start(&i.to_string()))));
+        assert_eq!(queue.pending.len(), MAX_PENDING);
+        let seqs: Vec<u64> = queue.pending.iter().map(|h| h.message.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+        assert_eq!(queue.last_seq, 9 + MAX_PENDING as u64);
+    }
+
+    #[test]
+    fn an_overflowing_outbox_collapses_into_one_broader_message() {
+        // (what was held, what it collapses into)
+        let cases = [
+            (
+                vec![(Some("t1"), start("1"))],
+                Some("t1"),
+                Scope::WholeTenant,
+            ),
+            (
+                vec![(Some("t1"), Scope::WholeTenant)],
+                Some("t1"),
+                Scope::WholeTenant,
+            ),
+            // Another tenant, a bare service id or a purge of everything reach further.
+            (vec![(Some("t2"), start("1"))], None, Scope::Everything),
+            (vec![(None, service("42"))], None, Scope::Everything),
+            (vec![(Some("t1"), Scope::PurgeAll)], None, Scope::Everything),
+        ];
+        for (extra, tenant, scope) in cases {
+            let held = (0..MAX_PENDING)
+                .map(|i| (Some("t1"), start(&i.to_string())))
+                .chain(extra.clone());
+            let queue = queued(held);
+            assert_eq!(queue.pending.len(), 1, "{extra:?}");
+            // Some shared invalidations were not done: the collapsed one still owes it.
+            assert!(!queue.pending[0].shared_done);
+            let collapsed = &queue.pending[0].message;
+            assert_eq!(
+                (
+                    collapsed.partition.contact_center_id.as_deref(),
+                    &collapsed.scope
+                ),
+                (tenant.map(str::as_bytes), &scope),
+                "{extra:?}"
+            );
+            // It takes the first held number and time; the sequence goes on from it.
+            assert_eq!((collapsed.seq, collapsed.sent_at_us), (10, 10_000));
+            assert_eq!(queue.last_seq, 10);
         }
     }
 }

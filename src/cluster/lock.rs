@@ -13,7 +13,7 @@ use redis::Script;
 
 use super::conn::Conn;
 use super::keys;
-use super::shared::{Generation, SharedEntry, SharedLookup, SharedTier};
+use super::shared::{Generation, Looked, SharedEntry, SharedLookup, SharedTier};
 use crate::cache::Key;
 
 static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
@@ -80,7 +80,7 @@ impl SharedTier {
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(25));
-            if let Ok(SharedLookup::Hit(entry)) = self.lookup_raw(key).await {
+            if let Ok(Looked::Hit(entry)) = self.lookup_raw(key).await {
                 self.metrics.lock_wait("filled");
                 return Some(entry);
             }
@@ -96,7 +96,7 @@ impl SharedTier {
                 .await;
             if !matches!(held, Ok(1)) {
                 // One last look: the holder stores, then releases.
-                if let Ok(SharedLookup::Hit(entry)) = self.lookup_raw(key).await {
+                if let Ok(Looked::Hit(entry)) = self.lookup_raw(key).await {
                     self.metrics.lock_wait("filled");
                     return Some(entry);
                 }
