@@ -168,8 +168,27 @@ async fn a_thousand_cold_requests_over_three_replicas_make_one_upstream_request(
         }
     }
     upstream.release();
+    let mut answers = Vec::new();
     for request in requests {
-        let answer = request.await.expect("request task");
+        answers.push(request.await.expect("request task"));
+    }
+    // A resubscription flushes the cache and detaches the fetch in flight (messages
+    // may have been missed), so later requests fetch again: say so if one happened.
+    for replica in &replicas {
+        let health = get(&replica.admin_url("/healthz")).await.json();
+        let metrics = get(&replica.admin_url("/metrics")).await.text();
+        let fleet: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("csgate_cluster_lock") || l.starts_with("csgate_cluster_shared")
+            })
+            .collect();
+        eprintln!(
+            "subscriptions: {}; {fleet:?}",
+            health["cluster"]["subscriptions"]
+        );
+    }
+    for answer in answers {
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
     assert_eq!(upstream.count(), 1, "upstream requests for one cold key");

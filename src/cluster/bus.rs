@@ -15,9 +15,12 @@
 //! outbox is bounded: past [`MAX_PENDING`] messages they collapse into one that
 //! invalidates more (the writer's whole tenant, or everything).
 //!
-//! Locking: the outbox's `tokio::sync::Mutex` is held across the `PUBLISH`es on purpose,
-//! so that messages leave in sequence order and receivers see a gap only when one was
-//! lost. Publishing is rare (one per write), and every holder is bounded by `op_timeout`.
+//! Locking: a message is queued under the outbox's `std::sync::Mutex` (held for queue
+//! operations only, never across an `.await`), so a write's message is always queued,
+//! however busy Redis is. Delivery takes the outbox's `tokio::sync::Mutex` across the
+//! Redis calls on purpose, so that messages leave in sequence order and receivers see
+//! a gap only when one was lost; every holder is bounded (the writer by
+//! [`Outbox::write_bound`]). Publishing is rare: one per write.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -134,7 +137,9 @@ struct Outbox {
     conn: Conn,
     channel: String,
     tier: Option<SharedTier>,
-    queue: Mutex<Queue>,
+    queue: std::sync::Mutex<Queue>,
+    /// Held by whoever is delivering, so that messages leave in order.
+    delivery: Mutex<()>,
     /// Signalled when a publish leaves messages behind (a permit is kept if the
     /// republisher is not waiting yet).
     failed: Notify,
@@ -145,15 +150,21 @@ struct Outbox {
 struct Queue {
     /// The sequence number of the last message made.
     last_seq: u64,
+    /// Counts messages made, never reused (a collapse reuses sequence numbers): a
+    /// writer's message is delivered once `delivered` reaches its ticket.
+    last_ticket: u64,
+    delivered: u64,
     pending: VecDeque<Held>,
 }
 
 /// A message not yet delivered.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Held {
     message: Message,
     /// Its shared-tier invalidation is done (or there is no shared tier).
     shared_done: bool,
+    /// The highest ticket it stands for (more than one after a collapse).
+    ticket: u64,
 }
 
 /// What the subscriber task and the handles share.
@@ -191,7 +202,8 @@ impl Bus {
             conn: link.conn,
             channel: link.channel.clone(),
             tier: link.tier,
-            queue: Mutex::new(Queue::default()),
+            queue: std::sync::Mutex::new(Queue::default()),
+            delivery: Mutex::new(()),
             failed: Notify::new(),
             metrics: shared.metrics.clone(),
         });
@@ -256,8 +268,9 @@ impl Bus {
 
     /// Delivers one invalidation: the shared entries it concerns made unservable, then
     /// the message published, after any message still held from an earlier failure;
-    /// bounded by `op_timeout` (waiting for the outbox included). Returns the message
-    /// as sent; on an error it is held and delivered when Redis answers again.
+    /// bounded by [`Outbox::write_bound`] (waiting for another delivery included).
+    /// Returns the message as made; on an error it is held and delivered when Redis
+    /// answers again.
     pub async fn publish(
         &self,
         partition: Partition,
@@ -265,9 +278,10 @@ impl Bus {
     ) -> Result<Message, PublishError> {
         let inner = &self.inner;
         let outbox = &inner.outbox;
-        let sending = async {
-            let mut queue = outbox.queue.lock().await;
+        let (message, ticket) = {
+            let mut queue = outbox.lock_queue();
             queue.last_seq += 1;
+            queue.last_ticket += 1;
             let message = Message {
                 v: MESSAGE_VERSION,
                 origin: inner.shared.id,
@@ -276,32 +290,41 @@ impl Bus {
                 partition,
                 scope,
             };
+            let ticket = queue.last_ticket;
             queue.push(Held {
                 message: message.clone(),
                 shared_done: outbox.tier.is_none(),
+                ticket,
             });
             outbox.metrics.set_pending(queue.pending.len());
-            outbox.drain(&mut queue).await?;
-            Ok::<Message, OpError>(message)
+            (message, ticket)
         };
-        let result = match tokio::time::timeout(outbox.conn.op_timeout(), sending).await {
+        let mut sent = 0;
+        let delivering = outbox.deliver(&mut sent);
+        let result = match tokio::time::timeout(outbox.write_bound(), delivering).await {
             Ok(result) => result,
             Err(_) => Err(OpError::Timeout),
         };
+        // Another delivery (the republisher's) may have taken it while this one waited.
+        let result = match result {
+            Err(_) if outbox.lock_queue().delivered >= ticket => Ok(()),
+            other => other,
+        };
         let outcome = result
             .as_ref()
-            .map_or_else(OpError::outcome, |_| OpOutcome::Ok);
+            .map_or_else(OpError::outcome, |()| OpOutcome::Ok);
         inner.shared.metrics.published(outcome);
         if let Err(error) = &result {
             outbox.failed.notify_one();
             tracing::warn!(%error, "invalidation not published; kept to republish");
         }
-        Ok(result?)
+        result?;
+        Ok(message)
     }
 
     /// Messages held to republish (failed publishes not yet taken by Redis).
-    pub async fn pending(&self) -> usize {
-        self.inner.outbox.queue.lock().await.pending.len()
+    pub fn pending(&self) -> usize {
+        self.inner.outbox.lock_queue().pending.len()
     }
 }
 
@@ -339,6 +362,12 @@ impl Queue {
                 ..first.message.clone()
             },
             shared_done: self.pending.iter().all(|held| held.shared_done),
+            ticket: self
+                .pending
+                .iter()
+                .map(|held| held.ticket)
+                .max()
+                .unwrap_or(0),
         };
         tracing::warn!(
             held = self.pending.len(),
@@ -352,19 +381,43 @@ impl Queue {
 }
 
 impl Outbox {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long a writer waits for its message to be delivered: one `op_timeout` per
+    /// Redis operation it needs (the shared tier's, then the `PUBLISH`).
+    fn write_bound(&self) -> Duration {
+        let operations = if self.tier.is_some() { 2 } else { 1 };
+        self.conn.op_timeout() * operations
+    }
+
     /// Delivers the held messages in order (shared tier, then `PUBLISH`), removing
-    /// each once Redis took it; stops at the first failure. Cancel-safe: a message cancelled mid-`PUBLISH` stays held
-    /// (it may then arrive twice; receivers apply a repeat without flushing).
-    async fn drain(&self, queue: &mut Queue) -> Result<(), OpError> {
-        while let Some(held) = queue.pending.front_mut() {
-            if !held.shared_done {
+    /// each once Redis took it, until none is left; stops at the first failure.
+    /// Counts the messages it delivered in `sent`. Cancel-safe: a message cancelled
+    /// mid-`PUBLISH` stays held (it may then arrive twice; receivers apply a repeat
+    /// without flushing). A collapse while a message is in flight replaces it by a
+    /// broader one with the same sequence number, which is then delivered too.
+    async fn deliver(&self, sent: &mut u64) -> Result<(), OpError> {
+        let _turn = self.delivery.lock().await;
+        loop {
+            let Some(front) = self.lock_queue().pending.front().cloned() else {
+                return Ok(());
+            };
+            if !front.shared_done {
                 if let Some(tier) = &self.tier {
-                    tier.invalidate(&held.message.partition, &held.message.scope)
+                    tier.invalidate(&front.message.partition, &front.message.scope)
                         .await?;
                 }
-                held.shared_done = true;
+                let mut queue = self.lock_queue();
+                if let Some(held) = queue.pending.front_mut() {
+                    if held.message == front.message {
+                        held.shared_done = true;
+                    }
+                }
+                continue;
             }
-            let payload = held.message.encode();
+            let payload = front.message.encode();
             let channel = self.channel.clone();
             self.conn
                 .run(|mut manager| async move {
@@ -375,10 +428,18 @@ impl Outbox {
                         .await
                 })
                 .await?;
-            queue.pending.pop_front();
+            *sent += 1;
+            let mut queue = self.lock_queue();
+            if queue
+                .pending
+                .front()
+                .is_some_and(|held| held.message == front.message)
+            {
+                queue.pending.pop_front();
+            }
+            queue.delivered = queue.delivered.max(front.ticket);
             self.metrics.set_pending(queue.pending.len());
         }
-        Ok(())
     }
 }
 
@@ -398,19 +459,17 @@ async fn republish_loop(outbox: Arc<Outbox>, mut state: watch::Receiver<BusState
                     }
                 }
             }
-            let mut queue = outbox.queue.lock().await;
-            let held = queue.pending.len();
-            let drained =
-                tokio::time::timeout(outbox.conn.op_timeout(), outbox.drain(&mut queue)).await;
-            let sent = held - queue.pending.len();
-            outbox.metrics.republished(sent as u64);
-            if queue.pending.is_empty() {
+            let mut sent = 0;
+            // No client waits on this: a few operations' worth per attempt.
+            let bound = outbox.write_bound() * 4;
+            let drained = tokio::time::timeout(bound, outbox.deliver(&mut sent)).await;
+            outbox.metrics.republished(sent);
+            if outbox.lock_queue().pending.is_empty() {
                 if sent > 0 {
                     tracing::info!(messages = sent, "held invalidations republished");
                 }
                 break;
             }
-            drop(queue);
             if let Ok(Err(error)) = drained {
                 tracing::debug!(%error, "republishing held invalidations failed");
             }
@@ -578,7 +637,7 @@ mod tests {
     fn queued(scopes: impl IntoIterator<Item = (Option<&'static str>, Scope)>) -> Queue {
         let mut queue = Queue {
             last_seq: 9,
-            pending: VecDeque::new(),
+            ..Queue::default()
         };
         for (tenant, scope) in scopes {
             queue.last_seq += 1;
@@ -586,6 +645,7 @@ mod tests {
             queue.push(Held {
                 message: message(seq, tenant, scope),
                 shared_done: seq % 2 == 0,
+                ticket: seq,
             });
         }
         queue
@@ -638,6 +698,8 @@ mod tests {
             );
             // It takes the first held number and time; the sequence goes on from it.
             assert_eq!((collapsed.seq, collapsed.sent_at_us), (10, 10_000));
+            // It stands for the last message it replaced.
+            assert_eq!(queue.pending[0].ticket, 10 + MAX_PENDING as u64);
             assert_eq!(queue.last_seq, 10);
         }
     }
