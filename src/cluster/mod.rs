@@ -8,6 +8,8 @@
 //! - [`conn`]: the command connection, every operation bounded by `op_timeout`.
 //! - [`apply`]: the bus's events applied to the local cache; the hit-path gate.
 //! - [`bus`]: publishing, and the subscriber with degraded mode and flush signals.
+//! - [`outbox`]: this replica's messages on their way out, held and retried while
+//!   Redis does not take them.
 //! - [`shared`]: the shared tier (generations, markers).
 //! - [`lock`]: the fleet lock and cold-miss coalescing across replicas.
 //! - [`purge`]: the admin purges, fleet-wide.
@@ -34,6 +36,7 @@ pub mod keys;
 pub mod lock;
 pub mod message;
 pub mod metrics;
+pub mod outbox;
 pub mod purge;
 pub mod shared;
 
