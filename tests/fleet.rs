@@ -27,6 +27,13 @@ const TENANT: [(&str, &str); 1] = [("ContactCenterId", "cc-1")];
 /// Bound for what must happen "soon" (subscriptions, reconnections) on a loaded machine.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// This file's tests take turns (cargo runs one file's tests in parallel): each of them
+/// times something (a read right after a 2xx, coherence within 1 s, lag behind a write)
+/// or loads the machine (10 s of steady load, 1,000 concurrent requests). Side by side,
+/// the others' start-up and load made the very-next-lookup read race the invalidation
+/// message in 3 of 5 runs; alone it passed every time.
+static TAKE_TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// `[cluster]` for `redis`, generous `op_timeout` unless the test is about it.
 fn cluster_toml(redis: &RedisServer, op_timeout: &str) -> String {
     format!(
@@ -99,6 +106,7 @@ async fn services(replica: &TestGateway) -> (usize, String) {
 /// next lookup shows the new service; 20 rounds, each read right after the 2xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_through_a_is_seen_by_bs_very_next_lookup() {
+    let _turn = TAKE_TURNS.lock().await;
     let Some(redis) = RedisServer::start("a_write_through_a_is_seen_by_bs_very_next_lookup") else {
         return;
     };
@@ -126,6 +134,7 @@ async fn a_write_through_a_is_seen_by_bs_very_next_lookup() {
 /// (each replica's single flight, then the fleet lock and the shared tier).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_cold_requests_over_three_replicas_make_one_upstream_request() {
+    let _turn = TAKE_TURNS.lock().await;
     let Some(redis) = RedisServer::start(
         "a_thousand_cold_requests_over_three_replicas_make_one_upstream_request",
     ) else {
@@ -198,6 +207,7 @@ async fn a_thousand_cold_requests_over_three_replicas_make_one_upstream_request(
 /// fast as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_redis_does_not_slow_hits() {
+    let _turn = TAKE_TURNS.lock().await;
     let Some(redis) = RedisServer::start("a_slow_redis_does_not_slow_hits") else {
         return;
     };
@@ -224,6 +234,7 @@ async fn a_slow_redis_does_not_slow_hits() {
 /// no longer has it, and the answer says the fleet was reached (or not, Redis gone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_purges_reach_every_replica_and_the_shared_tier() {
+    let _turn = TAKE_TURNS.lock().await;
     let Some(mut redis) =
         RedisServer::start("admin_purges_reach_every_replica_and_the_shared_tier")
     else {
@@ -291,6 +302,7 @@ async fn admin_purges_reach_every_replica_and_the_shared_tier() {
 /// A reaches Redis again, B is coherent within 1 s with no further write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_whose_publish_failed_reaches_b_when_a_is_back() {
+    let _turn = TAKE_TURNS.lock().await;
     let Some(redis) = RedisServer::start("a_write_whose_publish_failed_reaches_b_when_a_is_back")
     else {
         return;
@@ -333,6 +345,7 @@ async fn a_write_whose_publish_failed_reaches_b_when_a_is_back() {
 /// `degraded_ttl` it kept serving its entry until Redis returned.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_stopped_a_write_then_restarted_and_b_is_coherent_within_a_second() {
+    let _turn = TAKE_TURNS.lock().await;
     let Some(mut redis) = RedisServer::start(
         "redis_stopped_a_write_then_restarted_and_b_is_coherent_within_a_second",
     ) else {
@@ -388,6 +401,7 @@ struct Read {
 /// timestamps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_stopped_for_ten_seconds_under_load() {
+    let _turn = TAKE_TURNS.lock().await;
     let Some(mut redis) = RedisServer::start("redis_stopped_for_ten_seconds_under_load") else {
         return;
     };
