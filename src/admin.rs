@@ -6,7 +6,8 @@
 //!   draining; otherwise 503 with a JSON reason.
 //! - `GET /metrics` — Prometheus text format.
 //! - `GET /cache/stats`, `DELETE /cache`, `DELETE /cache/anonymous/{contact_key}`
-//!   (tenant from `ContactCenterId`/`GroupId`).
+//!   (tenant from `ContactCenterId`/`GroupId`); with `[cluster]` the purges reach the
+//!   whole fleet, and the answer's `fleet` says whether they did.
 //! - `GET /openapi/csgate.yaml`, `GET /openapi/admin.yaml` — the OpenAPI documents of
 //!   the public and the admin listener, built into the binary.
 
@@ -17,6 +18,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::cluster::FleetPurge;
 use crate::error::{error_body, GatewayError};
 use crate::httputil::{full, json_content_type};
 use crate::pipeline::Gateway;
@@ -69,9 +71,14 @@ pub async fn handle(
         },
         (Method::DELETE, "/cache") => match gateway.cache() {
             Some(cache) => {
+                // Fleet first, as for a write: shared tier, bus, then this replica.
+                let fleet = match gateway.cluster() {
+                    Some(cluster) => Some(cluster.purge_all().await),
+                    None => None,
+                };
                 cache.purge_all().await;
                 tracing::info!("admin: cache purged");
-                json(StatusCode::OK, r#"{"purged":"all"}"#)
+                purged(serde_json::json!("all"), fleet)
             }
             None => cache_disabled(),
         },
@@ -83,11 +90,12 @@ pub async fn handle(
             };
             match gateway.cache() {
                 Some(cache) => {
-                    let purged = cache.purge_contact(request.headers(), &key).await;
-                    json(
-                        StatusCode::OK,
-                        serde_json::json!({ "purged": purged }).to_string(),
-                    )
+                    let fleet = match gateway.cluster() {
+                        Some(cluster) => Some(cluster.purge_contact(request.headers(), &key).await),
+                        None => None,
+                    };
+                    let count = cache.purge_contact(request.headers(), &key).await;
+                    purged(count.into(), fleet)
                 }
                 None => cache_disabled(),
             }
@@ -107,6 +115,16 @@ pub async fn handle(
         .into_response(),
         _ => GatewayError::NotFound(format!("no admin resource at {path}")).into_response(),
     }
+}
+
+/// The answer of a purge: what this replica dropped, and with `[cluster]`, what the
+/// fleet was told.
+fn purged(local: serde_json::Value, fleet: Option<FleetPurge>) -> Response<Body> {
+    let mut body = serde_json::json!({ "purged": local });
+    if let Some(fleet) = fleet {
+        body["fleet"] = serde_json::to_value(fleet).expect("FleetPurge serialises to JSON");
+    }
+    json(StatusCode::OK, body.to_string())
 }
 
 fn readiness(gateway: &Gateway, draining: &Draining) -> Response<Body> {

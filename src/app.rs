@@ -495,6 +495,7 @@ fn join_fleet(
     let policy = SharedPolicy {
         entry_ttl: config.cache.policy().retention(),
         fetch_window: config.upstream.cache_wait(),
+        max_entry_bytes: config.cache.max_entry_bytes,
     };
     let sink = cluster::apply_to(cache.clone(), metrics.cluster().clone());
     let cluster = Cluster::start(&config.cluster, policy, metrics.cluster().clone(), sink)?;

@@ -2,6 +2,8 @@
 //! `cluster/redis.rs`): the bus between replicas, reconnection after Redis dies, the
 //! shared tier, `op_timeout` under a slow Redis, and the fleet lock.
 
+#[path = "cluster/proxy.rs"]
+mod proxy;
 #[path = "cluster/redis.rs"]
 mod redis_harness;
 
@@ -17,6 +19,7 @@ use csgate::cluster::{
     LockAttempt, Partition, RawCluster, ReplicaId, Scope, SharedLookup, SharedPolicy, SharedTier,
 };
 use csgate::query::Extensions;
+use proxy::Proxy;
 use redis_harness::RedisServer;
 use tokio::sync::mpsc;
 
@@ -81,6 +84,7 @@ fn policy() -> SharedPolicy {
     SharedPolicy {
         entry_ttl: Duration::from_secs(30),
         fetch_window: Duration::from_secs(2),
+        max_entry_bytes: 1 << 20,
     }
 }
 
@@ -582,4 +586,254 @@ async fn n_cold_replicas_send_one_fetch_and_a_dead_holder_blocks_no_one() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn shared_entries_are_bounded_by_max_entry_bytes() {
+    let redis = redis_or_skip!("shared_entries_are_bounded_by_max_entry_bytes");
+    let small = SharedPolicy {
+        max_entry_bytes: 64,
+        ..policy()
+    };
+    let a = Replica::start(&redis.url(), small);
+    let b = Replica::start(&redis.url(), policy());
+    let k = key("t1", "408");
+    let big = Bytes::from(format!("[{}]", "1,".repeat(40) + "1"));
+    assert!(big.len() > 64);
+
+    // Too large for A's local cache: A does not write it to Redis.
+    let generation = miss_generation(a.shared(), &k).await;
+    let stored = a
+        .shared()
+        .store(&k, &generation, &big, &[], Duration::ZERO)
+        .await
+        .expect("answered");
+    assert!(!stored, "an entry over max_entry_bytes is not written");
+    assert!(matches!(
+        b.shared().lookup(&k).await,
+        SharedLookup::Miss(Some(_))
+    ));
+    let client = redis::Client::open(redis.url()).expect("url");
+    let mut raw = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let entries: Vec<String> = redis::cmd("KEYS")
+        .arg("csgate:v1:e:*")
+        .query_async(&mut raw)
+        .await
+        .expect("keys");
+    assert!(entries.is_empty(), "{entries:?}");
+
+    // Written by B (a larger bound), read by A: a miss for A, counted, and a hit for B.
+    let generation = miss_generation(b.shared(), &k).await;
+    assert!(b
+        .shared()
+        .store(&k, &generation, &big, &[], Duration::ZERO)
+        .await
+        .expect("stored"));
+    let before = a.cluster.metrics.snapshot();
+    assert!(matches!(
+        a.shared().lookup(&k).await,
+        SharedLookup::Miss(Some(_))
+    ));
+    let after = a.cluster.metrics.snapshot();
+    assert_eq!(after.shared_too_large, before.shared_too_large + 1);
+    assert_eq!(after.shared_hits, before.shared_hits);
+    assert!(matches!(b.shared().lookup(&k).await, SharedLookup::Hit(_)));
+    // A body at the bound is fine.
+    let fits = Bytes::from(vec![b'1'; 64]);
+    let generation = miss_generation(a.shared(), &key("t1", "409")).await;
+    assert!(a
+        .shared()
+        .store(&key("t1", "409"), &generation, &fits, &[], Duration::ZERO)
+        .await
+        .expect("stored"));
+    assert!(matches!(
+        a.shared().lookup(&key("t1", "409")).await,
+        SharedLookup::Hit(_)
+    ));
+}
+
+/// A publish that fails while the others stay subscribed (the writer cut off from
+/// Redis, or its command connection not back yet after a restart) is kept and sent
+/// when Redis answers again, with the sequence number it was given: the others apply
+/// it with no further write, and later messages follow it without a gap.
+#[tokio::test]
+async fn a_failed_publish_is_republished_when_redis_answers_again() {
+    let redis = redis_or_skip!("a_failed_publish_is_republished_when_redis_answers_again");
+    let link = Proxy::start(redis.addr()).await;
+    let mut a = Replica::start_with(&link.url(), policy(), "50ms");
+    let mut b = Replica::start(&redis.url(), policy());
+    a.subscribed().await;
+    b.subscribed().await;
+    let first = a
+        .cluster
+        .bus
+        .publish(Partition::default(), Scope::WholeTenant)
+        .await
+        .expect("published");
+    assert_eq!(b.next_event().await, BusEvent::Invalidate(first));
+
+    link.cut();
+    let mut state = a.cluster.bus.state();
+    tokio::time::timeout(WAIT, state.wait_for(|s| !s.connected))
+        .await
+        .expect("loss noticed in time")
+        .expect("bus alive");
+    let partition = Partition::of(&owner("t1", "408"));
+    let held = touched(&["408"], &["42"]);
+    assert!(a
+        .cluster
+        .bus
+        .publish(partition.clone(), held.clone())
+        .await
+        .is_err());
+    assert_eq!(a.cluster.bus.pending(), 1);
+    // B, still subscribed, has heard nothing: without the republish it stays stale.
+    assert!(b.events.try_recv().is_err());
+    assert!(!b.cluster.bus.is_degraded());
+
+    link.restore();
+    let back = Instant::now();
+    let republished = b.next_event().await;
+    let delay = back.elapsed();
+    eprintln!("held message received {delay:?} after the link returned");
+    let BusEvent::Invalidate(republished) = republished else {
+        panic!("expected the held message, got {republished:?}");
+    };
+    assert!(delay < Duration::from_secs(1), "{delay:?}");
+    assert_eq!(
+        (republished.seq, &republished.partition, &republished.scope),
+        (2, &partition, &held)
+    );
+    // A counts it delivered once Redis has answered the PUBLISH, which may be just
+    // after B received it.
+    while a.cluster.bus.pending() > 0 || a.cluster.metrics.snapshot().republished == 0 {
+        assert!(back.elapsed() < WAIT, "the outbox empties");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(a.cluster.bus.pending(), 0);
+    assert_eq!(a.cluster.metrics.snapshot().republished, 1);
+    // The next message follows in sequence: no gap, so no flush on B.
+    let next = a
+        .cluster
+        .bus
+        .publish(Partition::default(), Scope::WholeTenant)
+        .await
+        .expect("published");
+    assert_eq!(next.seq, 3);
+    assert_eq!(b.next_event().await, BusEvent::Invalidate(next));
+}
+
+/// Writes that come while Redis is slow are all queued (none waits its turn and is
+/// lost), held when their delivery times out, and delivered in order once Redis answers:
+/// the receiver sees every sequence number, perhaps one twice (a `PUBLISH` that timed
+/// out at the writer may still have run), and never a gap.
+#[tokio::test]
+async fn concurrent_writes_during_a_slow_redis_are_all_delivered_in_order() {
+    let redis = redis_or_skip!("concurrent_writes_during_a_slow_redis_are_all_delivered_in_order");
+    let mut a = Replica::start_with(&redis.url(), policy(), "50ms");
+    let mut b = Replica::start(&redis.url(), policy());
+    a.subscribed().await;
+    b.subscribed().await;
+    // Shorter than the subscriber's 500 ms link timeout: B stays subscribed.
+    let _asleep = redis.send_and_forget("DEBUG SLEEP 0.3");
+    let publish = |contact_key: &'static str| {
+        let bus = a.cluster.bus.clone();
+        async move {
+            bus.publish(
+                Partition::of(&owner("t1", contact_key)),
+                touched(&[contact_key], &[]),
+            )
+            .await
+        }
+    };
+    let (one, two, three) = tokio::join!(publish("1"), publish("2"), publish("3"));
+    assert!(one.is_err() && two.is_err() && three.is_err());
+    assert_eq!(a.cluster.bus.pending(), 3);
+    let mut seqs = Vec::new();
+    while seqs.last() != Some(&3) {
+        match b.next_event().await {
+            BusEvent::Invalidate(message) => seqs.push(message.seq),
+            flush => panic!("B flushed ({flush:?}); received {seqs:?}"),
+        }
+    }
+    eprintln!("received {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1),
+        "{seqs:?}"
+    );
+    assert_eq!(seqs.first(), Some(&1));
+    let started = Instant::now();
+    while a.cluster.bus.pending() > 0 {
+        assert!(started.elapsed() < WAIT, "the outbox empties");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The admin purge kinds reach the other replicas and the shared tier.
+#[tokio::test]
+async fn purge_messages_reach_the_others_and_the_shared_tier() {
+    let redis = redis_or_skip!("purge_messages_reach_the_others_and_the_shared_tier");
+    let a = Replica::start(&redis.url(), policy());
+    let mut b = Replica::start(&redis.url(), policy());
+    b.subscribed().await;
+    let k = key("t1", "408");
+    let body = Bytes::from_static(b"[]");
+    let store = |tier: SharedTier, k: Key| {
+        let body = body.clone();
+        async move {
+            let generation = miss_generation(&tier, &k).await;
+            assert!(tier
+                .store(&k, &generation, &body, &[], Duration::ZERO)
+                .await
+                .expect("stored"));
+        }
+    };
+    store(a.shared().clone(), k.clone()).await;
+    store(a.shared().clone(), key("t1", "409")).await;
+    let mut headers = http::HeaderMap::new();
+    headers.insert("ContactCenterId", "t1".parse().expect("header"));
+    let purge = a.cluster.purge_contact(&headers, "408").await;
+    assert!(purge.reached && !purge.republishing, "{purge:?}");
+    assert_eq!(purge.shared_cache, "purged");
+    match b.next_event().await {
+        BusEvent::Invalidate(message) => {
+            assert_eq!(
+                message.scope,
+                Scope::PurgeContact {
+                    contact_key: "408".into()
+                }
+            );
+            assert_eq!(message.partition, Partition::of(&owner("t1", "408")));
+        }
+        other => panic!("expected the purge, got {other:?}"),
+    }
+    assert!(matches!(
+        b.shared().lookup(&k).await,
+        SharedLookup::Miss(Some(_))
+    ));
+    assert!(matches!(
+        b.shared().lookup(&key("t1", "409")).await,
+        SharedLookup::Hit(_)
+    ));
+
+    store(a.shared().clone(), k.clone()).await;
+    let purge = a.cluster.purge_all().await;
+    assert!(purge.reached, "{purge:?}");
+    assert_eq!(purge.shared_entries_deleted, Some(2));
+    assert!(matches!(
+        b.next_event().await,
+        BusEvent::Invalidate(Message {
+            scope: Scope::PurgeAll,
+            ..
+        })
+    ));
+    for contact in ["408", "409"] {
+        assert!(matches!(
+            b.shared().lookup(&key("t1", contact)).await,
+            SharedLookup::Miss(Some(_))
+        ));
+    }
 }

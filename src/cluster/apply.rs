@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use super::bus::{Bus, BusEvent, EventSink};
+use super::message::Scope;
 use super::metrics::ClusterMetrics;
 use crate::cache::{Cache, ServeGate};
 
@@ -26,8 +27,13 @@ pub fn apply_to(cache: Cache, metrics: ClusterMetrics) -> EventSink {
     let applier = cache.clone();
     tokio::spawn(async move {
         while let Some(message) = receiver.recv().await {
-            for (invalidation, started) in message.invalidations() {
-                applier.invalidate(&invalidation, started.as_deref()).await;
+            if message.scope == Scope::PurgeAll {
+                // As the admin purge does locally (uncacheable marks included).
+                applier.purge_all().await;
+            } else {
+                for (invalidation, started) in message.invalidations() {
+                    applier.invalidate(&invalidation, started.as_deref()).await;
+                }
             }
             metrics.applied(message.delay(SystemTime::now()));
         }

@@ -7,9 +7,9 @@
 //! every sign of a lost message (a gap in an origin's sequence, a message this version
 //! cannot read) is a [`BusEvent::Flush`]: anything may have been missed.
 //!
-//! Locking: `seq` is a `tokio::sync::Mutex` held across the `PUBLISH` on purpose, so
-//! that messages leave in sequence order and receivers see a gap only when one was lost.
-//! Publishing is rare (one per write), and the whole call is bounded by `op_timeout`.
+//! Publishing goes through the [`Outbox`](super::outbox): a message that Redis does not
+//! take is held and delivered as soon as it answers, so a failed publish does not leave
+//! the other replicas stale until this replica's next write.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::Client;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::conn::{Conn, OpError};
-use super::keys::Names;
-use super::message::{now_us, Decoded, Message, Partition, ReplicaId, Scope, MESSAGE_VERSION};
+use super::message::{Decoded, Message, Partition, ReplicaId, Scope};
 use super::metrics::{ClusterMetrics, OpOutcome};
+use super::outbox::{republish_loop, Outbox};
+use super::shared::SharedTier;
 use super::Backoff;
 use crate::cache::Invalidation;
 
@@ -33,7 +34,6 @@ use crate::cache::Invalidation;
 const PING_EVERY: Duration = Duration::from_millis(500);
 /// How long a subscription attempt or a ping may take before the link counts as down.
 const LINK_TIMEOUT: Duration = Duration::from_millis(500);
-
 /// What the subscriber hands the cache, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusEvent {
@@ -70,10 +70,10 @@ pub struct BusState {
     pub subscriptions: u64,
 }
 
-/// Why a publish did not reach Redis. The writer answers its client anyway: the other
-/// replicas will see a gap in this replica's sequence at its next message and flush.
+/// Why a publish did not reach Redis. The writer answers its client anyway: the bus
+/// keeps the message and publishes it as soon as Redis answers again.
 #[derive(Debug, thiserror::Error)]
-#[error("invalidation not published: {0}")]
+#[error("invalidation not published yet (kept to republish): {0}")]
 pub struct PublishError(#[from] pub OpError);
 
 /// Receives the bus's events; called from the subscriber task, in order. It should
@@ -89,16 +89,30 @@ pub struct Bus {
 
 struct Inner {
     shared: Arc<Shared>,
-    conn: Conn,
-    channel: String,
-    seq: Mutex<u64>,
+    outbox: Arc<Outbox>,
     subscriber: JoinHandle<()>,
+    republisher: JoinHandle<()>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.subscriber.abort();
+        self.republisher.abort();
     }
+}
+
+/// What [`Bus::start`] joins.
+pub struct Link {
+    /// For the subscription (a connection of its own).
+    pub client: Client,
+    /// For publishing.
+    pub conn: Conn,
+    /// The namespace's channel ([`Names::channel`](super::keys::Names::channel)).
+    pub channel: String,
+    /// This replica in the fleet (random per process).
+    pub id: ReplicaId,
+    /// The shared tier, whose entries a message's invalidation reaches first.
+    pub tier: Option<SharedTier>,
 }
 
 /// What the subscriber task and the handles share.
@@ -111,12 +125,10 @@ struct Shared {
 }
 
 impl Bus {
-    /// Starts the subscriber on `client` (its own connection) and publishes through
-    /// `conn`. Starts degraded until the first subscription is made.
+    /// Starts the subscriber on `link.client` (its own connection) and publishes
+    /// through `link.conn`. Starts degraded until the first subscription is made.
     pub fn start(
-        client: Client,
-        conn: Conn,
-        names: &Names,
+        link: Link,
         degraded_ttl: Duration,
         metrics: ClusterMetrics,
         on_event: EventSink,
@@ -128,26 +140,34 @@ impl Bus {
         });
         metrics.set_connected(false);
         let shared = Arc::new(Shared {
-            id: ReplicaId::random(),
+            id: link.id,
             degraded: AtomicBool::new(true),
             degraded_ttl,
             state,
             metrics,
         });
-        let channel = names.channel();
+        let outbox = Arc::new(Outbox::new(
+            link.conn,
+            link.channel.clone(),
+            link.tier,
+            shared.metrics.clone(),
+        ));
+        let republisher = tokio::spawn(republish_loop(
+            Arc::clone(&outbox),
+            shared.state.subscribe(),
+        ));
         let subscriber = tokio::spawn(subscribe_loop(
-            client,
-            channel.clone(),
+            link.client,
+            link.channel,
             Arc::clone(&shared),
             on_event,
         ));
         Bus {
             inner: Arc::new(Inner {
                 shared,
-                conn,
-                channel,
-                seq: Mutex::new(0),
+                outbox,
                 subscriber,
+                republisher,
             }),
         }
     }
@@ -191,51 +211,31 @@ impl Bus {
         }
     }
 
-    /// Publishes one invalidation, bounded by `op_timeout` (waiting for the sequence
-    /// lock included). Returns the message as sent.
+    /// Delivers one invalidation: the shared entries it concerns made unservable, then
+    /// the message published, after any message still held from an earlier failure;
+    /// bounded by [`Outbox::write_bound`] (waiting for another delivery included).
+    /// Returns the message as made; on an error it is held and delivered when Redis
+    /// answers again.
     pub async fn publish(
         &self,
         partition: Partition,
         scope: Scope,
     ) -> Result<Message, PublishError> {
-        let inner = &self.inner;
-        let sending = async {
-            let mut seq = inner.seq.lock().await;
-            *seq += 1;
-            let message = Message {
-                v: MESSAGE_VERSION,
-                origin: inner.shared.id,
-                seq: *seq,
-                sent_at_us: now_us(),
-                partition,
-                scope,
-            };
-            let payload = message.encode();
-            let channel = inner.channel.clone();
-            inner
-                .conn
-                .run(|mut manager| async move {
-                    redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(payload)
-                        .query_async::<i64>(&mut manager)
-                        .await
-                })
-                .await?;
-            Ok::<Message, OpError>(message)
-        };
-        let result = match tokio::time::timeout(inner.conn.op_timeout(), sending).await {
-            Ok(result) => result,
-            Err(_) => Err(OpError::Timeout),
-        };
-        let outcome = result
+        let (message, delivered) = self.inner.outbox.send(self.id(), partition, scope).await;
+        let outcome = delivered
             .as_ref()
-            .map_or_else(OpError::outcome, |_| OpOutcome::Ok);
-        inner.shared.metrics.published(outcome);
-        if let Err(error) = &result {
-            tracing::warn!(%error, "invalidation not published; other replicas will flush");
+            .map_or_else(OpError::outcome, |()| OpOutcome::Ok);
+        self.inner.shared.metrics.published(outcome);
+        if let Err(error) = &delivered {
+            tracing::warn!(%error, "invalidation not published; kept to republish");
         }
-        Ok(result?)
+        delivered?;
+        Ok(message)
+    }
+
+    /// Messages held to republish (failed publishes not yet taken by Redis).
+    pub fn pending(&self) -> usize {
+        self.inner.outbox.pending()
     }
 }
 
@@ -334,15 +334,17 @@ fn handle(
         Decoded::Message(message) if message.origin == shared.id => {}
         Decoded::Message(message) => {
             shared.metrics.received();
-            if let Some(last) = last_seq.insert(message.origin, message.seq) {
-                if message.seq != last + 1 {
-                    on_event(BusEvent::Flush(FlushReason::SequenceGap {
-                        origin: message.origin,
-                        last,
-                        got: message.seq,
-                    }));
-                }
+            let seen = last_seq.entry(message.origin).or_insert(message.seq);
+            // A repeat (a republished message whose first publish did reach Redis)
+            // is applied again, harmlessly; only a jump means a message was lost.
+            if message.seq > *seen + 1 {
+                on_event(BusEvent::Flush(FlushReason::SequenceGap {
+                    origin: message.origin,
+                    last: *seen,
+                    got: message.seq,
+                }));
             }
+            *seen = (*seen).max(message.seq);
             on_event(BusEvent::Invalidate(message));
         }
         Decoded::Unreadable { origin } if origin == Some(shared.id) => {}

@@ -68,9 +68,12 @@ impl Conn {
         tokio::spawn(async move {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(op_timeout.max(Duration::from_millis(250)))
-                // Its own reconnects retry a few times quickly; our timeout bounds a call.
-                .set_number_of_retries(2)
-                .set_max_delay(500);
+                // One attempt per reconnect, no retries of its own: its retries back off
+                // from 1 s (and a call waits on them), so a Redis that returns would be
+                // found only seconds later. The next call starts the next attempt, and
+                // the bus's republisher makes calls every ≤ 500 ms while it holds
+                // messages, so a returning Redis is used again within about half a second.
+                .set_number_of_retries(0);
             let mut backoff = Backoff::default();
             loop {
                 if weak.strong_count() == 0 {

@@ -13,8 +13,12 @@ use redis::Script;
 
 use super::conn::Conn;
 use super::keys;
-use super::shared::{Generation, SharedEntry, SharedLookup, SharedTier};
+use super::shared::{Generation, Looked, SharedEntry, SharedLookup, SharedTier};
 use crate::cache::Key;
+
+/// Lock checks in a row that Redis may leave unanswered before a waiter gives up on
+/// the holder and fetches itself.
+const MAX_UNANSWERED: u32 = 3;
 
 static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
 
@@ -68,10 +72,15 @@ impl SharedTier {
 
     /// Waits for another replica's fetch of `key` to land in the shared tier, until
     /// `deadline`, or until its lock is gone without an entry (that fetch failed or was
-    /// not storable). Polls: 2 ms, doubling to 25 ms.
+    /// not storable), or Redis has left [`MAX_UNANSWERED`] checks in a row unanswered.
+    /// Polls: 2 ms, doubling to 25 ms.
     pub async fn wait_for(&self, key: &Key, deadline: Instant) -> Option<SharedEntry> {
         let lock = self.names.lock(&keys::key_hash(key));
         let mut pause = Duration::from_millis(2);
+        // Redis not answering about the lock is not the lock gone: a single slow reply
+        // (a loaded replica) must not start a second upstream request for the key. Only
+        // a Redis that stays silent makes this replica fetch itself.
+        let mut unanswered = 0;
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -80,7 +89,7 @@ impl SharedTier {
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(25));
-            if let Ok(SharedLookup::Hit(entry)) = self.lookup_raw(key).await {
+            if let Ok(Looked::Hit(entry)) = self.lookup_raw(key).await {
                 self.metrics.lock_wait("filled");
                 return Some(entry);
             }
@@ -94,15 +103,25 @@ impl SharedTier {
                         .await
                 })
                 .await;
-            if !matches!(held, Ok(1)) {
-                // One last look: the holder stores, then releases.
-                if let Ok(SharedLookup::Hit(entry)) = self.lookup_raw(key).await {
-                    self.metrics.lock_wait("filled");
-                    return Some(entry);
+            match held {
+                Ok(1) => {
+                    unanswered = 0;
+                    continue;
                 }
-                self.metrics.lock_wait("fallback");
-                return None;
+                Ok(_) => {}
+                Err(_) if unanswered < MAX_UNANSWERED => {
+                    unanswered += 1;
+                    continue;
+                }
+                Err(_) => {}
             }
+            // One last look: the holder stores, then releases.
+            if let Ok(Looked::Hit(entry)) = self.lookup_raw(key).await {
+                self.metrics.lock_wait("filled");
+                return Some(entry);
+            }
+            self.metrics.lock_wait("fallback");
+            return None;
         }
     }
 

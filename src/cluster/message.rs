@@ -4,7 +4,9 @@
 //! debugging a fleet can read it with `redis-cli SUBSCRIBE`, and the version field
 //! lets a replica recognise a format it does not know. A replica that cannot read a
 //! message must not ignore it (it would miss an invalidation): it reports it as
-//! [`Decoded::Unreadable`], and the cache flushes.
+//! [`Decoded::Unreadable`], and the cache flushes. So a scope kind can be added within
+//! a version when flushing everything is a safe reading of it for a replica that
+//! predates it (the purge kinds were added so); anything else bumps the version.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -85,8 +87,31 @@ pub enum Scope {
     },
     /// Every entry of the message's partition.
     WholeTenant,
-    /// Every entry of every partition (`POST /maintenance/...`, the admin purge).
+    /// Every entry of every partition (a collapsed outbox, see
+    /// [`Queue`](super::bus)).
     Everything,
+    /// The admin's `DELETE /cache`: every entry of every partition, and the keys
+    /// remembered as uncacheable, as the local purge drops them.
+    PurgeAll,
+    /// The admin's `DELETE /cache/anonymous/{contact_key}`: one contact key's entries
+    /// in the message's partition.
+    PurgeContact { contact_key: String },
+}
+
+impl Scope {
+    /// True when everything it touches is in the message's tenant partition (a
+    /// service id, and a purge of everything, reach across partitions).
+    pub fn within_partition(&self) -> bool {
+        match self {
+            Scope::Touched {
+                contact_keys,
+                customer_ids,
+                service_ids,
+            } => service_ids.is_empty() || !contact_keys.is_empty() || !customer_ids.is_empty(),
+            Scope::WholeTenant | Scope::PurgeContact { .. } => true,
+            Scope::Everything | Scope::PurgeAll => false,
+        }
+    }
 }
 
 /// One invalidation, as published.
@@ -166,7 +191,13 @@ impl Message {
             group: self.partition.group_id.clone(),
         };
         match &self.scope {
-            Scope::Everything => vec![(Invalidation::Everything, None)],
+            Scope::Everything | Scope::PurgeAll => vec![(Invalidation::Everything, None)],
+            Scope::PurgeContact { contact_key } => vec![(
+                Invalidation::ServiceStart {
+                    owner: Some(self.partition.owner(contact_key)),
+                },
+                None,
+            )],
             Scope::WholeTenant => vec![(tenant(), None)],
             Scope::Touched { customer_ids, .. } if !customer_ids.is_empty() => {
                 vec![(tenant(), None)]
@@ -290,11 +321,36 @@ mod tests {
             },
             Scope::WholeTenant,
             Scope::Everything,
+            Scope::PurgeAll,
+            Scope::PurgeContact {
+                contact_key: "408".into(),
+            },
         ];
         for scope in scopes {
             let sent = message(scope);
             assert_eq!(Message::decode(&sent.encode()), Decoded::Message(sent));
         }
+    }
+
+    #[test]
+    fn purges_have_their_own_kinds_on_the_wire() {
+        let purge = message(Scope::PurgeContact {
+            contact_key: "408".into(),
+        });
+        let json: serde_json::Value = serde_json::from_slice(&purge.encode()).expect("JSON");
+        assert_eq!(
+            json["scope"],
+            serde_json::json!({"kind": "purge_contact", "contact_key": "408"})
+        );
+        let owner = purge.partition.owner("408");
+        assert_eq!(
+            purge.invalidations(),
+            vec![(Invalidation::ServiceStart { owner: Some(owner) }, None)]
+        );
+        let all = message(Scope::PurgeAll);
+        let json: serde_json::Value = serde_json::from_slice(&all.encode()).expect("JSON");
+        assert_eq!(json["scope"], serde_json::json!({"kind": "purge_all"}));
+        assert_eq!(all.invalidations(), vec![(Invalidation::Everything, None)]);
     }
 
     #[test]

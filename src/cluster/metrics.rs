@@ -54,6 +54,8 @@ pub struct ClusterMetrics {
     received: Counter,
     applied: Counter,
     resubscriptions: Counter,
+    republished: Counter,
+    pending: Gauge,
     bus_delay: Histogram,
     shared: Family<ResultLabel, Counter>,
     lock_waits: Family<OutcomeLabel, Counter>,
@@ -67,6 +69,8 @@ impl Default for ClusterMetrics {
             received: Counter::default(),
             applied: Counter::default(),
             resubscriptions: Counter::default(),
+            republished: Counter::default(),
+            pending: Gauge::default(),
             bus_delay: Histogram::new(DELAY_BUCKETS.into_iter()),
             shared: Family::default(),
             lock_waits: Family::default(),
@@ -102,13 +106,23 @@ impl ClusterMetrics {
             self.resubscriptions.clone(),
         );
         registry.register(
+            "csgate_cluster_invalidations_republished",
+            "Invalidation messages published late, after a failed publish (Redis back)",
+            self.republished.clone(),
+        );
+        registry.register(
+            "csgate_cluster_invalidations_pending",
+            "Invalidation messages this replica failed to publish and still holds to retry",
+            self.pending.clone(),
+        );
+        registry.register(
             "csgate_cluster_bus_delay_seconds",
             "From publishing (the message's timestamp) to applying it on this replica",
             self.bus_delay.clone(),
         );
         registry.register(
             "csgate_cluster_shared_requests",
-            "Shared-tier lookups, by result (hit, miss, error; a timeout is an error)",
+            "Shared-tier lookups, by result (hit, miss, too_large: over max_entry_bytes, a miss; error: a timeout is one)",
             self.shared.clone(),
         );
         registry.register(
@@ -128,6 +142,15 @@ impl ClusterMetrics {
                 outcome: outcome.label(),
             })
             .inc();
+    }
+
+    pub(crate) fn republished(&self, messages: u64) {
+        self.republished.inc_by(messages);
+    }
+
+    pub(crate) fn set_pending(&self, messages: usize) {
+        self.pending
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn received(&self) {
@@ -165,6 +188,8 @@ impl ClusterMetrics {
             shared_hits: shared("hit"),
             shared_misses: shared("miss"),
             shared_errors: shared("error"),
+            shared_too_large: shared("too_large"),
+            republished: self.republished.get(),
         }
     }
 }
@@ -179,6 +204,8 @@ pub struct MetricsSnapshot {
     pub shared_hits: u64,
     pub shared_misses: u64,
     pub shared_errors: u64,
+    pub shared_too_large: u64,
+    pub republished: u64,
 }
 
 #[cfg(test)]

@@ -8,19 +8,25 @@
 //! - [`conn`]: the command connection, every operation bounded by `op_timeout`.
 //! - [`apply`]: the bus's events applied to the local cache; the hit-path gate.
 //! - [`bus`]: publishing, and the subscriber with degraded mode and flush signals.
+//! - [`outbox`]: this replica's messages on their way out, held and retried while
+//!   Redis does not take them.
 //! - [`shared`]: the shared tier (generations, markers).
 //! - [`lock`]: the fleet lock and cold-miss coalescing across replicas.
+//! - [`purge`]: the admin purges, fleet-wide.
 //! - [`metrics`]: Prometheus metrics, `csgate_cluster_*`.
 //!
 //! How the cache uses it (the hit path never touches Redis):
 //! - local miss → [`SharedTier::coalesce`] (lookup; fleet lock; wait or fetch; the
 //!   fetch closure calls [`SharedTier::store`] with the generation it was given);
 //! - local hit → serve only if [`Bus::may_serve`] (an atomic load);
-//! - write's 2xx → [`SharedTier::invalidate_local`], then
-//!   [`Bus::publish_invalidation`], then the local invalidation, then answer;
+//! - write's 2xx → [`Bus::publish_invalidation`] (the shared tier's entries made
+//!   unservable, then the message published; held and retried if Redis fails), then
+//!   the local invalidation, then answer;
 //! - [`BusEvent::Invalidate`] → apply like a local write, then
 //!   [`ClusterMetrics::applied`] with [`Message::delay`];
-//!   [`BusEvent::Flush`] → drop every local entry.
+//!   [`BusEvent::Flush`] → drop every local entry;
+//! - admin purge → [`Cluster::purge_all`] / [`Cluster::purge_contact`] (shared tier,
+//!   then the bus), then the local purge.
 
 pub mod apply;
 pub mod bus;
@@ -30,6 +36,8 @@ pub mod keys;
 pub mod lock;
 pub mod message;
 pub mod metrics;
+pub mod outbox;
+pub mod purge;
 pub mod shared;
 
 pub use apply::apply_to;
@@ -39,6 +47,7 @@ pub use conn::{Conn, OpError};
 pub use lock::{Coalesced, FleetLock, LockAttempt};
 pub use message::{Message, Partition, ReplicaId, Scope};
 pub use metrics::ClusterMetrics;
+pub use purge::FleetPurge;
 pub use shared::{Generation, SharedEntry, SharedLookup, SharedPolicy, SharedTier};
 
 use std::time::Duration;
@@ -76,18 +85,19 @@ impl Cluster {
             message: format!("not a usable Redis URL ({:?})", e.kind()),
         })?;
         let names = Names::new(&config.namespace);
+        let id = ReplicaId::random();
         let conn = Conn::start(client.clone(), config.op_timeout);
-        let bus = Bus::start(
-            client,
-            conn.clone(),
-            &names,
-            config.degraded_ttl,
-            metrics.clone(),
-            on_event,
-        );
         let shared = config
             .shared_cache
-            .then(|| SharedTier::new(conn, names, policy, bus.id(), metrics.clone()));
+            .then(|| SharedTier::new(conn.clone(), names.clone(), policy, id, metrics.clone()));
+        let link = bus::Link {
+            client,
+            conn,
+            channel: names.channel(),
+            id,
+            tier: shared.clone(),
+        };
+        let bus = Bus::start(link, config.degraded_ttl, metrics.clone(), on_event);
         tracing::info!(
             redis = %config::redacted(url),
             namespace = %config.namespace,

@@ -43,6 +43,10 @@ pub struct SharedPolicy {
     /// The longest a fetch can take (the upstream deadline with its retries); also
     /// the fleet lock's expiry, so a replica that dies holding it blocks no one longer.
     pub fetch_window: Duration,
+    /// `[cache] max_entry_bytes`: a body the local cache would refuse is not written
+    /// to Redis, and one read from Redis over it (written by a replica with a larger
+    /// bound) is a miss, counted as `too_large`.
+    pub max_entry_bytes: usize,
 }
 
 impl SharedPolicy {
@@ -77,6 +81,14 @@ pub enum SharedLookup {
     Miss(Option<Generation>),
 }
 
+/// What the lookup script found, before it is counted.
+pub(super) enum Looked {
+    Hit(SharedEntry),
+    Miss(Generation),
+    /// An entry over `max_entry_bytes`: a miss, counted apart.
+    TooLarge(Generation),
+}
+
 /// The shared tier. Cheap to clone.
 #[derive(Clone)]
 pub struct SharedTier {
@@ -97,6 +109,7 @@ if not id then redis.call('SET', KEYS[6], ARGV[1]); id = ARGV[1] end
 local w = redis.call('GET', KEYS[5]) or '0'
 local e = redis.call('HMGET', KEYS[1], 'b', 'at', 'w', 'sh', 's', 'id')
 if not e[1] then return {id, w} end
+if #e[1] > tonumber(ARGV[3]) then return {id, w, 0} end
 local ew = tonumber(e[3])
 local function newer(k) local m = redis.call('GET', k); return m and tonumber(m) > ew end
 local stale = e[6] ~= id or newer(KEYS[2]) or newer(KEYS[3]) or newer(KEYS[4])
@@ -187,24 +200,34 @@ impl SharedTier {
 
     /// After a local miss: the shared entry, or the generation to fetch under.
     pub async fn lookup(&self, key: &Key) -> SharedLookup {
-        let result = self.lookup_raw(key).await;
-        match &result {
-            Ok(SharedLookup::Hit(_)) => self.metrics.shared("hit"),
-            Ok(SharedLookup::Miss(_)) => self.metrics.shared("miss"),
+        match self.lookup_raw(key).await {
+            Ok(Looked::Hit(entry)) => {
+                self.metrics.shared("hit");
+                SharedLookup::Hit(entry)
+            }
+            Ok(Looked::Miss(generation)) => {
+                self.metrics.shared("miss");
+                SharedLookup::Miss(Some(generation))
+            }
+            Ok(Looked::TooLarge(generation)) => {
+                self.metrics.shared("too_large");
+                SharedLookup::Miss(Some(generation))
+            }
             Err(error) => {
                 self.metrics.shared("error");
                 tracing::debug!(%error, "shared tier lookup failed: a miss");
+                SharedLookup::Miss(None)
             }
         }
-        result.unwrap_or(SharedLookup::Miss(None))
     }
 
-    pub(super) async fn lookup_raw(&self, key: &Key) -> Result<SharedLookup, OpError> {
+    pub(super) async fn lookup_raw(&self, key: &Key) -> Result<Looked, OpError> {
         let at = self.locate(key);
         let counter = self.names.counter();
         let lifetime = self.names.lifetime();
         let fresh_lifetime = uuid::Uuid::new_v4().to_string();
         let service_markers = format!("{}s:", self.names.marker_prefix());
+        let max_entry_bytes = self.policy.max_entry_bytes;
         let reply: Vec<Value> = self
             .conn
             .run(|mut manager| async move {
@@ -217,6 +240,7 @@ impl SharedTier {
                     .key(lifetime)
                     .arg(fresh_lifetime)
                     .arg(service_markers)
+                    .arg(max_entry_bytes)
                     .invoke_async(&mut manager)
                     .await
             })
@@ -231,8 +255,11 @@ impl SharedTier {
             },
             _ => return Err(unexpected()),
         };
+        if reply.len() == 3 {
+            return Ok(Looked::TooLarge(generation));
+        }
         let (Some(body), Some(stored_at)) = (text(2), text(3)) else {
-            return Ok(SharedLookup::Miss(Some(generation)));
+            return Ok(Looked::Miss(generation));
         };
         let stored_at_ms: u64 = String::from_utf8_lossy(&stored_at)
             .parse()
@@ -240,7 +267,7 @@ impl SharedTier {
         let service_ids: Vec<String> = text(4)
             .and_then(|ids| serde_json::from_slice(&ids).ok())
             .unwrap_or_default();
-        Ok(SharedLookup::Hit(SharedEntry {
+        Ok(Looked::Hit(SharedEntry {
             body: Bytes::from(body),
             age: Duration::from_millis(now_ms().saturating_sub(stored_at_ms)),
             service_ids,
@@ -248,7 +275,8 @@ impl SharedTier {
     }
 
     /// Stores a fetched broad answer (`age` old: zero for a fresh fetch) unless a write
-    /// touching it happened since `generation`. Returns whether it was stored.
+    /// touching it happened since `generation`, or the body is over `max_entry_bytes`
+    /// (the local cache would not keep it either). Returns whether it was stored.
     pub async fn store(
         &self,
         key: &Key,
@@ -257,6 +285,9 @@ impl SharedTier {
         service_ids: &[String],
         age: Duration,
     ) -> Result<bool, OpError> {
+        if body.len() > self.policy.max_entry_bytes {
+            return Ok(false);
+        }
         let Some(remaining) = self
             .policy
             .entry_ttl
@@ -320,8 +351,14 @@ impl SharedTier {
             )
         };
         let targets: Vec<String> = match scope {
-            Scope::Everything => vec!["all".to_owned()],
+            Scope::Everything | Scope::PurgeAll => vec!["all".to_owned()],
             Scope::WholeTenant => vec![tenant()],
+            Scope::PurgeContact { contact_key } => {
+                vec![format!(
+                    "o:{}",
+                    keys::owner_hash(&partition.owner(contact_key))
+                )]
+            }
             Scope::Touched { customer_ids, .. } if !customer_ids.is_empty() => vec![tenant()],
             Scope::Touched {
                 contact_keys,
@@ -365,6 +402,57 @@ impl SharedTier {
             })
             .await?;
         Ok(())
+    }
+
+    /// Deletes every shared entry of the namespace (the admin's `DELETE /cache`, after
+    /// [`SharedTier::invalidate`] has made them unservable): `SCAN` + `UNLINK` in
+    /// batches, each bounded by `op_timeout`, until `deadline`. Returns how many were
+    /// deleted, and whether the scan finished (if not, their expiry ends the rest).
+    pub async fn delete_all_entries(&self, deadline: std::time::Instant) -> (u64, bool) {
+        let pattern = format!("{}*", self.names.entry_prefix());
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            if std::time::Instant::now() >= deadline {
+                return (deleted, false);
+            }
+            let pattern = pattern.clone();
+            let batch = self
+                .conn
+                .run(|mut manager| async move {
+                    let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut manager)
+                        .await?;
+                    let unlinked = if keys.is_empty() {
+                        0
+                    } else {
+                        redis::cmd("UNLINK")
+                            .arg(keys)
+                            .query_async::<u64>(&mut manager)
+                            .await?
+                    };
+                    Ok((next, unlinked))
+                })
+                .await;
+            match batch {
+                Ok((next, unlinked)) => {
+                    deleted += unlinked;
+                    if next == 0 {
+                        return (deleted, true);
+                    }
+                    cursor = next;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "shared entries not all deleted; they expire");
+                    return (deleted, false);
+                }
+            }
+        }
     }
 
     /// [`SharedTier::invalidate`] for a local cache invalidation.

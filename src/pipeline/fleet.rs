@@ -17,9 +17,10 @@ impl Gateway {
         self.inner.cluster.as_ref()?.shared.clone()
     }
 
-    /// Applies a successful write: shared keys deleted (generations advanced), the
-    /// message published, then the local cache; the caller answers the client after.
-    /// Redis failing costs no client an error: the others flush on the sequence gap.
+    /// Applies a successful write: shared keys made unservable (generations advanced),
+    /// the message published, then the local cache; the caller answers the client
+    /// after. Redis failing costs no client an error: the bus holds what it could not
+    /// deliver and delivers it when Redis answers again.
     pub(super) async fn invalidate_write(
         &self,
         cache: &Cache,
@@ -27,14 +28,6 @@ impl Gateway {
         started_service_id: Option<&str>,
     ) {
         if let Some(cluster) = &self.inner.cluster {
-            if let Some(shared) = &cluster.shared {
-                if let Err(error) = shared
-                    .invalidate_local(invalidation, started_service_id)
-                    .await
-                {
-                    tracing::warn!(%error, "cluster: shared entries not invalidated");
-                }
-            }
             // Logged by the bus.
             let _ = cluster
                 .bus
