@@ -497,8 +497,15 @@ fn join_fleet(
         fetch_window: config.upstream.cache_wait(),
         max_entry_bytes: config.cache.max_entry_bytes,
     };
-    let sink = cluster::apply_to(cache.clone(), metrics.cluster().clone());
-    let cluster = Cluster::start(&config.cluster, policy, metrics.cluster().clone(), sink)?;
+    let (applied, acks) = cluster::applied_channel();
+    let sink = cluster::apply_to(cache.clone(), metrics.cluster().clone(), Some(applied));
+    let cluster = Cluster::start(
+        &config.cluster,
+        policy,
+        metrics.cluster().clone(),
+        sink,
+        Some(acks),
+    )?;
     if let Some(cluster) = &cluster {
         cache.set_gate(Arc::new(cluster.bus.clone()));
     }

@@ -49,7 +49,7 @@ impl Replica {
         let sink: EventSink = Arc::new(move |event| {
             let _ = tx.send(event);
         });
-        let cluster = Cluster::start(&config, policy, ClusterMetrics::default(), sink)
+        let cluster = Cluster::start(&config, policy, ClusterMetrics::default(), sink, None)
             .expect("a usable URL")
             .expect("a redis_url starts the cluster");
         Replica { cluster, events }

@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
+use super::ack::AppliedSender;
 use super::bus::{Bus, BusEvent, EventSink};
 use super::message::Scope;
 use super::metrics::ClusterMetrics;
@@ -21,8 +22,13 @@ impl ServeGate for Bus {
 /// The event sink that applies the bus's events to `cache`. Messages are handed to
 /// one task (applying one awaits moka), so they are applied in order; a flush is
 /// synchronous, so it has taken effect when the subscriber leaves degraded mode.
-/// Must be called inside a runtime.
-pub fn apply_to(cache: Cache, metrics: ClusterMetrics) -> EventSink {
+/// Each applied message is reported on `applied`, which the bus acknowledges to its
+/// writer ([`ack`](super::ack)). Must be called inside a runtime.
+pub fn apply_to(
+    cache: Cache,
+    metrics: ClusterMetrics,
+    applied: Option<AppliedSender>,
+) -> EventSink {
     let (sender, mut receiver) = mpsc::unbounded_channel::<super::Message>();
     let applier = cache.clone();
     tokio::spawn(async move {
@@ -36,6 +42,10 @@ pub fn apply_to(cache: Cache, metrics: ClusterMetrics) -> EventSink {
                 }
             }
             metrics.applied(message.delay(SystemTime::now()));
+            if let Some(applied) = &applied {
+                // The bus may be gone while shutting down: nobody is waiting then.
+                let _ = applied.send((message.origin, message.seq));
+            }
         }
     });
     Arc::new(move |event| match event {

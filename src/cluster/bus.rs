@@ -10,6 +10,11 @@
 //! Publishing goes through the [`Outbox`](super::outbox): a message that Redis does not
 //! take is held and delivered as soon as it answers, so a failed publish does not leave
 //! the other replicas stale until this replica's next write.
+//!
+//! The subscriber also listens on the ack channel: once a writer's message is
+//! published, the writer waits (at most `op_timeout`) for every other replica that
+//! took it to acknowledge having applied it ([`ack`](super::ack)), so the client's
+//! next read finds the change whichever replica it reaches.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +26,7 @@ use redis::Client;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::ack::{self, Acks, AppliedReceiver};
 use super::conn::{Conn, OpError};
 use super::message::{Decoded, Message, Partition, ReplicaId, Scope};
 use super::metrics::{ClusterMetrics, OpOutcome};
@@ -92,12 +98,18 @@ struct Inner {
     outbox: Arc<Outbox>,
     subscriber: JoinHandle<()>,
     republisher: JoinHandle<()>,
+    acknowledger: Option<JoinHandle<()>>,
+    /// How long a writer waits for the other replicas' apply acknowledgements.
+    ack_bound: Duration,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         self.subscriber.abort();
         self.republisher.abort();
+        if let Some(acknowledger) = &self.acknowledger {
+            acknowledger.abort();
+        }
     }
 }
 
@@ -109,6 +121,11 @@ pub struct Link {
     pub conn: Conn,
     /// The namespace's channel ([`Names::channel`](super::keys::Names::channel)).
     pub channel: String,
+    /// The namespace's ack channel ([`Names::ack_channel`](super::keys::Names::ack_channel)).
+    pub ack_channel: String,
+    /// Messages the applier has applied, to acknowledge; `None` acknowledges nothing
+    /// (a replica that only listens, as some tests do).
+    pub applied: Option<AppliedReceiver>,
     /// This replica in the fleet (random per process).
     pub id: ReplicaId,
     /// The shared tier, whose entries a message's invalidation reaches first.
@@ -122,6 +139,8 @@ struct Shared {
     degraded_ttl: Duration,
     state: watch::Sender<BusState>,
     metrics: ClusterMetrics,
+    /// Acknowledgements of this replica's own messages.
+    acks: Acks,
 }
 
 impl Bus {
@@ -145,6 +164,16 @@ impl Bus {
             degraded_ttl,
             state,
             metrics,
+            acks: Acks::default(),
+        });
+        let ack_bound = link.conn.op_timeout();
+        let acknowledger = link.applied.map(|applied| {
+            tokio::spawn(ack::publish_loop(
+                link.conn.clone(),
+                link.ack_channel.clone(),
+                link.id,
+                applied,
+            ))
         });
         let outbox = Arc::new(Outbox::new(
             link.conn,
@@ -158,7 +187,7 @@ impl Bus {
         ));
         let subscriber = tokio::spawn(subscribe_loop(
             link.client,
-            link.channel,
+            [link.channel, link.ack_channel],
             Arc::clone(&shared),
             on_event,
         ));
@@ -168,6 +197,8 @@ impl Bus {
                 outbox,
                 subscriber,
                 republisher,
+                acknowledger,
+                ack_bound,
             }),
         }
     }
@@ -230,7 +261,38 @@ impl Bus {
             tracing::warn!(%error, "invalidation not published; kept to republish");
         }
         delivered?;
+        self.await_applied(&message).await;
         Ok(message)
+    }
+
+    /// Waits, at most `op_timeout`, until every other replica that took `message` has
+    /// applied it ([`ack`]): then a client holding the write's 2xx finds the change on
+    /// whichever replica it asks next.
+    async fn await_applied(&self, message: &Message) {
+        let Some(receivers) = self.inner.outbox.receivers(message.seq) else {
+            return;
+        };
+        // This replica's own subscription took it too, when it is up.
+        let own = usize::from(!self.is_degraded());
+        let others = usize::try_from(receivers).unwrap_or(0).saturating_sub(own);
+        if others == 0 {
+            return;
+        }
+        let shared = &self.inner.shared;
+        if shared
+            .acks
+            .wait(message.seq, others, self.inner.ack_bound)
+            .await
+        {
+            shared.metrics.apply_wait("applied");
+        } else {
+            shared.metrics.apply_wait("timeout");
+            tracing::debug!(
+                seq = message.seq,
+                replicas = others,
+                "not every replica acknowledged the invalidation within op_timeout"
+            );
+        }
     }
 
     /// Messages held to republish (failed publishes not yet taken by Redis).
@@ -255,13 +317,19 @@ impl Shared {
     }
 }
 
-async fn subscribe_loop(client: Client, channel: String, shared: Arc<Shared>, on_event: EventSink) {
+/// `channels`: the invalidation channel, then the ack channel.
+async fn subscribe_loop(
+    client: Client,
+    channels: [String; 2],
+    shared: Arc<Shared>,
+    on_event: EventSink,
+) {
     let mut backoff = Backoff::default();
     let mut down_since = Instant::now();
     loop {
         let subscribed = tokio::time::timeout(LINK_TIMEOUT, async {
             let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
+            pubsub.subscribe(&channels[..]).await?;
             Ok::<_, redis::RedisError>(pubsub)
         })
         .await;
@@ -285,7 +353,7 @@ async fn subscribe_loop(client: Client, channel: String, shared: Arc<Shared>, on
         }));
         shared.set_connected(true);
         tracing::info!("invalidation bus subscribed");
-        listen(pubsub, &shared, &on_event).await;
+        listen(pubsub, &channels[1], &shared, &on_event).await;
         down_since = Instant::now();
         shared.set_connected(false);
         tracing::warn!(
@@ -296,7 +364,12 @@ async fn subscribe_loop(client: Client, channel: String, shared: Arc<Shared>, on
 }
 
 /// Reads one subscription until it fails.
-async fn listen(pubsub: redis::aio::PubSub, shared: &Shared, on_event: &EventSink) {
+async fn listen(
+    pubsub: redis::aio::PubSub,
+    ack_channel: &str,
+    shared: &Shared,
+    on_event: &EventSink,
+) {
     let (mut sink, mut stream) = pubsub.split();
     let mut last_seq: HashMap<ReplicaId, u64> = HashMap::new();
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -305,6 +378,13 @@ async fn listen(pubsub: redis::aio::PubSub, shared: &Shared, on_event: &EventSin
         tokio::select! {
             received = stream.next() => {
                 let Some(received) = received else { return };
+                if received.get_channel_name() == ack_channel {
+                    match ack::decode(received.get_payload_bytes()) {
+                        Some((origin, seq)) if origin == shared.id => shared.acks.record(seq),
+                        _ => {}
+                    }
+                    continue;
+                }
                 handle(Message::decode(received.get_payload_bytes()), shared, on_event, &mut last_seq);
             }
             _ = ping.tick() => {

@@ -126,6 +126,11 @@ impl Names {
         format!("{}inv", self.prefix)
     }
 
+    /// The pub/sub channel of apply acknowledgements ([`ack`](super::ack)).
+    pub fn ack_channel(&self) -> String {
+        format!("{}ack", self.prefix)
+    }
+
     /// `…e:{hash}`: a stored entry (a Redis hash).
     pub fn entry(&self, hash: &Hash) -> String {
         format!("{}e:{hash}", self.prefix)

@@ -59,6 +59,7 @@ pub struct ClusterMetrics {
     bus_delay: Histogram,
     shared: Family<ResultLabel, Counter>,
     lock_waits: Family<OutcomeLabel, Counter>,
+    apply_waits: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for ClusterMetrics {
@@ -74,6 +75,7 @@ impl Default for ClusterMetrics {
             bus_delay: Histogram::new(DELAY_BUCKETS.into_iter()),
             shared: Family::default(),
             lock_waits: Family::default(),
+            apply_waits: Family::default(),
         }
     }
 }
@@ -130,6 +132,11 @@ impl ClusterMetrics {
             "Cold misses that waited for another replica's fetch, by outcome (filled, fallback)",
             self.lock_waits.clone(),
         );
+        registry.register(
+            "csgate_cluster_apply_waits",
+            "Writes that waited for the other replicas to apply their invalidation before answering, by outcome (applied, timeout: past op_timeout)",
+            self.apply_waits.clone(),
+        );
     }
 
     pub(crate) fn set_connected(&self, up: bool) {
@@ -169,6 +176,14 @@ impl ClusterMetrics {
 
     pub(crate) fn shared(&self, result: &'static str) {
         self.shared.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    /// A writer's wait for the other replicas' apply acknowledgements ended: `applied`
+    /// (all of them) or `timeout` (past `op_timeout`).
+    pub(crate) fn apply_wait(&self, outcome: &'static str) {
+        self.apply_waits
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     pub(crate) fn lock_wait(&self, outcome: &'static str) {
@@ -220,6 +235,7 @@ mod tests {
         metrics.applied(Duration::from_millis(1));
         metrics.shared("hit");
         metrics.lock_wait("filled");
+        metrics.apply_wait("applied");
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let mut text = String::new();
@@ -232,6 +248,7 @@ mod tests {
             "csgate_cluster_bus_delay_seconds_count 1",
             "csgate_cluster_shared_requests_total{result=\"hit\"} 1",
             "csgate_cluster_lock_waits_total{outcome=\"filled\"} 1",
+            "csgate_cluster_apply_waits_total{outcome=\"applied\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -8,6 +8,7 @@
 //! - [`conn`]: the command connection, every operation bounded by `op_timeout`.
 //! - [`apply`]: the bus's events applied to the local cache; the hit-path gate.
 //! - [`bus`]: publishing, and the subscriber with degraded mode and flush signals.
+//! - [`ack`]: apply acknowledgements, so a writer answers once the fleet has applied.
 //! - [`outbox`]: this replica's messages on their way out, held and retried while
 //!   Redis does not take them.
 //! - [`shared`]: the shared tier (generations, markers).
@@ -20,14 +21,16 @@
 //!   fetch closure calls [`SharedTier::store`] with the generation it was given);
 //! - local hit → serve only if [`Bus::may_serve`] (an atomic load);
 //! - write's 2xx → [`Bus::publish_invalidation`] (the shared tier's entries made
-//!   unservable, then the message published; held and retried if Redis fails), then
+//!   unservable, then the message published; held and retried if Redis fails; then
+//!   the other replicas' apply acknowledgements awaited, at most `op_timeout`), then
 //!   the local invalidation, then answer;
 //! - [`BusEvent::Invalidate`] → apply like a local write, then
-//!   [`ClusterMetrics::applied`] with [`Message::delay`];
+//!   [`ClusterMetrics::applied`] with [`Message::delay`], then an acknowledgement;
 //!   [`BusEvent::Flush`] → drop every local entry;
 //! - admin purge → [`Cluster::purge_all`] / [`Cluster::purge_contact`] (shared tier,
 //!   then the bus), then the local purge.
 
+pub mod ack;
 pub mod apply;
 pub mod bus;
 pub mod config;
@@ -40,6 +43,7 @@ pub mod outbox;
 pub mod purge;
 pub mod shared;
 
+pub use ack::{applied_channel, AppliedReceiver, AppliedSender};
 pub use apply::apply_to;
 pub use bus::{Bus, BusEvent, BusState, EventSink, FlushReason, PublishError};
 pub use config::{ClusterConfig, ClusterConfigError, RawCluster};
@@ -74,6 +78,7 @@ impl Cluster {
         policy: SharedPolicy,
         metrics: ClusterMetrics,
         on_event: EventSink,
+        applied: Option<AppliedReceiver>,
     ) -> Result<Option<Cluster>, ClusterConfigError> {
         let Some(url) = &config.redis_url else {
             return Ok(None);
@@ -94,6 +99,8 @@ impl Cluster {
             client,
             conn,
             channel: names.channel(),
+            ack_channel: names.ack_channel(),
+            applied,
             id,
             tier: shared.clone(),
         };

@@ -61,7 +61,13 @@ struct Queue {
     last_ticket: u64,
     delivered: u64,
     pending: VecDeque<Held>,
+    /// How many subscribers took each recently published message (`PUBLISH`'s reply),
+    /// by sequence number: the acknowledgements its writer waits for.
+    receivers: std::collections::BTreeMap<u64, i64>,
 }
+
+/// Receiver counts kept; a writer reads its own right after its delivery.
+const RECEIVERS_KEPT: usize = 256;
 
 /// A message not yet delivered.
 #[derive(Debug, Clone)]
@@ -189,6 +195,11 @@ impl Outbox {
         (message, result)
     }
 
+    /// How many subscribers took message `seq` when it was published, if it was.
+    pub(super) fn receivers(&self, seq: u64) -> Option<i64> {
+        self.lock_queue().receivers.get(&seq).copied()
+    }
+
     /// Messages held (not yet taken by Redis).
     pub(super) fn pending(&self) -> usize {
         self.lock_queue().pending.len()
@@ -232,7 +243,8 @@ impl Outbox {
             }
             let payload = front.message.encode();
             let channel = self.channel.clone();
-            self.conn
+            let receivers = self
+                .conn
                 .run(|mut manager| async move {
                     redis::cmd("PUBLISH")
                         .arg(channel)
@@ -243,6 +255,10 @@ impl Outbox {
                 .await?;
             *sent += 1;
             let mut queue = self.lock_queue();
+            queue.receivers.insert(front.message.seq, receivers);
+            while queue.receivers.len() > RECEIVERS_KEPT {
+                queue.receivers.pop_first();
+            }
             if queue
                 .pending
                 .front()
