@@ -2,16 +2,21 @@
 # csgate benchmark: csgate vs nginx proxy_cache/proxy_pass vs a minimal hyper "floor",
 # on the same machine in the same run, systems alternating in rounds.
 #
-#   bench/run.sh [--quick] [--only hit,miss,miss40,deep,rate,stampede,memory] [--note "text"]
+#   bench/run.sh [--quick] [--only hit,miss,miss40,deep,rate,stampede,memory,fleet,flood]
+#                [--note "text"]
+#
+# fleet and flood run bench/fleet.sh (two replicas on Redis: coherence, cluster on/off)
+# and bench/flood.sh (memory under a unique-key flood, embedded store) after the rest;
+# each writes its own report in bench/results (fleet-*.md, flood-*.md).
 #
 # CSGATE_BIN=/path/to/csgate benchmarks that binary instead of building this checkout
 # (e.g. to compare a change before committing it); the report names the binary.
 #
 # --quick: 2 rounds of 3 s, one memory budget; about two minutes once built.
-# full:    5 rounds of 15 s, two memory budgets; about 15 minutes.
+# full:    5 rounds of 15 s, two memory budgets; about 25 minutes with fleet and flood.
 #
-# Needs: nginx, wrk (installed with apt-get when missing and running as root), curl,
-# taskset, cargo. Writes bench/results/latest.{md,svg}, a timestamped copy of both and
+# Needs: nginx, wrk, redis-server, bc, sqlite3 (installed with apt-get when missing and
+# running as root), curl, taskset, cargo. Writes bench/results/latest.{md,svg}, a timestamped copy of both and
 # the raw JSON lines. Everything else lives in a temp dir removed on exit
 # (KEEP_TMP=1 keeps it). Respects CARGO_TARGET_DIR.
 set -euo pipefail
@@ -19,14 +24,14 @@ set -euo pipefail
 # ----------------------------------------------------------------------------- settings
 MODE=full
 NOTE=""
-ALL_PHASES="hit,miss,miss40,deep,rate,stampede,memory"
+ALL_PHASES="hit,miss,miss40,deep,rate,stampede,memory,fleet,flood"
 PHASES=$ALL_PHASES
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) MODE=quick ;;
         --note) NOTE="$2"; shift ;;
         --only) PHASES="$2"; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -66,7 +71,8 @@ die() { log "error: $*"; exit 1; }
 
 # ------------------------------------------------------------------------------- tools
 need_apt=()
-for tool in nginx wrk; do
+# (redis-server for the fleet phase, bc and sqlite3 for the flood phase.)
+for tool in nginx wrk redis-server bc sqlite3; do
     command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
 if [[ ${#need_apt[@]} -gt 0 ]]; then
@@ -484,6 +490,24 @@ for budget in "${MEM_BUDGETS[@]}"; do
     kill "$CS_PID"
 done
 
+# ------------------------------------------------------------------- 6 + 7: fleet, flood
+# Their own scripts, servers and reports; run.sh's servers are idle (or gone) by now.
+SUB_REPORTS=()
+if phase fleet; then
+    log "6. fleet: bench/fleet.sh"
+    fleet_args=()
+    [[ $MODE == quick ]] && fleet_args+=(--quick)
+    CSGATE_BIN="$CSGATE_BIN" bash "$HERE/fleet.sh" "${fleet_args[@]}" --note "$NOTE" >"$TMP/fleet.out" 2>&1 ||
+        die "bench/fleet.sh failed: $(tail -5 "$TMP/fleet.out")"
+    SUB_REPORTS+=("$(ls -t "$RESULTS"/fleet-*.md | head -1)")
+fi
+if phase flood; then
+    log "7. flood: bench/flood.sh"
+    CSGATE_BIN="$CSGATE_BIN" bash "$HERE/flood.sh" --note "$NOTE" >"$TMP/flood.out" 2>&1 ||
+        die "bench/flood.sh failed: $(tail -5 "$TMP/flood.out")"
+    SUB_REPORTS+=("$(ls -t "$RESULTS"/flood-*.md | head -1)")
+fi
+
 # -------------------------------------------------------------------------- report
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 emit "{\"kind\":\"meta\",\"mode\":\"$MODE\",\"date\":\"$STARTED\",\"commit\":\"$GIT_COMMIT\",\"dirty\":\"$GIT_DIRTY\",\"nproc\":$(nproc),\"cpu\":\"$(json_str "$CPU_MODEL")\",\"kernel\":\"$(uname -sr)\",\"loadavg_start\":\"$LOAD_START\",\"loadavg_end\":\"$LOAD_END\",\"nginx\":\"$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')\",\"wrk\":\"$(wrk -v 2>&1 | head -1 | awk '{ print $2 }')\",\"rustc\":\"$(rustc -V | awk '{ print $2 }')\",\"csgate_bin\":\"$(json_str "$CSGATE_BIN")\",\"phases\":\"$PHASES\",\"note\":\"$(json_str "$NOTE")\",\"rounds\":$ROUNDS,\"duration_s\":$DURATION,\"connections\":$CONNECTIONS,\"rate_connections\":$RATE_CONNECTIONS,\"keys\":$KEYS,\"variants\":$VARIANTS,\"hit_uris\":$HIT_URIS,\"slow_ms\":$SLOW_MS,\"ttl\":\"$TTL\",\"anonymous_body_bytes\":$ANON_BYTES,\"customer_body_bytes\":$CUST_BYTES,\"large_body_bytes\":$BIG_BYTES,\"rate50\":$RATE50,\"rate80\":$RATE80}"
@@ -503,3 +527,6 @@ else
     log "wrote $RESULTS/$NAME.md and $NAME.svg (partial run: latest.* untouched)"
 fi
 cat "$RESULTS/$NAME.md"
+for report in "${SUB_REPORTS[@]}"; do
+    log "also written: $report"
+done
