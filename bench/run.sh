@@ -31,7 +31,7 @@ while [[ $# -gt 0 ]]; do
         --quick) MODE=quick ;;
         --note) NOTE="$2"; shift ;;
         --only) PHASES="$2"; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
