@@ -51,8 +51,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 RESULTS="$HERE/results"
 
-log() { printf '[fleet %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_NAME=fleet
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 for tool in redis-server wrk curl taskset cargo; do
     command -v "$tool" >/dev/null 2>&1 || die "missing $tool"
@@ -60,47 +61,10 @@ done
 [[ $(nproc) -ge 2 ]] || die "needs at least 2 CPUs (replicas and load on separate cores)"
 
 # ------------------------------------------------------------------------------- build
-TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-BIN="$TARGET_DIR/release"
-if [[ -z ${CSGATE_BIN:-} ]]; then
-    log "building csgate (release, target dir $TARGET_DIR)"
-    (cd "$REPO" && cargo build --release --quiet --bin csgate)
-    CSGATE_BIN="$BIN/csgate"
-fi
-log "building the bench tools"
-cargo build --release --quiet --manifest-path "$HERE/tools/Cargo.toml" --target-dir "$TARGET_DIR"
-for b in upstream loadgen fleetprobe; do
-    [[ -x $BIN/$b ]] || die "missing binary $BIN/$b"
-done
-[[ -x $CSGATE_BIN ]] || die "missing binary $CSGATE_BIN"
+bench_build upstream loadgen fleetprobe
 
 # ----------------------------------------------------------------------- process control
-TMP="$(mktemp -d /tmp/csgate-fleet.XXXXXX)"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-# A port below the ephemeral range that nothing listens on (as bench/run.sh).
-free_port() {
-    local low port
-    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
-    while :; do
-        port=$((10000 + RANDOM % (low - 10000)))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
-            ! grep -qi ":$(printf '%04X' "$port") " /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-}
+bench_temp
 
 wait_until() { # description command...
     local what=$1 i

@@ -53,8 +53,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 RESULTS="$HERE/results"
 
-log() { printf '[flood %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_NAME=flood
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 for tool in curl taskset cargo bc sqlite3; do
     command -v "$tool" >/dev/null 2>&1 || die "missing $tool"
@@ -62,54 +63,10 @@ done
 [[ $(nproc) -ge 2 ]] || die "needs at least 2 CPUs (csgate and load generator on separate cores)"
 
 # ------------------------------------------------------------------------------- build
-TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-BIN="$TARGET_DIR/release"
-if [[ -n ${CSGATE_BIN:-} ]]; then
-    log "building the load generator (release, target dir $TARGET_DIR); csgate is $CSGATE_BIN"
-else
-    log "building csgate and the load generator (release, target dir $TARGET_DIR)"
-    (cd "$REPO" && cargo build --release --quiet --bin csgate)
-    CSGATE_BIN="$BIN/csgate"
-fi
-cargo build --release --quiet --manifest-path "$HERE/tools/Cargo.toml" --target-dir "$TARGET_DIR" --bin loadgen
-[[ -x $BIN/loadgen ]] || die "missing binary $BIN/loadgen"
-[[ -x $CSGATE_BIN ]] || die "missing binary $CSGATE_BIN"
+bench_build loadgen
 
 # ----------------------------------------------------------------------- process control
-TMP="$(mktemp -d /tmp/csgate-flood.XXXXXX)"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-free_port() { # as in bench/run.sh: below the ephemeral range, nothing listening
-    local low port
-    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
-    while :; do
-        port=$((10000 + RANDOM % (low - 10000)))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
-            ! grep -qi ":$(printf '%04X' "$port") " /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-}
-
-wait_http() { # url [seconds]
-    local i
-    for ((i = 0; i < ${2:-20} * 10; i++)); do
-        curl -s -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    die "$1 did not answer"
-}
+bench_temp
 
 status_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 

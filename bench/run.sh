@@ -66,8 +66,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
 RESULTS="$HERE/results"
 
-log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+BENCH_NAME=bench
+# shellcheck source=bench/lib.sh
+source "$HERE/lib.sh"
 
 # ------------------------------------------------------------------------------- tools
 need_apt=()
@@ -90,58 +91,10 @@ NGINX="$(command -v nginx)"
 [[ $(nproc) -ge 2 ]] || die "needs at least 2 CPUs (server and load generator on separate cores)"
 
 # ------------------------------------------------------------------------------- build
-TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
-BIN="$TARGET_DIR/release"
-if [[ -n ${CSGATE_BIN:-} ]]; then
-    log "building the bench tools (release, target dir $TARGET_DIR); csgate is $CSGATE_BIN"
-else
-    log "building csgate and the bench tools (release, target dir $TARGET_DIR)"
-    (cd "$REPO" && cargo build --release --quiet --bin csgate)
-    CSGATE_BIN="$BIN/csgate"
-fi
-cargo build --release --quiet --manifest-path "$HERE/tools/Cargo.toml" --target-dir "$TARGET_DIR"
-for b in upstream floor loadgen report; do
-    [[ -x $BIN/$b ]] || die "missing binary $BIN/$b"
-done
-[[ -x $CSGATE_BIN ]] || die "missing binary $CSGATE_BIN"
+bench_build upstream floor loadgen report
 
 # ----------------------------------------------------------------------- process control
-TMP="$(mktemp -d /tmp/csgate-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true
-    if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-# A port below the ephemeral range (so no outgoing connection holds it) that nothing
-# listens on. A race with another process binding it is possible, but it fails loudly.
-free_port() {
-    local low port
-    low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
-    while :; do
-        port=$((10000 + RANDOM % (low - 10000)))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null &&
-            ! grep -qi ":$(printf '%04X' "$port") " /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-}
-
-wait_http() { # url [seconds]
-    local i
-    for ((i = 0; i < ${2:-20} * 10; i++)); do
-        curl -s -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    die "$1 did not answer"
-}
+bench_temp
 
 # Sum of user+system CPU ticks of the given PIDs.
 cpu_ticks() {
