@@ -3,6 +3,7 @@
 //! already bound, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod h2frames;
 pub mod process;
 pub mod store;
 
