@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::scan::{decode_string, has_duplicate, write_normalised, Scanner, Span};
+use super::tape::{Reader, Tape};
 use super::{Broad, ScanError};
 
 /// One member of an object: `"key"` (quotes included) and its value.
@@ -82,18 +83,144 @@ pub(super) struct ServiceIndex {
     pub irregular: bool,
 }
 
+/// What both readers of a body offer [`index_service`]: [`Scanner`] reads any body and
+/// names its errors; [`Reader`] reads the tape of a compact one ([`Tape`]) several times
+/// faster and gives up on anything else.
+pub(super) trait Tokens<'a> {
+    fn buf(&self) -> &'a [u8];
+    fn pos(&self) -> usize;
+    fn ws(&mut self);
+    fn peek(&self) -> Result<u8, ScanError>;
+    fn at_end(&self) -> bool;
+    fn enter(&mut self);
+    fn next_key(&mut self, first: &mut bool) -> Result<Option<Span>, ScanError>;
+    fn next_element(&mut self, first: &mut bool) -> Result<bool, ScanError>;
+    fn skip_value(&mut self) -> Result<Span, ScanError>;
+    fn error(&self, reason: &'static str) -> ScanError;
+    /// Clears `dirty` and `irregular` at the start of a service.
+    fn reset_flags(&mut self);
+    fn dirty(&self) -> bool;
+    fn irregular(&self) -> bool;
+    fn mark_irregular(&mut self, irregular: bool);
+}
+
+impl<'a> Tokens<'a> for Scanner<'a> {
+    fn buf(&self) -> &'a [u8] {
+        self.buf
+    }
+    fn pos(&self) -> usize {
+        self.pos
+    }
+    fn ws(&mut self) {
+        Scanner::ws(self);
+    }
+    fn peek(&self) -> Result<u8, ScanError> {
+        Scanner::peek(self)
+    }
+    fn at_end(&self) -> bool {
+        Scanner::at_end(self)
+    }
+    fn enter(&mut self) {
+        Scanner::enter(self);
+    }
+    fn next_key(&mut self, first: &mut bool) -> Result<Option<Span>, ScanError> {
+        Scanner::next_key(self, first)
+    }
+    fn next_element(&mut self, first: &mut bool) -> Result<bool, ScanError> {
+        Scanner::next_element(self, first)
+    }
+    fn skip_value(&mut self) -> Result<Span, ScanError> {
+        Scanner::skip_value(self)
+    }
+    fn error(&self, reason: &'static str) -> ScanError {
+        Scanner::error(self, reason)
+    }
+    fn reset_flags(&mut self) {
+        self.dirty = false;
+        self.irregular = false;
+    }
+    fn dirty(&self) -> bool {
+        self.dirty
+    }
+    fn irregular(&self) -> bool {
+        self.irregular
+    }
+    fn mark_irregular(&mut self, irregular: bool) {
+        self.irregular |= irregular;
+    }
+}
+
+/// A compact body has no whitespace and no escape to respell: never `dirty`.
+impl<'a> Tokens<'a> for Reader<'a> {
+    fn buf(&self) -> &'a [u8] {
+        self.buf
+    }
+    fn pos(&self) -> usize {
+        self.pos
+    }
+    fn ws(&mut self) {}
+    fn peek(&self) -> Result<u8, ScanError> {
+        Reader::peek(self)
+    }
+    fn at_end(&self) -> bool {
+        Reader::at_end(self)
+    }
+    fn enter(&mut self) {
+        Reader::enter(self);
+    }
+    fn next_key(&mut self, first: &mut bool) -> Result<Option<Span>, ScanError> {
+        Reader::next_key(self, first)
+    }
+    fn next_element(&mut self, first: &mut bool) -> Result<bool, ScanError> {
+        Reader::next_element(self, first)
+    }
+    fn skip_value(&mut self) -> Result<Span, ScanError> {
+        Reader::skip_value(self)
+    }
+    fn error(&self, _reason: &'static str) -> ScanError {
+        super::tape::refused()
+    }
+    fn reset_flags(&mut self) {
+        self.irregular = false;
+    }
+    fn dirty(&self) -> bool {
+        false
+    }
+    fn irregular(&self) -> bool {
+        self.irregular
+    }
+    fn mark_irregular(&mut self, irregular: bool) {
+        self.irregular |= irregular;
+    }
+}
+
 pub(super) fn parse(body: Bytes) -> Result<Broad, ScanError> {
     if u32::try_from(body.len()).is_err() {
         return Err(ScanError::TooLarge);
     }
+    // The tape's reader gives up rather than name an error: the scanner reads the body
+    // again when it does, and decides.
+    let fast = Tape::build(&body).and_then(|tape| index_array(&mut tape.reader(&body)).ok());
+    let (services, tables) = match fast {
+        Some(indexed) => indexed,
+        None => index_array(&mut Scanner::new(&body))?,
+    };
+    Ok(Broad {
+        body,
+        services,
+        tables,
+    })
+}
+
+/// Reads a Service[] (the whole body) into its index.
+fn index_array<'a>(s: &mut impl Tokens<'a>) -> Result<(Vec<ServiceIndex>, Tables), ScanError> {
     let mut services = Vec::new();
     let mut tables = Tables::default();
-    let mut s = Scanner::new(&body);
     s.ws();
     if s.peek()? != b'[' {
         let kind = kind_of(s.peek()?);
         s.skip_value()?;
-        end(&mut s)?;
+        end(s)?;
         return Err(ScanError::NotArray { kind });
     }
     s.enter();
@@ -105,7 +232,7 @@ pub(super) fn parse(body: Bytes) -> Result<Broad, ScanError> {
         s.ws();
         let b = s.peek()?;
         if b == b'{' && not_object.is_none() {
-            let service = index_service(&mut s, &mut tables, &mut keys)?;
+            let service = index_service(s, &mut tables, &mut keys)?;
             services.push(service);
         } else {
             if b != b'{' {
@@ -115,15 +242,22 @@ pub(super) fn parse(body: Bytes) -> Result<Broad, ScanError> {
         }
         index += 1;
     }
-    end(&mut s)?;
+    end(s)?;
     if let Some((index, kind)) = not_object {
         return Err(ScanError::NotObject { index, kind });
     }
-    Ok(Broad {
-        body,
-        services,
-        tables,
-    })
+    Ok((services, tables))
+}
+
+/// The index of `body` as the tape's reader finds it (`None` when it gives up) and as the
+/// scanner finds it, for the tests that hold them to each other.
+#[cfg(test)]
+pub(super) fn both_readers(body: &[u8]) -> (Option<String>, Result<String, ScanError>) {
+    let show = |index: (Vec<ServiceIndex>, Tables)| format!("{index:?}");
+    let fast = Tape::build(body)
+        .and_then(|tape| index_array(&mut tape.reader(body)).ok())
+        .map(show);
+    (fast, index_array(&mut Scanner::new(body)).map(show))
 }
 
 /// Indexes one object for Query Service by ID.
@@ -131,20 +265,30 @@ pub(super) fn parse_one(body: &[u8], tables: &mut Tables) -> Result<ServiceIndex
     if u32::try_from(body.len()).is_err() {
         return Err(ScanError::TooLarge);
     }
-    let mut s = Scanner::new(body);
+    if let Some(tape) = Tape::build(body) {
+        let mut fast = Tables::default();
+        if let Ok(service) = index_one(&mut tape.reader(body), &mut fast) {
+            *tables = fast;
+            return Ok(service);
+        }
+    }
+    index_one(&mut Scanner::new(body), tables)
+}
+
+fn index_one<'a>(s: &mut impl Tokens<'a>, tables: &mut Tables) -> Result<ServiceIndex, ScanError> {
     s.ws();
     let b = s.peek()?;
     if b != b'{' {
         s.skip_value()?;
-        end(&mut s)?;
+        end(s)?;
         return Err(ScanError::NotService { kind: kind_of(b) });
     }
-    let service = index_service(&mut s, tables, &mut Vec::new())?;
-    end(&mut s)?;
+    let service = index_service(s, tables, &mut Vec::new())?;
+    end(s)?;
     Ok(service)
 }
 
-fn end(s: &mut Scanner<'_>) -> Result<(), ScanError> {
+fn end<'a>(s: &mut impl Tokens<'a>) -> Result<(), ScanError> {
     s.ws();
     if s.at_end() {
         Ok(())
@@ -165,14 +309,13 @@ fn kind_of(b: u8) -> &'static str {
     }
 }
 
-fn index_service(
-    s: &mut Scanner<'_>,
+fn index_service<'a>(
+    s: &mut impl Tokens<'a>,
     broad: &mut Tables,
     keys: &mut Vec<Span>,
 ) -> Result<ServiceIndex, ScanError> {
-    s.dirty = false;
-    s.irregular = false;
-    let start = s.pos;
+    s.reset_flags();
+    let start = s.pos();
     let members_start = broad.members.len();
     let mut service = ServiceIndex {
         span: Span::default(),
@@ -190,7 +333,7 @@ fn index_service(
     s.enter();
     let mut first = true;
     while let Some(key) = s.next_key(&mut first)? {
-        let name = key.inner(s.buf);
+        let name = key.inner(s.buf());
         let is_null = s.peek()? == b'n';
         let section = SECTIONS.iter().position(|k| *k == name);
         let value = match name {
@@ -232,13 +375,14 @@ fn index_service(
     }
     service.span = Span {
         start: start as u32,
-        end: s.pos as u32,
+        end: s.pos() as u32,
     };
     let members = &mut keys_of(&broad.members[members_start..], keys);
-    s.irregular |= has_duplicate(s.buf, members);
+    let duplicate = has_duplicate(s.buf(), members);
+    s.mark_irregular(duplicate);
     service.members = (members_start as u32, broad.members.len() as u32);
-    service.clean = !s.dirty;
-    service.irregular = s.irregular;
+    service.clean = !s.dirty();
+    service.irregular = s.irregular();
     Ok(service)
 }
 
@@ -249,11 +393,14 @@ fn keys_of<'k>(members: &[Member], keys: &'k mut Vec<Span>) -> &'k mut [Span] {
 }
 
 /// `started` or `completed`: the span of its value and of `timestamp` when that is a string.
-fn event(s: &mut Scanner<'_>, keys: &mut Vec<Span>) -> Result<(Span, Option<Span>), ScanError> {
+fn event<'a>(
+    s: &mut impl Tokens<'a>,
+    keys: &mut Vec<Span>,
+) -> Result<(Span, Option<Span>), ScanError> {
     if s.peek()? != b'{' {
         return Ok((s.skip_value()?, None));
     }
-    let start = s.pos;
+    let start = s.pos();
     s.enter();
     keys.clear();
     let mut first = true;
@@ -262,33 +409,34 @@ fn event(s: &mut Scanner<'_>, keys: &mut Vec<Span>) -> Result<(Span, Option<Span
         keys.push(key);
         let is_string = s.peek()? == b'"';
         let value = s.skip_value()?;
-        if key.inner(s.buf) == b"timestamp" {
+        if key.inner(s.buf()) == b"timestamp" {
             at = is_string.then_some(value);
         }
     }
-    s.irregular |= has_duplicate(s.buf, keys);
+    let duplicate = has_duplicate(s.buf(), keys);
+    s.mark_irregular(duplicate);
     let span = Span {
         start: start as u32,
-        end: s.pos as u32,
+        end: s.pos() as u32,
     };
     Ok((span, at))
 }
 
 /// A state section that is an array: records its elements when one of them carries nested
 /// task arrays (the trim removes those), otherwise nothing.
-fn states(
-    s: &mut Scanner<'_>,
+fn states<'a>(
+    s: &mut impl Tokens<'a>,
     broad: &mut Tables,
     keys: &mut Vec<Span>,
 ) -> Result<(Span, SectionState), ScanError> {
-    let start = s.pos;
+    let start = s.pos();
     let elements_start = broad.elements.len();
     let mut rewrite = false;
     s.enter();
     let mut first = true;
     while s.next_element(&mut first)? {
         s.ws();
-        let element_start = s.pos;
+        let element_start = s.pos();
         if s.peek()? != b'{' {
             let span = s.skip_value()?;
             broad.elements.push(Element {
@@ -303,13 +451,17 @@ fn states(
         let mut first_key = true;
         while let Some(key) = s.next_key(&mut first_key)? {
             let value = s.skip_value()?;
-            nested |= NESTED_TASKS.contains(&key.inner(s.buf));
+            nested |= NESTED_TASKS.contains(&key.inner(s.buf()));
             broad.state_members.push(Member { key, value });
         }
-        s.irregular |= has_duplicate(s.buf, keys_of(&broad.state_members[members_start..], keys));
+        let duplicate = has_duplicate(
+            s.buf(),
+            keys_of(&broad.state_members[members_start..], keys),
+        );
+        s.mark_irregular(duplicate);
         let span = Span {
             start: element_start as u32,
-            end: s.pos as u32,
+            end: s.pos() as u32,
         };
         let members = if nested {
             rewrite = true;
@@ -322,7 +474,7 @@ fn states(
     }
     let span = Span {
         start: start as u32,
-        end: s.pos as u32,
+        end: s.pos() as u32,
     };
     if rewrite {
         let elements = (elements_start as u32, broad.elements.len() as u32);

@@ -39,11 +39,17 @@
 //! a span holds whitespace or escapes to respell, or duplicate keys — a second pass over
 //! every byte, which costs more than the difference. The tokenizer gets those facts in its
 //! one pass (duplicate detection is ~8 % of it).
+//!
+//! Compact bodies without a backslash — what upstreams send — are read from a tape of
+//! token positions instead ([`tape`]: SSE2 bit masks, then one step per token), and the
+//! tokenizer reads everything else, and names every error. `Broad::parse`, instructions
+//! per answer (callgrind): 2.2 KB 54.6 k → 41.7 k, 36 KB 818 k → 605 k.
 
 mod index;
 mod matcher;
 mod render;
 mod scan;
+mod tape;
 #[cfg(test)]
 mod tests;
 

@@ -113,6 +113,52 @@ fn edge_cases_agree_with_the_oracle() {
 }
 
 #[test]
+fn the_tape_takes_compact_bodies_only() {
+    use super::tape::Tape;
+    for body in [
+        "[]",
+        "[{}]",
+        r#"[{"a":[1,-2.5e3,true,null,"x y"]}]"#,
+        "[\"é😀\"]",
+    ] {
+        assert!(Tape::build(body.as_bytes()).is_some(), "{body}");
+    }
+    let refused: &[&[u8]] = &[
+        b" []",
+        b"[\n]",
+        b"[{\"a\": 1}]",
+        br#"["\u0041"]"#,
+        b"[\"a\tb\"]",
+        b"[\"open]",
+        b"[\"\xff\"]",
+    ];
+    for body in refused {
+        assert!(
+            Tape::build(body).is_none(),
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+/// Strings, numbers and literals across the tape's 64-byte blocks, and bodies ending
+/// anywhere in a block.
+#[test]
+fn the_tape_reads_across_blocks() {
+    for pad in 0..130 {
+        let filler = "f".repeat(pad);
+        let number = format!("1{}", "0".repeat(pad % 70));
+        let body = format!(
+            r#"[{{"service_id":"{filler}","n":{number},"t":true,"x":[{number},"{filler}",null]}},{{"{filler}":{{}}}}]"#
+        );
+        let (fast, slow) = super::index::both_readers(body.as_bytes());
+        assert_eq!(fast.as_ref(), slow.as_ref().ok(), "{body}");
+        assert!(fast.is_some(), "{body}");
+        assert_same(&body, &query(), &TypeMap::default());
+    }
+}
+
+#[test]
 fn attached_data_10000_deep_passes() {
     let body = format!(
         r#"[{{"service_id":1,"x":{},"active_states":[{{"d":{}}}]}}]"#,
@@ -462,8 +508,18 @@ fn roll(rng: &mut u64, n: u64) -> u64 {
 
 /// Writes `j` with whitespace and escapes chosen by `rng`.
 fn write(j: &J, rng: &mut u64, out: &mut String) {
+    write_styled(j, rng, false, out);
+}
+
+/// Writes `j` as upstreams usually do: no whitespace, and every character that would need
+/// an escape replaced by a plain one, so that the body is on the tape's fast path.
+fn write_compact(j: &J, out: &mut String) {
+    write_styled(j, &mut 1, true, out);
+}
+
+fn write_styled(j: &J, rng: &mut u64, compact: bool, out: &mut String) {
     let ws = |r: u64, out: &mut String| {
-        if r < 3 {
+        if r < 3 && !compact {
             out.push_str([" ", "\n\t", "\r\n  "][r as usize]);
         }
     };
@@ -478,6 +534,7 @@ fn write(j: &J, rng: &mut u64, out: &mut String) {
             out.push_str(s);
             out.push('"');
         }
+        J::Str(s) if compact => write_plain(s, out),
         J::Str(s) => write_string(s, roll(rng, 4) == 0, rng, out),
         J::Arr(items) => {
             out.push('[');
@@ -485,7 +542,7 @@ fn write(j: &J, rng: &mut u64, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                write(item, rng, out);
+                write_styled(item, rng, compact, out);
             }
             out.push(']');
         }
@@ -497,16 +554,32 @@ fn write(j: &J, rng: &mut u64, out: &mut String) {
                 }
                 let r = roll(rng, 8);
                 ws(r, out);
-                write_string(k, r == 7, rng, out);
+                if compact {
+                    write_plain(k, out);
+                } else {
+                    write_string(k, r == 7, rng, out);
+                }
                 ws(roll(rng, 8), out);
                 out.push(':');
-                write(v, rng, out);
+                write_styled(v, rng, compact, out);
             }
             out.push('}');
         }
         J::Deep(levels) => out.push_str(&deep(*levels)),
     }
     ws(roll(rng, 8), out);
+}
+
+/// A string with the characters that need an escape replaced.
+fn write_plain(s: &str, out: &mut String) {
+    out.push('"');
+    out.extend(s.chars().map(|c| match c {
+        '"' => 'q',
+        '\\' => 'b',
+        c if (c as u32) < 0x20 => 'c',
+        c => c,
+    }));
+    out.push('"');
 }
 
 fn write_string(s: &str, escape_all: bool, rng: &mut u64, out: &mut String) {
@@ -633,6 +706,35 @@ fn type_map() -> impl Strategy<Value = TypeMap> {
     })
 }
 
+/// The byte filter writes what the oracle writes (exponents aside) for `q` and for the
+/// same answer with every service kept (so that every case compares spelling, whatever
+/// the query drops), and counts the same unparseable timestamps.
+fn agrees_with_the_oracle(
+    body: &str,
+    q: &ServiceQuery,
+    types: &TypeMap,
+) -> Result<(), TestCaseError> {
+    let keep_all = ServiceQuery {
+        include: q.include,
+        ..query()
+    };
+    for q in [q, &keep_all] {
+        let ours = bytes_filter(body.as_bytes(), q, types);
+        match oracle(body.as_bytes(), q, types) {
+            Ok(expected) => {
+                let (text, bad) = ours.map_err(|e| TestCaseError::fail(format!("{e}: {body}")))?;
+                prop_assert_eq!((oracle_exponents(&text), bad), expected, "{}", body);
+            }
+            // Only nesting past serde_json's limit may make the two disagree.
+            Err(e) => {
+                prop_assert!(e.0.contains("recursion limit"), "{}", e);
+                prop_assert!(ours.is_ok());
+            }
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2048))]
 
@@ -648,23 +750,46 @@ proptest! {
         let mut rng = seed;
         let mut body = String::new();
         write(&J::Arr(services), &mut rng, &mut body);
-        // The random query, and the same answer with every service kept (so that every
-        // case compares spelling, whatever the query drops).
-        let keep_all = ServiceQuery { include: q.include, ..query() };
-        for q in [&q, &keep_all] {
-            let ours = bytes_filter(body.as_bytes(), q, &types);
-            match oracle(body.as_bytes(), q, &types) {
-                Ok(expected) => {
-                    let (text, bad) =
-                        ours.map_err(|e| TestCaseError::fail(format!("{e}: {body}")))?;
-                    prop_assert_eq!((oracle_exponents(&text), bad), expected, "{}", body);
-                }
-                // Only nesting past serde_json's limit may make the two disagree.
-                Err(e) => {
-                    prop_assert!(e.0.contains("recursion limit"), "{}", e);
-                    prop_assert!(ours.is_ok());
-                }
-            }
+        agrees_with_the_oracle(&body, &q, &types)?;
+    }
+
+    /// Compact bodies (what upstreams send) take the tape: it reads every one without a
+    /// backslash, finds the index the scanner finds, and the answers are the oracle's.
+    #[test]
+    fn the_tape_reads_what_the_scanner_reads(
+        services in proptest::collection::vec(service(), 0..8),
+        q in query_strategy(),
+        types in type_map(),
+    ) {
+        let mut body = String::new();
+        write_compact(&J::Arr(services), &mut body);
+        let (fast, slow) = super::index::both_readers(body.as_bytes());
+        if !body.contains('\\') {
+            prop_assert!(fast.is_some(), "the tape gave up on {}", body);
+        }
+        if let Some(fast) = fast {
+            prop_assert_eq!(Ok(fast), slow, "{}", body);
+        }
+        agrees_with_the_oracle(&body, &q, &types)?;
+    }
+
+    /// Whatever the tape accepts of a damaged compact body, the scanner accepts and
+    /// indexes the same way: the tape never decides an error, and never passes one.
+    #[test]
+    fn the_tape_accepts_nothing_the_scanner_refuses(
+        services in proptest::collection::vec(service(), 1..3),
+        seed in 1..u64::MAX,
+        cut in any::<prop::sample::Index>(),
+        byte in proptest::sample::select(b"{}[]\",:\\ 0e.-nu\xff\x01\xc3".to_vec()),
+    ) {
+        let mut body = String::new();
+        write_compact(&J::Arr(services), &mut body);
+        let mut body = body.into_bytes();
+        let at = cut.index(body.len());
+        if seed % 2 == 0 { body.truncate(at) } else { body[at] = byte }
+        let (fast, slow) = super::index::both_readers(&body);
+        if let Some(fast) = fast {
+            prop_assert_eq!(Ok(fast), slow, "{}", String::from_utf8_lossy(&body));
         }
     }
 
