@@ -144,6 +144,8 @@ fn write_service(
     out.push(b'{');
     let (from, to) = service.members;
     let mut first = true;
+    // Members copied as they are, one after another in the body, are copied together.
+    let mut run: Option<(u32, u32)> = None;
     for member in &tables.members[from as usize..to as usize] {
         let name = member.key.inner(body);
         let section = SECTIONS.iter().position(|s| *s == name);
@@ -152,6 +154,20 @@ fn write_service(
             Some(i) => service.sections[i],
             None => SectionState::Copy,
         };
+        if service.clean && state == SectionState::Copy {
+            // In a clean body the only byte between two members is their comma.
+            run = match run {
+                Some((start, end)) if end + 1 == member.key.start => {
+                    Some((start, member.value.end))
+                }
+                _ => {
+                    flush(out, body, &mut run, &mut first);
+                    Some((member.key.start, member.value.end))
+                }
+            };
+            continue;
+        }
+        flush(out, body, &mut run, &mut first);
         if !first {
             out.push(b',');
         }
@@ -194,6 +210,7 @@ fn write_service(
             }
         }
     }
+    flush(out, body, &mut run, &mut first);
     for (i, name) in SECTIONS.iter().enumerate() {
         if wanted[i] && service.sections[i] == SectionState::Absent {
             if !first {
@@ -206,6 +223,17 @@ fn write_service(
         }
     }
     out.push(b'}');
+}
+
+/// Writes the run of whole members `run` (with the separator it needs) and empties it.
+fn flush(out: &mut Vec<u8>, body: &[u8], run: &mut Option<(u32, u32)>, first: &mut bool) {
+    if let Some((start, end)) = run.take() {
+        if !*first {
+            out.push(b',');
+        }
+        *first = false;
+        out.extend_from_slice(&body[start as usize..end as usize]);
+    }
 }
 
 fn write_member(out: &mut Vec<u8>, body: &[u8], m: &Member, copy: &impl Fn(&mut Vec<u8>, Span)) {

@@ -413,6 +413,9 @@ pub(super) fn has_duplicate(buf: &[u8], keys: &mut [Span]) -> bool {
         let edge = |i: usize| u64::from(bytes.get(i).copied().unwrap_or(0));
         (u64::from(k.end - k.start) << 16) | (edge(1) << 8) | edge(bytes.len().wrapping_sub(2))
     };
+    if keys.len() < 2 || !bloom_collides(buf, keys) {
+        return false;
+    }
     match keys.len() {
         0 | 1 => false,
         n @ 2..=32 => {
@@ -430,6 +433,28 @@ pub(super) fn has_duplicate(buf: &[u8], keys: &mut [Span]) -> bool {
             keys.windows(2).any(|w| w[0].of(buf) == w[1].of(buf))
         }
     }
+}
+
+/// Do two keys fall in the same of 256 buckets (by length and edge bytes)? Distinct keys
+/// of a small object rarely do, which settles most objects in one pass; a collision sends
+/// the object to the exact comparison.
+fn bloom_collides(buf: &[u8], keys: &[Span]) -> bool {
+    let mut seen = [0u64; 4];
+    for k in keys {
+        let (start, end) = (k.start as usize, k.end as usize);
+        let edge = |i: usize| u32::from(buf.get(i).copied().unwrap_or(0));
+        let h = ((end - start) as u32)
+            .wrapping_mul(0x9E37_79B1)
+            .wrapping_add(edge(start + 1).wrapping_mul(0x85EB_CA77))
+            .wrapping_add(edge(end.wrapping_sub(2)).wrapping_mul(0xC2B2_AE3D));
+        let bucket = (h >> 24) as usize;
+        let (word, bit) = (bucket >> 6, 1u64 << (bucket & 63));
+        if seen[word] & bit != 0 {
+            return true;
+        }
+        seen[word] |= bit;
+    }
+    false
 }
 
 /// Writes a validated value compactly, the way `serde_json` writes it back: whitespace
