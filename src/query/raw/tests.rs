@@ -125,24 +125,32 @@ fn the_tape_takes_compact_bodies_only() {
     }
     let refused: &[&[u8]] = &[
         b" []",
+        b"[] ",
         b"[\n]",
         b"[{\"a\": 1}]",
-        br#"["\u0041"]"#,
+        b"[{\"a\" :1}]",
+        b"[{\"a\":1 }]",
+        b"[{\"a\":[1, 2]}]",
+        b"[{\"a\":\"x\" }]",
+        b"[{\"a\": \"x\"}]",
+        br#"[{"a":"\u0041"}]"#,
         b"[\"a\tb\"]",
         b"[\"open]",
         b"[\"\xff\"]",
     ];
     for body in refused {
-        assert!(
-            Tape::build(body).is_none(),
+        let (fast, slow) = super::index::both_readers(body);
+        assert!(fast.is_none(), "{}", String::from_utf8_lossy(body));
+        // Those that are arrays of objects are read by the scanner instead.
+        assert_eq!(
+            slow.is_ok(),
+            serde_json::from_slice::<Vec<serde_json::Map<String, Value>>>(body).is_ok(),
             "{}",
             String::from_utf8_lossy(body)
         );
     }
 }
 
-/// Strings, numbers and literals across the tape's 64-byte blocks, and bodies ending
-/// anywhere in a block.
 #[test]
 fn the_tape_reads_across_blocks() {
     for pad in 0..130 {
