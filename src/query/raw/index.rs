@@ -60,6 +60,19 @@ pub(super) const SECTIONS: [&[u8]; 4] = [
     b"active_tasks",
     b"completed_tasks",
 ];
+/// The position of `name` (a key without quotes) in [`SECTIONS`]: their lengths differ,
+/// so one byte comparison at most.
+pub(super) fn section_of(name: &[u8]) -> Option<usize> {
+    let i = match name.len() {
+        13 => 0,
+        16 => 1,
+        12 => 2,
+        15 => 3,
+        _ => return None,
+    };
+    (SECTIONS[i] == name).then_some(i)
+}
+
 const NESTED_TASKS: [&[u8]; 2] = [b"active_tasks", b"completed_tasks"];
 
 #[derive(Clone, Debug)]
@@ -335,7 +348,7 @@ fn index_service<'a>(
     while let Some(key) = s.next_key(&mut first)? {
         let name = key.inner(s.buf());
         let is_null = s.peek()? == b'n';
-        let section = SECTIONS.iter().position(|k| *k == name);
+        let section = section_of(name);
         let value = match name {
             b"started" => {
                 let (value, at) = event(s, keys)?;

@@ -148,7 +148,7 @@ fn write_service(
     let mut run: Option<(u32, u32)> = None;
     for member in &tables.members[from as usize..to as usize] {
         let name = member.key.inner(body);
-        let section = SECTIONS.iter().position(|s| *s == name);
+        let section = index::section_of(name);
         let state = match section {
             Some(i) if !wanted[i] => continue,
             Some(i) => service.sections[i],
