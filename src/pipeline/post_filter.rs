@@ -59,9 +59,11 @@ impl Gateway {
         }
         let body = self.post_filter(entry.broad(), query, exchange);
         if memoise {
+            // A copy of just the bytes: the rendering's buffer was sized for the whole
+            // broad answer, and the cache counts only the length.
             let memo = Memo {
                 tag: variant.tag(),
-                body: body.clone(),
+                body: Bytes::copy_from_slice(&body),
             };
             cache.memoise(entry, variant.hash, memo).await;
         }

@@ -47,11 +47,9 @@ impl Broad {
             }
         }
         out.push(b']');
-        // The buffer was sized for the whole broad answer; a variant kept in the memo
-        // would hold that capacity while the cache counts only its length.
-        if out.capacity() - out.len() > out.len() / 4 {
-            out.shrink_to_fit();
-        }
+        // The buffer was sized for the whole broad answer and is not shrunk: a miss's
+        // answer is written and dropped, and the memo keeps a copy of just the bytes
+        // (`post_filter_entry`).
         Rendered {
             body: Bytes::from(out),
             unparseable_timestamps,
