@@ -331,6 +331,11 @@ pub fn encode_path_param(value: &str) -> String {
     encode(value)
 }
 
+/// [`encode_path_param`], appended to `out`.
+pub fn push_encoded_path_param(out: &mut String, value: &str) {
+    out.extend(utf8_percent_encode(value, UNRESERVED));
+}
+
 /// The state of one query while its pairs are read.
 struct QueryBuilder<'a> {
     lifecycle: Lifecycle,
@@ -554,6 +559,13 @@ fn split_pair(piece: &str) -> (&str, Option<&str>) {
 /// UTF-8. With `plus_is_space` (query strings, form encoding) `+` is a space.
 fn decode(raw: &str, plus_is_space: bool) -> Result<String, EncodingProblem> {
     let bytes = raw.as_bytes();
+    // Most keys and values have nothing to decode: copied as they are (already UTF-8).
+    if !bytes
+        .iter()
+        .any(|&b| b == b'%' || (plus_is_space && b == b'+'))
+    {
+        return Ok(raw.to_owned());
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
@@ -585,7 +597,8 @@ fn hex_value(c: u8) -> Option<u8> {
 }
 
 fn encode(text: &str) -> String {
-    utf8_percent_encode(text, UNRESERVED).to_string()
+    // `collect`, not `to_string`: no formatting machinery for what is a copy.
+    utf8_percent_encode(text, UNRESERVED).collect()
 }
 
 /// Client text as an error message quotes it: at most `MAX_ECHO_CHARS` characters, then
