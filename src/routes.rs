@@ -91,7 +91,7 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayErr
     // allocated.
     let mut slots = [""; 5];
     let mut count = 0;
-    for segment in trimmed.split('/').skip(1).take(slots.len()) {
+    for segment in segments(trimmed).skip(1).take(slots.len()) {
         slots[count] = segment;
         count += 1;
     }
@@ -123,6 +123,26 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayErr
         }),
         None => Ok(Route::Proxy { rest }),
     }
+}
+
+/// `path.split('/')` by hand: `split` searches for a `char` with `memchr`, whose set-up
+/// outweighs the search on segments this short (~600 instructions per request in
+/// `route`, callgrind).
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(path);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.bytes().position(|b| b == b'/') {
+            Some(slash) => {
+                rest = Some(&current[slash + 1..]);
+                Some(&current[..slash])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
 }
 
 /// Refuses a path that could escape the prefix or mean something else to the upstream
@@ -590,6 +610,14 @@ mod table_tests {
     }
 
     proptest::proptest! {
+        #[test]
+        fn segments_are_what_split_gives(path in "[a/.]{0,12}") {
+            proptest::prop_assert_eq!(
+                segments(&path).collect::<Vec<_>>(),
+                path.split('/').collect::<Vec<_>>()
+            );
+        }
+
         #[test]
         fn a_clean_path_has_no_problem(path in "[a/.%25;\\\\\\x000-9A-Fa-f+]{0,16}") {
             if is_clean(path.as_bytes()) {
