@@ -91,7 +91,7 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayErr
     // allocated.
     let mut slots = [""; 5];
     let mut count = 0;
-    for segment in trimmed.split('/').skip(1).take(slots.len()) {
+    for segment in segments(trimmed).skip(1).take(slots.len()) {
         slots[count] = segment;
         count += 1;
     }
@@ -125,27 +125,101 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayErr
     }
 }
 
+/// `path.split('/')` by hand: `split` searches for a `char` with `memchr`, whose set-up
+/// outweighs the search on segments this short (~600 instructions per request in
+/// `route`, callgrind).
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(path);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.bytes().position(|b| b == b'/') {
+            Some(slash) => {
+                rest = Some(&current[slash + 1..]);
+                Some(&current[..slash])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
 /// Refuses a path that could escape the prefix or mean something else to the upstream
 /// (`400 InvalidParameter` naming the path and the problem).
 pub fn check_path(path: &str) -> Result<(), GatewayError> {
-    let refuse = |problem: &str| {
-        Err(GatewayError::InvalidParameter(format!(
+    // This runs on every request, hits included: one pass decides that the path is
+    // clean (nearly every one is); `first_problem`, the reference, names what is wrong
+    // with the others. Splitting by segment and searching each for three bytes cost
+    // ~2k instructions per request (callgrind).
+    if is_clean(path.as_bytes()) {
+        return Ok(());
+    }
+    match first_problem(path) {
+        None => Ok(()),
+        Some(problem) => Err(GatewayError::InvalidParameter(format!(
             "path '{}' is refused: {problem}",
             crate::query::params::shown(path)
-        )))
-    };
+        ))),
+    }
+}
+
+/// True when [`first_problem`] finds nothing; false on anything it might refuse (a
+/// backslash, `;`, NUL, an escape of one of them or of `/`, a dot-segment).
+fn is_clean(path: &[u8]) -> bool {
+    let (mut dots, mut other) = (0usize, false);
+    let mut i = 0;
+    while let Some(&b) = path.get(i) {
+        match b {
+            b'/' => {
+                if !other && (dots == 1 || dots == 2) {
+                    return false;
+                }
+                (dots, other) = (0, false);
+            }
+            b'.' => dots += 1,
+            b'\\' | b';' | b'\0' => return false,
+            b'%' => match path.get(i + 1..i + 3).and_then(hex_pair) {
+                Some(b'/' | b'\\' | 0) => return false,
+                Some(b'.') => {
+                    dots += 1;
+                    i += 3;
+                    continue;
+                }
+                Some(_) => {
+                    other = true;
+                    i += 3;
+                    continue;
+                }
+                // A literal '%': `first_problem` says what it makes of it.
+                None => return false,
+            },
+            _ => other = true,
+        }
+        i += 1;
+    }
+    other || !(dots == 1 || dots == 2)
+}
+
+/// Two hex digits as a byte.
+fn hex_pair(hex: &[u8]) -> Option<u8> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    Some((digit(hex[0])? * 16 + digit(hex[1])?) as u8)
+}
+
+/// What [`check_path`] refuses a path for: the first offending segment's problem.
+fn first_problem(path: &str) -> Option<&'static str> {
     for segment in path.split('/') {
         if segment.contains('\\') {
-            return refuse("it contains a backslash");
+            return Some("it contains a backslash");
         }
         if segment.contains(';') {
-            return refuse("it contains a ';' parameter");
+            return Some("it contains a ';' parameter");
         }
         if segment.contains('\0') {
-            return refuse("it contains NUL");
+            return Some("it contains NUL");
         }
         // A dot-segment however spelled: only dots, raw or encoded, one or two of them.
-        // Counted rather than decoded: this runs on every request, hits included.
         let (mut dots, mut other) = (0usize, false);
         let bytes = segment.as_bytes();
         let mut i = 0;
@@ -171,19 +245,19 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
                     i += 1;
                     continue;
                 }
-                Some(b'/') => return refuse("it contains an encoded '/' (%2F)"),
-                Some(b'\\') => return refuse("it contains an encoded '\\' (%5C)"),
-                Some(0) => return refuse("it contains an encoded NUL (%00)"),
+                Some(b'/') => return Some("it contains an encoded '/' (%2F)"),
+                Some(b'\\') => return Some("it contains an encoded '\\' (%5C)"),
+                Some(0) => return Some("it contains an encoded NUL (%00)"),
                 Some(b'.') => dots += 1,
                 Some(_) => other = true,
             }
             i += 3;
         }
         if !other && (dots == 1 || dots == 2) {
-            return refuse("it contains a dot-segment ('.' or '..')");
+            return Some("it contains a dot-segment ('.' or '..')");
         }
     }
-    Ok(())
+    None
 }
 
 /// The path csgate forwards for a path that passed [`check_path`]: escapes of
@@ -500,6 +574,54 @@ mod table_tests {
                     Ok(Route::QueryServices { .. } | Route::ServiceById { .. })
                 );
                 assert_eq!(answered, allowed.contains(method), "{method} {pattern}");
+            }
+        }
+    }
+
+    #[test]
+    fn clean_paths_are_exactly_those_without_a_problem() {
+        for path in [
+            "/genesys/1/cs/services/anonymous/key-1/active",
+            "/a/.../b",
+            "/a/%2e%2E%2e/b",
+            "/a/%41b",
+            "/",
+            "",
+        ] {
+            assert!(is_clean(path.as_bytes()), "{path}");
+            assert_eq!(first_problem(path), None, "{path}");
+        }
+        for path in [
+            "/a/./b",
+            "/a/..",
+            "/a/%2e%2E",
+            "/a\\b",
+            "/a;b",
+            "/a/%2F",
+            "/a/%5c",
+            "/%00",
+        ] {
+            assert!(!is_clean(path.as_bytes()), "{path}");
+            assert!(first_problem(path).is_some(), "{path}");
+        }
+        // A literal '%' is not clean, and not refused either.
+        assert!(!is_clean(b"/a%zz"));
+        assert_eq!(first_problem("/a%zz"), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn segments_are_what_split_gives(path in "[a/.]{0,12}") {
+            proptest::prop_assert_eq!(
+                segments(&path).collect::<Vec<_>>(),
+                path.split('/').collect::<Vec<_>>()
+            );
+        }
+
+        #[test]
+        fn a_clean_path_has_no_problem(path in "[a/.%25;\\\\\\x000-9A-Fa-f+]{0,16}") {
+            if is_clean(path.as_bytes()) {
+                proptest::prop_assert_eq!(first_problem(&path), None);
             }
         }
     }

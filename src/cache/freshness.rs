@@ -4,6 +4,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use http::HeaderValue;
+
 /// Where "now" comes from.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Instant;
@@ -108,35 +110,52 @@ pub enum CacheOutcome {
 }
 
 impl CacheOutcome {
-    /// The `Cache-Status` field value.
+    /// The `Cache-Status` field value, as text.
     pub fn header(&self) -> String {
-        match self {
+        self.header_value()
+            .to_str()
+            .expect("Cache-Status values are ASCII")
+            .to_owned()
+    }
+
+    /// The `Cache-Status` field value. Built on every anonymous answer: the fixed
+    /// values are static, and a hit's is written on the stack and copied once.
+    pub fn header_value(&self) -> HeaderValue {
+        let fixed = match self {
             CacheOutcome::Hit {
                 ttl,
                 stale_if_error,
             } => {
-                // The hot path: built without the formatting machinery.
-                let mut value = String::with_capacity(48);
-                value.push_str("csgate; hit; ttl=");
+                let mut value = StackText::default();
+                value.push(b"csgate; hit; ttl=");
                 push_integer(&mut value, *ttl);
                 if *stale_if_error {
-                    value.push_str("; detail=stale-if-error");
+                    value.push(b"; detail=stale-if-error");
                 }
-                value
+                return HeaderValue::from_bytes(value.as_bytes())
+                    .expect("a hit's Cache-Status is ASCII text and digits");
             }
-            CacheOutcome::Miss { stored, collapsed } => format!(
-                "csgate; fwd=uri-miss{}{}",
-                if *collapsed { "; collapsed" } else { "" },
-                if *stored { "; stored" } else { "" }
-            ),
-            CacheOutcome::Revalidated { stored } => {
-                format!(
-                    "csgate; fwd=request{}",
-                    if *stored { "; stored" } else { "" }
-                )
-            }
-            CacheOutcome::Bypass => "csgate; fwd=bypass".to_owned(),
-        }
+            CacheOutcome::Miss {
+                stored: false,
+                collapsed: false,
+            } => "csgate; fwd=uri-miss",
+            CacheOutcome::Miss {
+                stored: true,
+                collapsed: false,
+            } => "csgate; fwd=uri-miss; stored",
+            CacheOutcome::Miss {
+                stored: false,
+                collapsed: true,
+            } => "csgate; fwd=uri-miss; collapsed",
+            CacheOutcome::Miss {
+                stored: true,
+                collapsed: true,
+            } => "csgate; fwd=uri-miss; collapsed; stored",
+            CacheOutcome::Revalidated { stored: false } => "csgate; fwd=request",
+            CacheOutcome::Revalidated { stored: true } => "csgate; fwd=request; stored",
+            CacheOutcome::Bypass => "csgate; fwd=bypass",
+        };
+        HeaderValue::from_static(fixed)
     }
 
     /// The `result` label of `csgate_cache_requests_total` and the log field.
@@ -153,10 +172,38 @@ impl CacheOutcome {
     }
 }
 
+/// A short text written without allocating: the longest `Cache-Status` of a hit is
+/// 17 + 20 + 23 bytes.
+struct StackText {
+    bytes: [u8; 64],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        StackText {
+            bytes: [0; 64],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    fn push(&mut self, text: &[u8]) {
+        let end = self.len + text.len();
+        self.bytes[self.len..end].copy_from_slice(text);
+        self.len = end;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
 /// Appends the decimal digits of `n`.
-fn push_integer(out: &mut String, n: i64) {
+fn push_integer(out: &mut StackText, n: i64) {
     if n < 0 {
-        out.push('-');
+        out.push(b"-");
     }
     let mut digits = [0u8; 20];
     let mut rest = n.unsigned_abs();
@@ -169,7 +216,8 @@ fn push_integer(out: &mut String, n: i64) {
             break;
         }
     }
-    out.extend(digits[..len].iter().rev().map(|d| char::from(*d)));
+    digits[..len].reverse();
+    out.push(&digits[..len]);
 }
 
 #[cfg(test)]
@@ -255,14 +303,28 @@ mod tests {
                 "miss",
             ),
             (
+                CacheOutcome::Miss {
+                    stored: false,
+                    collapsed: true,
+                },
+                "csgate; fwd=uri-miss; collapsed",
+                "coalesced",
+            ),
+            (
                 CacheOutcome::Revalidated { stored: true },
                 "csgate; fwd=request; stored",
+                "miss",
+            ),
+            (
+                CacheOutcome::Revalidated { stored: false },
+                "csgate; fwd=request",
                 "miss",
             ),
             (CacheOutcome::Bypass, "csgate; fwd=bypass", "bypass"),
         ];
         for (outcome, header, label) in cases {
             assert_eq!(outcome.header(), header);
+            assert_eq!(outcome.header_value(), header);
             assert_eq!(outcome.label(), label);
         }
     }
@@ -282,9 +344,9 @@ mod tests {
             i64::MIN,
             1_000_000_007,
         ] {
-            let mut out = String::new();
+            let mut out = StackText::default();
             push_integer(&mut out, n);
-            assert_eq!(out, n.to_string());
+            assert_eq!(out.as_bytes(), n.to_string().as_bytes());
         }
     }
 

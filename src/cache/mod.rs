@@ -56,6 +56,11 @@ use crate::metrics::Metrics;
 use crate::query::raw::Broad;
 use crate::query::{Extensions, TypeMap};
 
+/// The hasher of the cache's maps: foldhash, seeded per process. SipHash (the std
+/// default) cost ~1.5k instructions per hit over the key, the memo key and the moka
+/// maps; a random seed keeps bucket placement unpredictable to clients all the same.
+type KeyHasher = foldhash::fast::RandomState;
+
 /// How long a key whose answer was too large bypasses the cache (at most `ttl`).
 const UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
 
@@ -177,16 +182,16 @@ pub struct Cache {
 }
 
 struct Inner {
-    entries: moka::future::Cache<Arc<Key>, Arc<Entry>>,
+    entries: moka::future::Cache<Arc<Key>, Arc<Entry>, KeyHasher>,
     /// (entry id, variant hash) → rendered bytes.
-    variants: moka::future::Cache<(u64, u64), Arc<Memo>>,
+    variants: moka::future::Cache<(u64, u64), Arc<Memo>, KeyHasher>,
     /// Keys whose answers were too large to store, remembered briefly so their
     /// requests bypass instead of queueing behind a fetch that will not be stored.
     /// The value is when the mark ends, on `clock` (moka's own TTL is only a backstop
     /// that bounds memory).
-    uncacheable: moka::sync::Cache<Arc<Key>, Instant>,
+    uncacheable: moka::sync::Cache<Arc<Key>, Instant, KeyHasher>,
     uncacheable_for: Duration,
-    inflight: Mutex<HashMap<Arc<Key>, watch::Receiver<Option<Shared>>>>,
+    inflight: Mutex<HashMap<Arc<Key>, watch::Receiver<Option<Shared>>, KeyHasher>>,
     index: Arc<Mutex<Index>>,
     epoch: AtomicU64,
     next_id: AtomicU64,
@@ -276,26 +281,26 @@ impl Cache {
                 // services the new answer no longer holds.
                 lock(&listener_index).remove(&key, &entry);
             })
-            .build();
+            .build_with_hasher(KeyHasher::default());
         let variants = moka::future::Cache::builder()
             .max_capacity(variant_budget)
             .weigher(|_: &(u64, u64), memo: &Arc<Memo>| {
                 weight(variant_weight(&memo.tag, &memo.body))
             })
             .time_to_live(policy.retention())
-            .build();
+            .build_with_hasher(KeyHasher::default());
         let uncacheable_for = policy.ttl.min(UNCACHEABLE_FOR);
         let uncacheable = moka::sync::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(uncacheable_for)
-            .build();
+            .build_with_hasher(KeyHasher::default());
         Cache {
             inner: Arc::new(Inner {
                 entries,
                 variants,
                 uncacheable,
                 uncacheable_for,
-                inflight: Mutex::new(HashMap::new()),
+                inflight: Mutex::new(HashMap::default()),
                 index,
                 epoch: AtomicU64::new(0),
                 next_id: AtomicU64::new(1),

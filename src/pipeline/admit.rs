@@ -49,20 +49,34 @@ static SINGLE: [(&HeaderName, &str); 3] = [
 /// Tenant and credential headers at most once; on HTTP/1.1 exactly one `Host`, a valid
 /// authority (RFC 9112 §3.2), since it is forwarded as `X-Forwarded-Host`.
 fn single_headers(parts: &Parts) -> Result<(), GatewayError> {
-    let count = |name: &HeaderName| parts.headers.get_all(name).iter().count();
-    for (name, shown) in SINGLE {
-        let n = count(name);
+    // One pass over the head rather than a lookup per name: four `get_all` and a `get`
+    // cost ~650 instructions per request (callgrind), the pass a fraction of that.
+    let mut counts = [0usize; SINGLE.len()];
+    let (mut hosts, mut host) = (0usize, None);
+    for (name, value) in &parts.headers {
+        if name == header::HOST {
+            hosts += 1;
+            host.get_or_insert(value);
+            continue;
+        }
+        for (count, (single, _)) in counts.iter_mut().zip(SINGLE) {
+            if name == single {
+                *count += 1;
+            }
+        }
+    }
+    for (n, (_, shown)) in counts.into_iter().zip(SINGLE) {
         if n > 1 {
             return Err(GatewayError::InvalidHeader(format!(
                 "header '{shown}' is given {n} times; it must be given at most once"
             )));
         }
     }
-    match count(&header::HOST) {
+    match hosts {
         0 if parts.version == Version::HTTP_11 => Err(GatewayError::InvalidHeader(
             "header 'Host' is missing; HTTP/1.1 requires it".into(),
         )),
-        0 | 1 => match parts.headers.get(header::HOST) {
+        0 | 1 => match host {
             Some(host) if http::uri::Authority::try_from(host.as_bytes()).is_err() => {
                 Err(GatewayError::InvalidHeader(format!(
                     "header 'Host': '{}' is not a host name with an optional port",

@@ -3,7 +3,7 @@
 //! the cache's fetch task), streamed requests for the transparent proxy, and the
 //! headers each carries upstream.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Method;
@@ -24,6 +24,16 @@ static QUERY_FORWARD_HEADERS: [&HeaderName; 7] = [
     &httputil::TRACEPARENT,
     &httputil::TRACESTATE,
 ];
+
+/// What the map handed to [`Gateway::forwarding_headers`] holds already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Outgoing {
+    /// Only [`QUERY_FORWARD_HEADERS`]: none of the headers `forwarding_headers` sets
+    /// or removes, so it skips the removals (~900 instructions per request).
+    Whitelisted,
+    /// The client's headers (proxied routes): any of them may be there.
+    Client,
+}
 
 impl Gateway {
     /// GETs `path_and_query` for this request and notes the upstream in the exchange.
@@ -89,13 +99,20 @@ impl Gateway {
         peer: SocketAddr,
         exchange: &Exchange,
     ) -> HeaderMap {
-        let mut headers = HeaderMap::new();
+        // Sized for the usual request: a map grown from empty reallocates at the 7th.
+        let mut headers = HeaderMap::with_capacity(12);
         for name in QUERY_FORWARD_HEADERS {
             for value in incoming.get_all(name) {
                 headers.append(name.clone(), value.clone());
             }
         }
-        self.forwarding_headers(&mut headers, incoming, peer, exchange);
+        self.forwarding_headers(
+            &mut headers,
+            Outgoing::Whitelisted,
+            incoming,
+            peer,
+            exchange,
+        );
         headers
     }
 
@@ -107,6 +124,7 @@ impl Gateway {
     pub(super) fn forwarding_headers(
         &self,
         headers: &mut HeaderMap,
+        outgoing: Outgoing,
         incoming: &HeaderMap,
         peer: SocketAddr,
         exchange: &Exchange,
@@ -125,7 +143,9 @@ impl Gateway {
             &httputil::X_FORWARDED_PROTO,
             &httputil::X_REAL_IP,
         ] {
-            headers.remove(name);
+            if outgoing == Outgoing::Client {
+                headers.remove(name);
+            }
             if trusted {
                 for value in incoming.get_all(name) {
                     headers.append(name.clone(), value.clone());
@@ -134,17 +154,15 @@ impl Gateway {
         }
         // Lists get this hop appended; single values are set when the trusted proxy
         // sent none (or always, from an untrusted peer, whose ones were removed above).
-        httputil::append_to_list(headers, &httputil::X_FORWARDED_FOR, &ip.to_string());
-        let node = match ip {
-            std::net::IpAddr::V4(v4) => v4.to_string(),
-            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-        };
-        // `Host` was checked to be an authority by `admit`: no quote or backslash.
-        let element = match host.and_then(|h| h.to_str().ok()) {
-            Some(host) => format!("for={node};host=\"{host}\";proto={scheme}"),
-            None => format!("for={node};proto={scheme}"),
-        };
-        httputil::append_to_list(headers, &header::FORWARDED, &element);
+        // The address is written once, on the stack, for all three headers: formatting
+        // it per header (and the `Forwarded` element with `format!`) cost ~14k
+        // instructions per forwarded request (callgrind).
+        let ip_text = IpText::new(ip);
+        let ip_value = HeaderValue::from_bytes(ip_text.as_bytes())
+            .expect("an IP address's text is a valid header value");
+        httputil::append_value_to_list(headers, &httputil::X_FORWARDED_FOR, &ip_value);
+        let element = forwarded_element(&ip_text, ip.is_ipv6(), host, scheme);
+        httputil::append_owned_to_list(headers, &header::FORWARDED, element);
         if let (false, Some(host)) = (headers.contains_key(&httputil::X_FORWARDED_HOST), host) {
             headers.insert(&httputil::X_FORWARDED_HOST, host.clone());
         }
@@ -155,27 +173,114 @@ impl Gateway {
             );
         }
         if !headers.contains_key(&httputil::X_REAL_IP) {
-            if let Ok(value) = HeaderValue::from_str(&ip.to_string()) {
-                headers.insert(&httputil::X_REAL_IP, value);
-            }
+            headers.insert(&httputil::X_REAL_IP, ip_value);
         }
-        if let Some(pseudonym) = &s.via {
+        if let Some(entries) = &s.via_entries {
             // The client's own Via (kept on proxied routes) is extended, never replaced.
-            headers.remove(header::VIA);
+            if outgoing == Outgoing::Client {
+                headers.remove(header::VIA);
+            }
             for value in incoming.get_all(header::VIA) {
                 headers.append(header::VIA, value.clone());
             }
-            let entry = httputil::via_entry(exchange.version, pseudonym);
-            httputil::append_to_list(headers, &header::VIA, &entry);
+            httputil::append_value_to_list(headers, &header::VIA, entries.get(exchange.version));
         }
         match host {
             Some(host) if s.preserve_host => {
                 headers.insert(header::HOST, host.clone());
             }
-            _ => {
+            _ if outgoing == Outgoing::Client => {
                 headers.remove(header::HOST);
             }
+            _ => {}
         }
+    }
+}
+
+/// This hop's `Forwarded` element (RFC 7239 §4): `for=` the client (an IPv6 address
+/// quoted and bracketed), `host=` the client's `Host` when it is text, `proto=`.
+/// Written in one allocation, which the header value then owns.
+fn forwarded_element(ip: &IpText, ipv6: bool, host: Option<&HeaderValue>, scheme: &str) -> Vec<u8> {
+    // `Host` was checked to be an authority by `admit`: no quote or backslash.
+    let host = host.and_then(|h| h.to_str().ok());
+    let mut element = Vec::with_capacity(
+        "for=\"[]\";host=\"\";proto=".len()
+            + ip.as_bytes().len()
+            + host.map_or(0, str::len)
+            + scheme.len(),
+    );
+    element.extend_from_slice(b"for=");
+    if ipv6 {
+        element.extend_from_slice(b"\"[");
+        element.extend_from_slice(ip.as_bytes());
+        element.extend_from_slice(b"]\"");
+    } else {
+        element.extend_from_slice(ip.as_bytes());
+    }
+    if let Some(host) = host {
+        element.extend_from_slice(b";host=\"");
+        element.extend_from_slice(host.as_bytes());
+        element.extend_from_slice(b"\"");
+    }
+    element.extend_from_slice(b";proto=");
+    element.extend_from_slice(scheme.as_bytes());
+    element
+}
+
+/// An IP address as text (`Display`), on the stack: at most 39 bytes for IPv6
+/// (`ffff:…:ffff`), 45 for an IPv4-mapped one (`::ffff:255.255.255.255`).
+struct IpText {
+    bytes: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut text = IpText {
+            bytes: [0; 48],
+            len: 0,
+        };
+        match ip {
+            // The common case, without the formatting machinery.
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::fmt::Write;
+                write!(text, "{v6}").expect("an IPv6 address's text fits in 48 bytes");
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -191,4 +296,48 @@ pub(super) async fn forward_detached(
         .fetch(Method::GET, &path_and_query, &headers)
         .await
         .map_err(GatewayError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{forwarded_element, IpText};
+    use http::HeaderValue;
+    use std::net::IpAddr;
+
+    /// The header values as `Display` and `format!` wrote them before.
+    #[test]
+    fn addresses_and_forwarded_elements_are_written_as_formatted() {
+        let ips = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.100.255",
+            "9.99.199.200",
+            "::1",
+            "::",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "fe80::1:2:3:4",
+        ];
+        let host = HeaderValue::from_static("api.example.com:8443");
+        for ip in ips {
+            let ip: IpAddr = ip.parse().expect("a test address");
+            let text = IpText::new(ip);
+            assert_eq!(text.as_bytes(), ip.to_string().as_bytes());
+            let node = match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("\"[{v6}]\""),
+            };
+            for scheme in ["http", "https"] {
+                assert_eq!(
+                    forwarded_element(&text, ip.is_ipv6(), Some(&host), scheme),
+                    format!("for={node};host=\"api.example.com:8443\";proto={scheme}").into_bytes()
+                );
+                assert_eq!(
+                    forwarded_element(&text, ip.is_ipv6(), None, scheme),
+                    format!("for={node};proto={scheme}").into_bytes()
+                );
+            }
+        }
+    }
 }

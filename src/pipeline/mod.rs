@@ -85,6 +85,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<Cidr>,
     /// The `Via` pseudonym; `None` sends no `Via`.
     pub via: Option<String>,
+    /// `via`'s entry per protocol version, built once.
+    pub via_entries: Option<httputil::ViaEntries>,
     /// Forward the client's `Host` unchanged.
     pub preserve_host: bool,
 }
@@ -106,6 +108,11 @@ impl Settings {
             downstream_cache_control: config.cache.downstream_cache_control.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
             via: config.server.via.clone(),
+            via_entries: config
+                .server
+                .via
+                .as_deref()
+                .and_then(httputil::ViaEntries::new),
             preserve_host: config.upstream.preserve_host,
             fleet_wait: config.upstream.deadline,
         }

@@ -6,7 +6,7 @@
 //! of one entry for one client query is computed once and kept in the cache's memo
 //! store under the entry's id, so a repeated hit does no JSON work at all.
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use bytes::Bytes;
 use serde::de::IgnoredAny;
@@ -110,7 +110,9 @@ struct VariantKey<'a> {
 
 impl<'a> VariantKey<'a> {
     fn new(lifecycle: Lifecycle, raw_query: &'a str) -> VariantKey<'a> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        // foldhash, not SipHash: this runs on every hit. Fixed seed, as SipHash's
+        // `DefaultHasher::new()` was; the memo map above it is seeded per process.
+        let mut hasher = foldhash::fast::FixedState::default().build_hasher();
         lifecycle.hash(&mut hasher);
         raw_query.hash(&mut hasher);
         VariantKey {

@@ -14,6 +14,7 @@ use http::{Method, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::forward::Outgoing;
 use super::{with_query, Exchange, Gateway};
 use crate::cache::Invalidation;
 use crate::error::GatewayError;
@@ -42,7 +43,13 @@ impl Gateway {
         let mut headers = parts.headers.clone();
         httputil::strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
-        self.forwarding_headers(&mut headers, &parts.headers, peer, exchange);
+        self.forwarding_headers(
+            &mut headers,
+            Outgoing::Client,
+            &parts.headers,
+            peer,
+            exchange,
+        );
 
         let path_and_query = with_query(
             &crate::routes::canonical_path(rest),

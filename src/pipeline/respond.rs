@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response};
 
 use super::{Exchange, Gateway};
@@ -25,9 +25,9 @@ impl Gateway {
     ) -> Response<Body> {
         let mut response = match result {
             Ok(mut response) => {
-                if let Some(pseudonym) = &self.inner.settings.via {
-                    let entry = httputil::via_entry(response.version(), pseudonym);
-                    httputil::append_to_list(response.headers_mut(), &header::VIA, &entry);
+                if let Some(entries) = &self.inner.settings.via_entries {
+                    let entry = entries.get(response.version());
+                    httputil::append_value_to_list(response.headers_mut(), &header::VIA, entry);
                 }
                 response
             }
@@ -41,15 +41,18 @@ impl Gateway {
             .entry(&httputil::X_REQUEST_ID)
             .or_insert_with(|| exchange.id.clone());
         if let Some(outcome) = &exchange.cache {
-            if let Ok(value) = HeaderValue::from_str(&outcome.header()) {
-                response
-                    .headers_mut()
-                    .insert(&httputil::CACHE_STATUS, value);
-            }
+            response
+                .headers_mut()
+                .insert(&httputil::CACHE_STATUS, outcome.header_value());
         }
         response
     }
 }
+
+/// The headers a JSON answer ends with: `Content-Type`, `Content-Length`, `Age`,
+/// `Cache-Control`, `Via`, `X-Request-Id`, `Cache-Status`. Sized once: a map grown
+/// from empty reallocates at the seventh (~700 instructions per hit, callgrind).
+const JSON_ANSWER_HEADERS: usize = 7;
 
 /// `200` JSON; for HEAD the same headers and no body.
 pub fn respond_json(method: &Method, body: Bytes, age: Option<Duration>) -> Response<Body> {
@@ -59,6 +62,7 @@ pub fn respond_json(method: &Method, body: Bytes, age: Option<Duration>) -> Resp
     } else {
         full(body)
     });
+    *response.headers_mut() = HeaderMap::with_capacity(JSON_ANSWER_HEADERS);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, json_content_type());
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));

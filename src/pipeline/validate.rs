@@ -44,16 +44,14 @@ impl Gateway {
                     .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
                 path_safe("contact_key", &key)?;
                 exchange.owner = Some(key.clone());
-                let path = format!("/services/anonymous/{}", params::encode_path_param(&key));
-                (true, path, key)
+                (true, owner_path("/services/anonymous/", &key, ""), key)
             }
             PathOwner::Customer { customer_id } => {
                 let id = params::decode_path_param("customer_id", customer_id, max)
                     .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
                 path_safe("customer_id", &id)?;
                 exchange.owner = Some(id.clone());
-                let path = format!("/customers/{}/services", params::encode_path_param(&id));
-                (false, path, id)
+                (false, owner_path("/customers/", &id, "/services"), id)
             }
         };
         let query = params::parse_service_query(
@@ -64,11 +62,14 @@ impl Gateway {
             &s.limits,
         )
         .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
-        let route_path = match lifecycle {
-            Lifecycle::All => owner_path.clone(),
-            Lifecycle::Active => format!("{owner_path}/active"),
-            Lifecycle::Completed => format!("{owner_path}/completed"),
+        let suffix = match lifecycle {
+            Lifecycle::All => "",
+            Lifecycle::Active => "/active",
+            Lifecycle::Completed => "/completed",
         };
+        let mut route_path = String::with_capacity(owner_path.len() + suffix.len());
+        route_path.push_str(&owner_path);
+        route_path.push_str(suffix);
         Ok(Validated {
             query,
             owner_id,
@@ -76,6 +77,16 @@ impl Gateway {
             route_path,
         })
     }
+}
+
+/// `{before}{owner, canonically encoded}{after}`, written without the formatting
+/// machinery: every Query Services request, hits included, builds one.
+fn owner_path(before: &str, owner: &str, after: &str) -> String {
+    let mut path = String::with_capacity(before.len() + owner.len() * 3 + after.len());
+    path.push_str(before);
+    params::push_encoded_path_param(&mut path, owner);
+    path.push_str(after);
+    path
 }
 
 /// A decoded contact key or customer id may not carry what a path may not (see
@@ -103,7 +114,18 @@ fn path_safe(name: &str, value: &str) -> Result<(), GatewayError> {
 
 #[cfg(test)]
 mod tests {
-    use super::path_safe;
+    use super::{owner_path, path_safe};
+    use crate::query::params;
+
+    #[test]
+    fn owner_paths_are_the_encoded_owner_between_fixed_parts() {
+        for owner in ["key-1", "+1 408 832", "a.b~c_d", "ünï/cødé%", ""] {
+            assert_eq!(
+                owner_path("/customers/", owner, "/services"),
+                format!("/customers/{}/services", params::encode_path_param(owner))
+            );
+        }
+    }
 
     #[test]
     fn decoded_keys_may_not_carry_path_syntax() {
