@@ -32,7 +32,7 @@ impl Cache {
     /// entry claims its refresh; the claim is given back only if the refresh fails.
     pub(super) fn refresh<F, Fut, E>(&self, key: &Arc<Key>, entry: &Arc<Entry>, fetch: F)
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(&Key) -> Fut,
         Fut: Future<Output = Result<Fill, E>> + Send + 'static,
         E: FetchError,
     {
@@ -59,7 +59,7 @@ impl Cache {
         fetch: F,
     ) -> (watch::Receiver<Option<Shared>>, bool)
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(&Key) -> Fut,
         Fut: Future<Output = Result<Fill, E>> + Send + 'static,
         E: FetchError,
     {
@@ -72,7 +72,7 @@ impl Cache {
         drop(inflight);
 
         let epoch = self.inner.epoch.load(Ordering::SeqCst);
-        let fetching = fetch();
+        let fetching = fetch(key);
         let this = self.clone();
         let key = key.clone();
         let mine = receiver.clone();

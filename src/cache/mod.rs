@@ -357,8 +357,9 @@ impl Cache {
     /// stores the answer. A failed fetch may be covered by a stale entry
     /// (stale-if-error).
     ///
-    /// This is the seam a shared second tier plugs into: it is asked on a local miss,
-    /// inside the single flight, before `fetch`.
+    /// `fetch` is given the key, and called only when the lookup fetches: a hit builds
+    /// nothing for it. This is the seam a shared second tier plugs into: it is asked on a
+    /// local miss, inside the single flight, before `fetch`.
     pub async fn get_or_fetch<F, Fut, E>(
         &self,
         key: Key,
@@ -366,7 +367,7 @@ impl Cache {
         fetch: F,
     ) -> Result<Found, NoEntry<E>>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(&Key) -> Fut,
         Fut: Future<Output = Result<Fill, E>> + Send + 'static,
         E: FetchError,
     {

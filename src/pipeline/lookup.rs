@@ -149,8 +149,9 @@ impl Gateway {
     ) -> Result<Cached, GatewayError> {
         let query = &validated.query;
         let key = cache.key(headers, &validated.owner_id, &query.extensions);
-        let shared = self.shared_tier().map(|tier| (tier, key.clone()));
-        let fetch = || {
+        // Runs only when the lookup fetches (a miss or a refresh): a hit clones nothing.
+        let fetch = |key: &cache::Key| {
+            let shared = self.shared_tier().map(|tier| (tier, key.clone()));
             let path_and_query = format!(
                 "{}?{}",
                 validated.owner_path,
