@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 
+use crate::httputil::StackText;
+
 /// Where "now" comes from.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Instant;
@@ -127,11 +129,15 @@ impl CacheOutcome {
                 stale_if_error,
             } => {
                 let mut value = StackText::default();
-                value.push(b"csgate; hit; ttl=");
-                push_integer(&mut value, *ttl);
-                if *stale_if_error {
-                    value.push(b"; detail=stale-if-error");
-                }
+                let written = value
+                    .push(b"csgate; hit; ttl=")
+                    .and_then(|()| value.push_integer(*ttl))
+                    .and_then(|()| match stale_if_error {
+                        true => value.push(b"; detail=stale-if-error"),
+                        false => Ok(()),
+                    });
+                // At most 17 + 20 + 23 bytes: it always fits.
+                written.expect("a hit's Cache-Status fits in 64 bytes");
                 return HeaderValue::from_bytes(value.as_bytes())
                     .expect("a hit's Cache-Status is ASCII text and digits");
             }
@@ -170,54 +176,6 @@ impl CacheOutcome {
             CacheOutcome::Bypass => "bypass",
         }
     }
-}
-
-/// A short text written without allocating: the longest `Cache-Status` of a hit is
-/// 17 + 20 + 23 bytes.
-struct StackText {
-    bytes: [u8; 64],
-    len: usize,
-}
-
-impl Default for StackText {
-    fn default() -> Self {
-        StackText {
-            bytes: [0; 64],
-            len: 0,
-        }
-    }
-}
-
-impl StackText {
-    fn push(&mut self, text: &[u8]) {
-        let end = self.len + text.len();
-        self.bytes[self.len..end].copy_from_slice(text);
-        self.len = end;
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-/// Appends the decimal digits of `n`.
-fn push_integer(out: &mut StackText, n: i64) {
-    if n < 0 {
-        out.push(b"-");
-    }
-    let mut digits = [0u8; 20];
-    let mut rest = n.unsigned_abs();
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (rest % 10) as u8;
-        len += 1;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    digits[..len].reverse();
-    out.push(&digits[..len]);
 }
 
 #[cfg(test)]
@@ -345,7 +303,7 @@ mod tests {
             1_000_000_007,
         ] {
             let mut out = StackText::default();
-            push_integer(&mut out, n);
+            out.push_integer(n).expect("fits");
             assert_eq!(out.as_bytes(), n.to_string().as_bytes());
         }
     }

@@ -10,7 +10,7 @@ use http::Method;
 
 use super::{Exchange, Gateway};
 use crate::error::GatewayError;
-use crate::httputil;
+use crate::httputil::{self, StackText};
 use crate::upstream::{ClientBody, Fetched, Interim, Streamed, Upstreams};
 
 /// Request headers forwarded on Query Services routes (the contract's list; the
@@ -157,7 +157,7 @@ impl Gateway {
         // The address is written once, on the stack, for all three headers: formatting
         // it per header (and the `Forwarded` element with `format!`) cost ~14k
         // instructions per forwarded request (callgrind).
-        let ip_text = IpText::new(ip);
+        let ip_text = ip_text(ip);
         let ip_value = HeaderValue::from_bytes(ip_text.as_bytes())
             .expect("an IP address's text is a valid header value");
         httputil::append_value_to_list(headers, &httputil::X_FORWARDED_FOR, &ip_value);
@@ -200,7 +200,12 @@ impl Gateway {
 /// This hop's `Forwarded` element (RFC 7239 §4): `for=` the client (an IPv6 address
 /// quoted and bracketed), `host=` the client's `Host` when it is text, `proto=`.
 /// Written in one allocation, which the header value then owns.
-fn forwarded_element(ip: &IpText, ipv6: bool, host: Option<&HeaderValue>, scheme: &str) -> Vec<u8> {
+fn forwarded_element(
+    ip: &StackText,
+    ipv6: bool,
+    host: Option<&HeaderValue>,
+    scheme: &str,
+) -> Vec<u8> {
     // `Host` was checked to be an authority by `admit`: no quote or backslash.
     let host = host.and_then(|h| h.to_str().ok());
     let mut element = Vec::with_capacity(
@@ -229,59 +234,27 @@ fn forwarded_element(ip: &IpText, ipv6: bool, host: Option<&HeaderValue>, scheme
 
 /// An IP address as text (`Display`), on the stack: at most 39 bytes for IPv6
 /// (`ffff:…:ffff`), 45 for an IPv4-mapped one (`::ffff:255.255.255.255`).
-struct IpText {
-    bytes: [u8; 48],
-    len: usize,
-}
-
-impl IpText {
-    fn new(ip: IpAddr) -> IpText {
-        let mut text = IpText {
-            bytes: [0; 48],
-            len: 0,
-        };
-        match ip {
-            // The common case, without the formatting machinery.
-            IpAddr::V4(v4) => {
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(b'.');
-                    }
-                    if octet >= 100 {
-                        text.push(b'0' + octet / 100);
-                    }
-                    if octet >= 10 {
-                        text.push(b'0' + octet / 10 % 10);
-                    }
-                    text.push(b'0' + octet % 10);
+fn ip_text(ip: IpAddr) -> StackText {
+    let mut text = StackText::default();
+    let written = match ip {
+        // The common case, without the formatting machinery.
+        IpAddr::V4(v4) => v4
+            .octets()
+            .into_iter()
+            .enumerate()
+            .try_for_each(|(i, octet)| {
+                if i > 0 {
+                    text.push(b".")?;
                 }
-            }
-            IpAddr::V6(v6) => {
-                use std::fmt::Write;
-                write!(text, "{v6}").expect("an IPv6 address's text fits in 48 bytes");
-            }
+                text.push_integer(octet)
+            }),
+        IpAddr::V6(v6) => {
+            use std::fmt::Write;
+            write!(text, "{v6}")
         }
-        text
-    }
-
-    fn push(&mut self, b: u8) {
-        self.bytes[self.len] = b;
-        self.len += 1;
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-impl std::fmt::Write for IpText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        let slot = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        slot.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
+    };
+    written.expect("an IP address's text fits in 64 bytes");
+    text
 }
 
 /// GETs a broad query for the cache. Owned, so the cache can run it as its own task
@@ -300,7 +273,7 @@ pub(super) async fn forward_detached(
 
 #[cfg(test)]
 mod tests {
-    use super::{forwarded_element, IpText};
+    use super::{forwarded_element, ip_text};
     use http::HeaderValue;
     use std::net::IpAddr;
 
@@ -322,7 +295,7 @@ mod tests {
         let host = HeaderValue::from_static("api.example.com:8443");
         for ip in ips {
             let ip: IpAddr = ip.parse().expect("a test address");
-            let text = IpText::new(ip);
+            let text = ip_text(ip);
             assert_eq!(text.as_bytes(), ip.to_string().as_bytes());
             let node = match ip {
                 IpAddr::V4(v4) => v4.to_string(),
