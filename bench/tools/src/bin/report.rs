@@ -106,8 +106,9 @@ struct Results {
 }
 
 /// Throughput phases, in report order: the hit path, the miss path with the 2.3 KB and the
-/// 40 KB answer, and the 1,000-deep pass-through.
-const PHASES: [&str; 4] = ["hit", "miss", "miss40", "deep"];
+/// 40 KB answer, the same answers on a pass-through route (the miss path's ceiling on
+/// this HTTP stack), and the 1,000-deep pass-through.
+const PHASES: [&str; 6] = ["hit", "miss", "miss40", "pass", "pass40", "deep"];
 
 impl Results {
     fn from(records: &[Value]) -> Results {
@@ -220,9 +221,11 @@ impl Results {
             out,
             "Paths: `hit` the anonymous lookups above (upstream answer {} bytes); `miss` \
              customer routes, never cached (4 variants × {} customers, upstream answer {} \
-             bytes); `miss40` the same routes with a {}-byte answer (50 services); `deep` a \
-             customer answer whose attached data nests 1,000 levels, passed through \
-             unchanged.\n",
+             bytes); `miss40` the same routes with a {}-byte answer (50 services); `pass` and \
+             `pass40` the same answers on a route csgate passes through untouched (no \
+             validation, no post-filter: the miss path's ceiling on this HTTP stack); \
+             `deep` a customer answer whose attached data nests 1,000 levels, passed \
+             through unchanged.\n",
             text(m, "anonymous_body_bytes"),
             text(m, "keys"),
             text(m, "customer_body_bytes"),
