@@ -372,6 +372,45 @@ async fn oversized_heads_get_the_cs_error_shape() {
     gw.stop().await;
 }
 
+// --- request smuggling: Content-Length and Transfer-Encoding together ---------------------
+
+/// RFC 9112 §6.1 and §6.3: a request with both is read by its chunked framing alone, the
+/// upstream never sees the conflicting `Content-Length`, and the connection is closed
+/// after the answer, so a request smuggled behind the body is never served.
+#[tokio::test]
+async fn a_request_with_content_length_and_chunked_framing_closes_the_connection() {
+    let upstream = common::FakeUpstream::start(common::Reply::json(200, "{}")).await;
+    let gw = start_gateway("", &[upstream.url()]).await;
+    let smuggled = "GET /genesys/1/cs/customers/c1/profile HTTP/1.1\r\nHost: t\r\n\r\n";
+    let request = format!(
+        "POST /genesys/1/cs/services/1/states HTTP/1.1\r\nHost: t\r\nContactCenterId: t1\r\n\
+         Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}"
+    );
+    let answer = common::raw_exchange(gw.addr, request.as_bytes()).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        text.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer, then close: {text}"
+    );
+    let seen = upstream.requests();
+    assert_eq!(
+        seen.len(),
+        1,
+        "the smuggled GET never reached the upstream: {seen:?}"
+    );
+    assert_eq!(seen[0].method, http::Method::POST);
+    assert_eq!(&seen[0].body[..], b"hello", "read by its chunked framing");
+    assert!(
+        seen[0].headers.get(http::header::CONTENT_LENGTH).is_none()
+            || seen[0].headers[http::header::CONTENT_LENGTH] == "5",
+        "the conflicting Content-Length is not forwarded: {:?}",
+        seen[0].headers
+    );
+    gw.stop().await;
+}
+
 // --- item 13: keyed redaction --------------------------------------------------------------
 
 #[test]
