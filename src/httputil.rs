@@ -202,6 +202,12 @@ pub fn json_content_type() -> HeaderValue {
 /// The hop-by-hop headers of RFC 9110 §7.6.1, plus those listed in `Connection`.
 /// These describe one connection and are never forwarded, in either direction.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over the names settles that without
+    // hashing, where nine `remove`s hash nine names (~3k instructions per proxied
+    // request, callgrind). `Connection` is one of them, so what it lists is seen too.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -225,6 +231,35 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+/// One of the fixed hop-by-hop names [`strip_hop_by_hop`] removes.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
+/// Removes every `names` present in `headers`, after one pass over the map's names
+/// that finds which are (most often none), so absent ones cost no hash each.
+pub fn remove_present(headers: &mut HeaderMap, names: &[&HeaderName]) {
+    let mut present = 0u32;
+    for key in headers.keys() {
+        if let Some(i) = names.iter().position(|name| *name == key) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in names.iter().enumerate().take(32) {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
 }
 
 /// The client's `X-Request-Id` when it is a sane token (1..=128 visible ASCII), else a
@@ -314,6 +349,66 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["contactcenterid", "authorization"]);
+    }
+
+    /// Whatever a message carries, the fast paths leave exactly what removing each
+    /// name in turn leaves.
+    #[test]
+    fn stripping_equals_removing_each_name() {
+        use proptest::prelude::*;
+        let names = [
+            "connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "keep-alive",
+            "proxy-connection",
+            "x-private",
+            "via",
+            "host",
+            "x-forwarded-for",
+            "accept",
+            "contactcenterid",
+        ];
+        let header = (
+            0..names.len(),
+            prop::sample::select(vec!["1", "x-private", "te, via"]),
+        );
+        proptest!(|(set in prop::collection::vec(header, 0..12))| {
+            let mut map = HeaderMap::new();
+            for (name, value) in &set {
+                map.append(names[*name], HeaderValue::from_static(value));
+            }
+            let mut fast = map.clone();
+            strip_hop_by_hop(&mut fast);
+            let mut slow = map.clone();
+            let listed: Vec<HeaderName> = slow
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+                .collect();
+            for name in listed {
+                slow.remove(name);
+            }
+            for name in &names[..9] {
+                slow.remove(*name);
+            }
+            prop_assert_eq!(&fast, &slow);
+
+            let some = [&header::VIA, &header::HOST, &X_FORWARDED_FOR, &header::TE];
+            let mut fast = map.clone();
+            remove_present(&mut fast, &some);
+            let mut slow = map;
+            for name in some {
+                slow.remove(name);
+            }
+            prop_assert_eq!(fast, slow);
+        });
     }
 
     #[test]

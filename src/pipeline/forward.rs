@@ -136,16 +136,28 @@ impl Gateway {
         let trusted = s.trusted_proxies.iter().any(|block| block.contains(ip));
         let host = incoming.get(header::HOST);
         let scheme = self.inner.scheme;
-        for name in [
+        let forwarding = [
             &header::FORWARDED,
             &httputil::X_FORWARDED_FOR,
             &httputil::X_FORWARDED_HOST,
             &httputil::X_FORWARDED_PROTO,
             &httputil::X_REAL_IP,
-        ] {
-            if outgoing == Outgoing::Client {
-                headers.remove(name);
-            }
+        ];
+        if outgoing == Outgoing::Client {
+            // The two others a client's map may hold, removed below only when present.
+            let host_via = if s.via_entries.is_some() { 2 } else { 1 };
+            let names = [
+                forwarding[0],
+                forwarding[1],
+                forwarding[2],
+                forwarding[3],
+                forwarding[4],
+                &header::HOST,
+                &header::VIA,
+            ];
+            httputil::remove_present(headers, &names[..5 + host_via]);
+        }
+        for name in forwarding {
             if trusted {
                 for value in incoming.get_all(name) {
                     headers.append(name.clone(), value.clone());
@@ -177,9 +189,7 @@ impl Gateway {
         }
         if let Some(entries) = &s.via_entries {
             // The client's own Via (kept on proxied routes) is extended, never replaced.
-            if outgoing == Outgoing::Client {
-                headers.remove(header::VIA);
-            }
+            // On proxied routes the client's `Via` was removed above with the others.
             for value in incoming.get_all(header::VIA) {
                 headers.append(header::VIA, value.clone());
             }
@@ -189,9 +199,7 @@ impl Gateway {
             Some(host) if s.preserve_host => {
                 headers.insert(header::HOST, host.clone());
             }
-            _ if outgoing == Outgoing::Client => {
-                headers.remove(header::HOST);
-            }
+            // Removed above on proxied routes; the upstream's authority is sent instead.
             _ => {}
         }
     }
