@@ -269,6 +269,10 @@ pub fn canonical_path(path: &str) -> String {
     let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
     let literal = |b: u8| unreserved(b) || b"/!$&'()*+,=:@".contains(&b);
     let bytes = path.as_bytes();
+    // The usual path needs no change: one pass says so.
+    if bytes.iter().all(|&b| literal(b)) {
+        return path.to_owned();
+    }
     let mut out = String::with_capacity(path.len());
     let push_encoded = |out: &mut String, b: u8| {
         out.push('%');

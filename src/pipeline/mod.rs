@@ -319,10 +319,15 @@ async fn read_to_end(body: Incoming, max: usize, timeout: Duration) -> Result<()
     }
 }
 
+/// `path?query`, or `path` when the query is empty. Concatenated, not `format!`ted:
+/// every forwarded request builds one (~1.5k instructions less, callgrind).
 fn with_query(path: &str, query: &str) -> String {
     if query.is_empty() {
-        path.to_owned()
-    } else {
-        format!("{path}?{query}")
+        return path.to_owned();
     }
+    let mut out = String::with_capacity(path.len() + 1 + query.len());
+    out.push_str(path);
+    out.push('?');
+    out.push_str(query);
+    out
 }

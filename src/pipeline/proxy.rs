@@ -42,7 +42,7 @@ impl Gateway {
         }
         let mut headers = parts.headers.clone();
         httputil::strip_hop_by_hop(&mut headers);
-        headers.remove(header::HOST);
+        // `Host` too goes in `forwarding_headers` (kept with `preserve_host`).
         self.forwarding_headers(
             &mut headers,
             Outgoing::Client,
