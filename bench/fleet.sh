@@ -16,7 +16,7 @@
 #    alternating rounds; target on/off ≥ 0.95.
 #
 # --quick: 200 coherence rounds, 4 × 3 s throughput rounds per system.
-# full:    1,000 coherence rounds, 5 × 15 s.
+# full:    1,000 coherence rounds, 9 × 10 s.
 #
 # Needs: redis-server, wrk, curl, taskset, cargo. CSGATE_BIN=/path/to/csgate uses that
 # binary instead of building this checkout. Writes bench/results/fleet-<UTC stamp>.md
@@ -38,7 +38,9 @@ done
 if [[ $MODE == quick ]]; then
     PROBE_ROUNDS=200; TP_ROUNDS=4; TP_DURATION=3
 else
-    PROBE_ROUNDS=1000; TP_ROUNDS=5; TP_DURATION=15
+    # Rounds' on/off ratios spread by several per cent on a shared 2-core machine: nine
+    # alternating rounds make their median steadier than five longer ones did.
+    PROBE_ROUNDS=1000; TP_ROUNDS=9; TP_DURATION=10
 fi
 PROBE_KEYS=20          # contact keys the coherence rounds cycle through
 TP_KEYS=1000           # contact keys on the throughput hit path
@@ -127,7 +129,8 @@ EOF
             "$REDIS_PORT" "$namespace" >>"$TMP/$name.toml"
     fi
     taskset -c $SERVER_CPU "$CSGATE_BIN" --config "$TMP/$name.toml" >"$TMP/$name.log" 2>&1 &
-    PIDS+=($!)
+    R_PID=$!
+    PIDS+=($R_PID)
     wait_until "$name" curl -sf -o /dev/null "http://127.0.0.1:$R_ADMIN/healthz"
     if [[ -n $namespace ]]; then
         wait_until "$name's subscription" bash -c \
@@ -136,8 +139,8 @@ EOF
 }
 
 # ------------------------------------------------------------------------ 1: coherence
-start_replica a "$STORE_PORT" bench; A_PORT=$R_PORT
-start_replica b "$STORE_PORT" bench; B_PORT=$R_PORT; B_ADMIN=$R_ADMIN
+start_replica a "$STORE_PORT" bench; A_PORT=$R_PORT; A_PID=$R_PID
+start_replica b "$STORE_PORT" bench; B_PORT=$R_PORT; B_ADMIN=$R_ADMIN; B_PID=$R_PID
 log "1. coherence: $PROBE_ROUNDS writes through A, B read back to back after each 2xx"
 PROBE=$(taskset -c $LOAD_CPU "$BIN/fleetprobe" --a "http://127.0.0.1:$A_PORT" \
     --b "http://127.0.0.1:$B_PORT" --b-admin "http://127.0.0.1:$B_ADMIN" \
@@ -146,8 +149,11 @@ emit "{\"kind\":\"coherence\",${PROBE#\{}"
 log "coherence: $PROBE"
 
 # ----------------------------------------------------------------------- 2: throughput
-start_replica on "$UP_PORT" bench-throughput; ON_PORT=$R_PORT
-start_replica off "$UP_PORT" ""; OFF_PORT=$R_PORT
+# A and B are done: stopped, so the core under test runs the measured replica alone.
+kill "$A_PID" "$B_PID" 2>/dev/null || true
+wait "$A_PID" "$B_PID" 2>/dev/null || true
+start_replica on "$UP_PORT" bench-throughput; ON_PORT=$R_PORT; ON_PID=$R_PID
+start_replica off "$UP_PORT" ""; OFF_PORT=$R_PORT; OFF_PID=$R_PID
 for ((i = 0; i < TP_KEYS; i++)); do
     echo "/genesys/1/cs/services/anonymous/key-$i"
 done >"$TMP/hit.txt"
@@ -179,22 +185,34 @@ EOF
 log "2. hit throughput, cluster on vs off: $TP_ROUNDS rounds of ${TP_DURATION} s each"
 declare -A RPS_SUM=([on]=0 [off]=0)
 declare -A RPS=()
+declare -A CPU_US=()
+# utime + stime of a process, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
 for ((r = 1; r <= TP_ROUNDS; r++)); do
     # Alternate which system goes first, so a drift in machine load hits both alike.
     if ((r % 2)); then order="on off"; else order="off on"; fi
     for system in $order; do
-        port=$ON_PORT; [[ $system == off ]] && port=$OFF_PORT
+        port=$ON_PORT; pid=$ON_PID
+        [[ $system == off ]] && port=$OFF_PORT && pid=$OFF_PID
+        t0=$(cpu_ticks "$pid")
         out=$(taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d"${TP_DURATION}s" --timeout 10s \
             -s "$TMP/uris.lua" "http://127.0.0.1:$port" -- "$TMP/hit.txt" "$TENANT")
         json=$(sed -n 's/^WRKJSON //p' <<<"$out")
         [[ -n $json ]] || die "wrk printed no result: $out"
         requests=$(sed -E 's/.*"requests":([0-9]+).*/\1/' <<<"$json")
         duration=$(sed -E 's/.*"duration_us":([0-9]+).*/\1/' <<<"$json")
+        t1=$(cpu_ticks "$pid")
         rps=$((requests * 1000000 / duration))
+        # The replica's own CPU time per hit: what the cluster could add to a hit, less
+        # moved than rps by other processes taking the core.
+        cpu_us=$(awk -v t="$((t1 - t0))" -v h="$CLK_TCK" -v n="$requests" \
+            'BEGIN { printf "%.2f", (n > 0) ? t / h * 1e6 / n : 0 }')
         RPS_SUM[$system]=$((RPS_SUM[$system] + rps))
         RPS[$system-$r]=$rps
-        emit "{\"kind\":\"throughput\",\"cluster\":\"$system\",\"round\":$r,\"rps\":$rps,${json#\{}"
-        log "round $r cluster $system: $rps req/s ($json)"
+        CPU_US[$system-$r]=$cpu_us
+        emit "{\"kind\":\"throughput\",\"cluster\":\"$system\",\"round\":$r,\"rps\":$rps,\"cpu_us_per_hit\":$cpu_us,${json#\{}"
+        log "round $r cluster $system: $rps req/s, $cpu_us CPU-µs/hit ($json)"
     done
 done
 
@@ -207,16 +225,20 @@ RATIO=$(awk -v a="$RPS_ON" -v b="$RPS_OFF" 'BEGIN { printf "%.3f", (b > 0 ? a / 
 # machine moves it less than the means.
 ROUND_ROWS=""
 RATIOS=()
+CPU_RATIOS=()
 for ((r = 1; r <= TP_ROUNDS; r++)); do
     ratio=$(awk -v a="${RPS[on-$r]}" -v b="${RPS[off-$r]}" 'BEGIN { printf "%.3f", a / b }')
     RATIOS+=("$ratio")
-    ROUND_ROWS+="| $r | ${RPS[off-$r]} | ${RPS[on-$r]} | $ratio |"$'\n'
+    CPU_RATIOS+=("$(awk -v a="${CPU_US[on-$r]}" -v b="${CPU_US[off-$r]}" 'BEGIN { printf "%.3f", (a > 0) ? b / a : 0 }')")
+    ROUND_ROWS+="| $r | ${RPS[off-$r]} | ${RPS[on-$r]} | $ratio | ${CPU_US[off-$r]} | ${CPU_US[on-$r]} |"$'\n'
 done
-MEDIAN_RATIO=$(printf '%s\n' "${RATIOS[@]}" | sort -n |
-    awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+MEDIAN_RATIO=$(printf '%s\n' "${RATIOS[@]}" | median)
+# Hits per CPU-second, on / off: the same comparison in the replica's own CPU time.
+MEDIAN_CPU_RATIO=$(printf '%s\n' "${CPU_RATIOS[@]}" | median)
 GIT_COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 GIT_DIRTY=$([[ -n $(git -C "$REPO" status --porcelain 2>/dev/null) ]] && echo yes || echo no)
-emit "{\"kind\":\"meta\",\"mode\":\"$MODE\",\"date\":\"$STARTED\",\"commit\":\"$GIT_COMMIT\",\"dirty\":\"$GIT_DIRTY\",\"nproc\":$(nproc),\"loadavg_start\":\"$LOAD_START\",\"loadavg_end\":\"$LOAD_END\",\"redis\":\"$(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/')\",\"csgate_bin\":\"$CSGATE_BIN\",\"note\":\"$NOTE\",\"rps_on\":$RPS_ON,\"rps_off\":$RPS_OFF,\"ratio\":$RATIO,\"median_round_ratio\":$MEDIAN_RATIO}"
+emit "{\"kind\":\"meta\",\"mode\":\"$MODE\",\"date\":\"$STARTED\",\"commit\":\"$GIT_COMMIT\",\"dirty\":\"$GIT_DIRTY\",\"nproc\":$(nproc),\"loadavg_start\":\"$LOAD_START\",\"loadavg_end\":\"$LOAD_END\",\"redis\":\"$(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/')\",\"csgate_bin\":\"$CSGATE_BIN\",\"note\":\"$NOTE\",\"rps_on\":$RPS_ON,\"rps_off\":$RPS_OFF,\"ratio\":$RATIO,\"median_round_ratio\":$MEDIAN_RATIO,\"median_round_cpu_ratio\":$MEDIAN_CPU_RATIO}"
 
 field() { # json key-regex (ending at the colon) → the number (or null) after it
     sed -E "s/.*$2([0-9.eE+-]+|null).*/\1/" <<<"$1"
@@ -271,11 +293,12 @@ Pure hits ($TP_KEYS keys, 1 h TTL, the bench's fake upstream), wrk -t1 -c$CONNEC
 $TP_ROUNDS alternating rounds of $TP_DURATION s each. The "on" replica is subscribed to
 the same redis-server (namespace \`bench-throughput\`).
 
-| round | off req/s | on req/s | on / off |
-|---|---|---|---|
-${ROUND_ROWS}| mean | $RPS_OFF | $RPS_ON | $RATIO |
+| round | off req/s | on req/s | on / off | off CPU-µs/hit | on CPU-µs/hit |
+|---|---|---|---|---|---|
+${ROUND_ROWS}| mean | $RPS_OFF | $RPS_ON | $RATIO | | |
 
-**On / off, median of the rounds: $MEDIAN_RATIO** (target ≥ 0.95).
+**On / off, median of the rounds: $MEDIAN_RATIO** (target ≥ 0.95). In the replica's own
+CPU time (hits per CPU-second, on / off, median of the rounds): $MEDIAN_CPU_RATIO.
 
 Raw JSON lines: \`raw-$NAME.jsonl\`.
 EOF
