@@ -86,10 +86,9 @@ impl Index {
             })
     }
 
-    /// Forgets write marks older than any fetch can be.
-    pub(super) fn prune(&mut self, older_than: Duration) {
+    /// Forgets write marks older than any fetch can be, as of `now` (the cache's clock).
+    pub(super) fn prune(&mut self, now: Instant, older_than: Duration) {
         const LIMIT: usize = 4096;
-        let now = Instant::now();
         if self.owner_written.len() > LIMIT {
             self.owner_written
                 .retain(|_, (_, at)| now.duration_since(*at) < older_than);

@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::HeaderMap;
 use http::Method;
@@ -120,10 +119,10 @@ impl super::Cache {
     /// another replica. `started_service_id` is the id a start answered with.
     pub async fn invalidate(&self, invalidation: &Invalidation, started_service_id: Option<&str>) {
         let epoch = self.inner.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        let now = Instant::now();
+        let now = self.inner.clock.now();
         let (keys, owners): (Vec<Arc<Key>>, Option<Vec<CacheOwner>>) = {
             let mut index = lock(&self.inner.index);
-            index.prune(self.inner.wait_bound * 2);
+            index.prune(now, self.inner.wait_bound * 2);
             match invalidation {
                 Invalidation::ServiceStart { owner: None } => return,
                 Invalidation::ServiceStart { owner: Some(owner) } => {
