@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderMap;
+use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -138,7 +139,38 @@ pub struct Target {
     pub label: Arc<str>,
     /// `scheme://authority` + path prefix, no trailing slash.
     base: String,
+    /// `base` in parts, parsed once: `scheme://authority` (`None` if it does not parse
+    /// as a URI, when requests are built from `base` as text) and the path prefix.
+    origin: Option<(Scheme, Authority)>,
+    prefix: String,
     health: Health,
+}
+
+impl Target {
+    /// The URI of a request for `path_and_query`: the same as parsing `base` followed by
+    /// it, without formatting and re-parsing the origin for every request (~2.5k
+    /// instructions, callgrind).
+    fn uri(&self, path_and_query: &str) -> Uri {
+        let parsed = || -> Option<Uri> {
+            let (scheme, authority) = self.origin.clone()?;
+            let path_and_query = if self.prefix.is_empty() {
+                PathAndQuery::try_from(path_and_query)
+            } else {
+                let mut path = String::with_capacity(self.prefix.len() + path_and_query.len());
+                path.push_str(&self.prefix);
+                path.push_str(path_and_query);
+                PathAndQuery::try_from(path)
+            };
+            let mut parts = uri::Parts::default();
+            parts.scheme = Some(scheme);
+            parts.authority = Some(authority);
+            parts.path_and_query = Some(path_and_query.ok()?);
+            Uri::from_parts(parts).ok()
+        };
+        parsed()
+            .or_else(|| format!("{}{path_and_query}", self.base).parse().ok())
+            .unwrap_or_else(|| Uri::from_static("/"))
+    }
 }
 
 /// The set of upstreams. Cheap to clone.
@@ -204,9 +236,15 @@ impl Upstreams {
                 } else {
                     path
                 };
+                let parsed = origin.parse::<Uri>().ok();
                 Target {
                     label: Arc::from(origin.as_str()),
                     base: format!("{origin}{prefix}"),
+                    origin: parsed.and_then(|uri| {
+                        let parts = uri.into_parts();
+                        Some((parts.scheme?, parts.authority?))
+                    }),
+                    prefix: prefix.to_owned(),
                     health: Health::default(),
                 }
             })
@@ -472,9 +510,7 @@ impl Upstreams {
         headers: &HeaderMap,
         body: Body,
     ) -> Request<Body> {
-        let uri: Uri = format!("{}{path_and_query}", target.base)
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/"));
+        let uri = target.uri(path_and_query);
         let mut request = Request::new(body);
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri;
@@ -630,5 +666,35 @@ mod tests {
         let ups = Upstreams::new(&config.upstream, config.upstream.urls(), None);
         let bases: Vec<_> = ups.targets().iter().map(|t| t.base.as_str()).collect();
         assert_eq!(bases, ["http://a:81/x/cs", "http://b:80/custom/cs"]);
+    }
+
+    /// Built from parts, the request URI is the one parsing `base` + path used to give,
+    /// fallback included.
+    #[test]
+    fn request_uris_equal_the_parsed_concatenation() {
+        let config = crate::config::Config::from_toml(
+            "[upstream]\nurls = [\"http://a:81\", \"http://b/custom/cs/\", \"http://[::1]:8443\"]",
+            std::path::Path::new("t"),
+            &Default::default(),
+        )
+        .expect("valid");
+        let ups = Upstreams::new(&config.upstream, config.upstream.urls(), None);
+        let paths = [
+            "/customers/c1/services?active_states=true",
+            "/services/anonymous/%2B1%20555?x=%C3%A9&y",
+            "/",
+            "",
+            "/a b",
+            "/genesys/1/cs/services/7/states",
+        ];
+        for target in ups.targets() {
+            for path in paths {
+                let before: Uri = format!("{}{path}", target.base)
+                    .parse()
+                    .unwrap_or_else(|_| Uri::from_static("/"));
+                assert_eq!(target.uri(path), before, "{} + {path:?}", target.base);
+                assert_eq!(target.uri(path).to_string(), before.to_string());
+            }
+        }
     }
 }
