@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# csgate benchmark: csgate vs nginx proxy_cache/proxy_pass vs a minimal hyper "floor",
+# csgate benchmark: csgate vs nginx proxy_cache/proxy_pass vs a minimal hyper "floor"
+# (a server answering from a map on the hit path, a pooled hyper-util proxy elsewhere),
 # on the same machine in the same run, systems alternating in rounds.
 #
 #   bench/run.sh [--quick] [--only hit,miss,miss40,pass,pass40,deep,rate,stampede,memory,fleet,flood]
@@ -294,8 +295,30 @@ PIDS+=($FLOOR_PID)
 for ((i = 0; i < 600; i++)); do grep -q primed "$TMP/floor.log" && break; sleep 0.1; done
 grep -q primed "$TMP/floor.log" || die "floor did not prime: $(cat "$TMP/floor.log")"
 
-port_of() { case $1 in csgate) echo "$CSGATE_PORT" ;; nginx) echo "$NGX_PORT" ;; floor) echo "$FLOOR_PORT" ;; esac; }
-pids_of() { case $1 in csgate) echo "$CSGATE_PID" ;; nginx) echo "$NGX_PIDS" ;; floor) echo "$FLOOR_PID" ;; esac; }
+# The floor of the other paths: a hyper server forwarding every request through
+# hyper-util's pooled client, streaming the answer back, doing nothing else.
+PFLOOR_PORT=$(free_port)
+taskset -c $SERVER_CPU "$BIN/proxyfloor" --listen "127.0.0.1:$PFLOOR_PORT" \
+    --upstream "http://127.0.0.1:$UP_PORT" >"$TMP/proxyfloor.log" 2>&1 &
+PFLOOR_PID=$!
+PIDS+=($PFLOOR_PID)
+wait_http "http://127.0.0.1:$PFLOOR_PORT/__count"
+
+# `floor` is the serving floor on the hit path and the proxy floor on every other one.
+port_of() { # system [phase]
+    case $1 in
+        csgate) echo "$CSGATE_PORT" ;;
+        nginx) echo "$NGX_PORT" ;;
+        floor) if [[ ${2:-hit} == hit ]]; then echo "$FLOOR_PORT"; else echo "$PFLOOR_PORT"; fi ;;
+    esac
+}
+pids_of() { # system [phase]
+    case $1 in
+        csgate) echo "$CSGATE_PID" ;;
+        nginx) echo "$NGX_PIDS" ;;
+        floor) if [[ ${2:-hit} == hit ]]; then echo "$FLOOR_PID"; else echo "$PFLOOR_PID"; fi ;;
+    esac
+}
 
 # ------------------------------------------------------------------------------ meta
 ANON_BYTES=$(curl -s "http://127.0.0.1:$UP_PORT/genesys/1/cs/services/anonymous/size" | wc -c)
@@ -313,8 +336,8 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 # ------------------------------------------------------------------- 1 + 2: throughput
 throughput() { # phase uri-file system round
     local phase=$1 file=$2 system=$3 round=$4 port pids t0 t1 u0 u1 b0 b1 j0 j1 out json
-    port=$(port_of "$system")
-    pids=$(pids_of "$system")
+    port=$(port_of "$system" "$phase")
+    pids=$(pids_of "$system" "$phase")
     u0=$(upstream_total)
     # shellcheck disable=SC2086
     t0=$(cpu_ticks $pids)
@@ -353,9 +376,9 @@ fi
 
 for miss in miss miss40 pass pass40; do
     phase $miss || continue
-    log "2. miss path ($miss): $ROUNDS rounds × ${DURATION}s, csgate / nginx"
+    log "2. miss path ($miss): $ROUNDS rounds × ${DURATION}s, csgate / nginx / proxy floor"
     for ((r = 1; r <= ROUNDS; r++)); do
-        for system in csgate nginx; do throughput $miss "$TMP/$miss.txt" "$system" "$r"; done
+        for system in csgate nginx floor; do throughput $miss "$TMP/$miss.txt" "$system" "$r"; done
     done
 done
 
@@ -371,9 +394,9 @@ if phase deep; then
         log "deep pass-through $system: status $status, identical to the upstream's body: $same"
         [[ $status == 200 && $same == true ]] || die "$system did not pass the 1,000-deep answer through"
     done
-    log "2b. deep pass-through: $ROUNDS rounds × ${DURATION}s, csgate / nginx"
+    log "2b. deep pass-through: $ROUNDS rounds × ${DURATION}s, csgate / nginx / proxy floor"
     for ((r = 1; r <= ROUNDS; r++)); do
-        for system in csgate nginx; do throughput deep "$TMP/deep.txt" "$system" "$r"; done
+        for system in csgate nginx floor; do throughput deep "$TMP/deep.txt" "$system" "$r"; done
     done
 fi
 
@@ -424,7 +447,7 @@ fi
 
 # -------------------------------------------------------------------------- 5: memory
 # A separate csgate per budget, ttl long enough that nothing expires while filling.
-kill "$FLOOR_PID" "$NGX_PID" 2>/dev/null || true
+kill "$FLOOR_PID" "$PFLOOR_PID" "$NGX_PID" 2>/dev/null || true
 phase memory || MEM_BUDGETS=()
 for budget in "${MEM_BUDGETS[@]}"; do
     start_csgate "mem-$budget" "$budget" 10m

@@ -225,7 +225,10 @@ impl Results {
              `pass40` the same answers on a route csgate passes through untouched (no \
              validation, no post-filter: the miss path's ceiling on this HTTP stack); \
              `deep` a customer answer whose attached data nests 1,000 levels, passed \
-             through unchanged.\n",
+             through unchanged. `floor` is, on the hit path, a hyper server answering \
+             each URI from a map; on every other path, a hyper server forwarding through \
+             hyper-util's pooled client (csgate's client) and doing nothing else: what no \
+             gateway built on hyper can beat.\n",
             text(m, "anonymous_body_bytes"),
             text(m, "keys"),
             text(m, "customer_body_bytes"),
