@@ -247,15 +247,22 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Removes every `names` present in `headers`, after one pass over the map's names
-/// that finds which are (most often none), so absent ones cost no hash each.
+/// that finds which are (most often none), so absent ones cost no hash each. More than
+/// 64 names are simply removed one by one.
 pub fn remove_present(headers: &mut HeaderMap, names: &[&HeaderName]) {
-    let mut present = 0u32;
+    if names.len() > 64 {
+        for name in names {
+            headers.remove(*name);
+        }
+        return;
+    }
+    let mut present = 0u64;
     for key in headers.keys() {
         if let Some(i) = names.iter().position(|name| *name == key) {
             present |= 1 << i;
         }
     }
-    for (i, name) in names.iter().enumerate().take(32) {
+    for (i, name) in names.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(*name);
         }
@@ -409,6 +416,23 @@ mod tests {
             }
             prop_assert_eq!(fast, slow);
         });
+    }
+
+    #[test]
+    fn remove_present_takes_any_number_of_names() {
+        let custom: Vec<HeaderName> = (0..70)
+            .map(|i| HeaderName::from_bytes(format!("x-h-{i}").as_bytes()).expect("a name"))
+            .collect();
+        for count in [1, 64, 65, 70] {
+            let mut map = HeaderMap::new();
+            for name in &custom {
+                map.insert(name.clone(), HeaderValue::from_static("v"));
+            }
+            let names: Vec<&HeaderName> = custom.iter().take(count).collect();
+            remove_present(&mut map, &names);
+            assert_eq!(map.len(), 70 - count, "{count} names");
+            assert!(names.iter().all(|name| !map.contains_key(*name)));
+        }
     }
 
     #[test]

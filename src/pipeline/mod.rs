@@ -320,7 +320,7 @@ async fn read_to_end(body: Incoming, max: usize, timeout: Duration) -> Result<()
 }
 
 /// `path?query`, or `path` when the query is empty. Concatenated, not `format!`ted:
-/// every forwarded request builds one (~1.5k instructions less, callgrind).
+/// every forwarded request builds one.
 fn with_query(path: &str, query: &str) -> String {
     if query.is_empty() {
         return path.to_owned();

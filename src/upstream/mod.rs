@@ -148,7 +148,7 @@ pub struct Target {
 
 impl Target {
     /// The URI of a request for `path_and_query`: the same as parsing `base` followed by
-    /// it, without formatting and re-parsing the origin for every request (~2.5k
+    /// it, without formatting and re-parsing the origin for every request (~1k
     /// instructions, callgrind).
     fn uri(&self, path_and_query: &str) -> Uri {
         let parsed = || -> Option<Uri> {
