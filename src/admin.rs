@@ -88,13 +88,20 @@ pub async fn handle(
                 Ok(key) => key,
                 Err(e) => return GatewayError::InvalidParameter(e.to_string()).into_response(),
             };
+            // The tenant as the public listener's `admit` reads it.
+            let tenant = match crate::identity::Tenant::from_headers(request.headers(), usize::MAX)
+            {
+                Ok(tenant) => tenant,
+                Err(e) => return GatewayError::InvalidHeader(e.to_string()).into_response(),
+            };
             match gateway.cache() {
                 Some(cache) => {
                     let fleet = match gateway.cluster() {
-                        Some(cluster) => Some(cluster.purge_contact(request.headers(), &key).await),
+                        Some(cluster) => Some(cluster.purge_contact(&tenant, &key).await),
                         None => None,
                     };
-                    let count = cache.purge_contact(request.headers(), &key).await;
+                    let key = crate::identity::ContactKey::new(&key);
+                    let count = cache.purge_contact(tenant, key).await;
                     purged(count.into(), fleet)
                 }
                 None => cache_disabled(),

@@ -21,6 +21,7 @@
 //! - [`error`]: gateway-made errors and the one place they become responses.
 //! - [`logging`]: tracing set-up and redaction of personal data.
 //! - [`httputil`]: body constructors, hop-by-hop headers, request ids.
+//! - [`identity`]: the typed tenant, contact key and service id.
 //! - [`tls`]: rustls on the public listener.
 //! - [`store`]: the reference Context Services store on SQLite (embedded by default).
 //!
@@ -47,6 +48,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod httputil;
+pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

@@ -1,15 +1,22 @@
-//! Route matching for the public listener: the six Query Services routes, Query
-//! Service by ID, and everything else under `/genesys/1/cs` (proxied transparently).
+//! The one table of the API's paths: every request on the public listener is
+//! classified here, reads and writes alike, from the same canonical path that is
+//! forwarded (percent-escapes of unreserved characters decoded, so `/services/%73tart`
+//! is `/services/start` to csgate as it is to the upstream).
 //!
-//! Matching works on the raw (still percent-encoded) path, so an encoded `/` inside a
-//! contact key cannot change the route; path parameters are decoded and validated by
-//! the pipeline's validate stage. `/services/anonymous/...` is matched before
-//! `/services/{service_id}`.
+//! [`route`] takes a path [`canonicalise`] returned, and finds the first entry of
+//! [`TABLE`] that matches: the six Query Services routes and Query Service by ID
+//! (answered by csgate), the writes (which the pipeline's write stage invalidates the
+//! cache for on their 2xx), and everything else under `/genesys/1/cs` (passed through).
 //!
-//! Before matching, [`check_path`] refuses every path an upstream could resolve outside
-//! the API prefix or read differently from csgate: dot-segments (raw or encoded, any
-//! case), an encoded `/` or `\`, a backslash, NUL and `;` parameters. What is forwarded
-//! is [`canonical_path`]: the same segments, escapes normalised.
+//! One rule for spellings csgate cannot be sure the upstream reads as it does:
+//! - [`check_path`] refuses, on every route, dot-segments (raw or encoded, any case),
+//!   an encoded `/` or `\`, a backslash, NUL, `;` parameters, an empty segment (`//`)
+//!   and a `%` that does not start an escape;
+//! - a path that matches an entry only when its words are compared without case
+//!   (`/services/Start`, `/Customers/c/services`) is refused, naming the word: an
+//!   upstream that routes without case would apply a write csgate could not see.
+
+use std::borrow::Cow;
 
 use http::Method;
 
@@ -26,11 +33,23 @@ pub const READ_METHODS: &str = "GET, HEAD";
 /// upstream may refuse itself), since no route is a tunnel.
 pub const PROXY_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
-/// Whose services a Query Services route asks for, as the raw path segment.
+/// Whose services a Query Services route asks for, as the (canonical) path segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathOwner<'a> {
     Anonymous { contact_key: &'a str },
     Customer { customer_id: &'a str },
+}
+
+/// What a write changes, as far as the cache is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write<'a> {
+    /// `POST /services/start`: the contact key is in the body.
+    Start,
+    /// A write to one service (its id as the canonical path segment).
+    Service { service_id: &'a str },
+    /// A write csgate cannot attribute to keys (`POST /maintenance/...`): the writer's
+    /// whole tenant partition.
+    Tenant,
 }
 
 /// A matched request.
@@ -43,8 +62,13 @@ pub enum Route<'a> {
     },
     /// `GET /services/{service_id}`: include flags validated, answer trimmed.
     ServiceById { service_id: &'a str },
-    /// Anything else under the prefix; `rest` starts with `/` (or is empty).
-    Proxy { rest: &'a str },
+    /// Anything else under the prefix, forwarded as it is; `rest` is the canonical path
+    /// after the prefix (starts with `/`, or is empty). `write` says what a 2xx answer
+    /// invalidates.
+    Proxy {
+        rest: &'a str,
+        write: Option<Write<'a>>,
+    },
 }
 
 impl Route<'_> {
@@ -67,8 +91,172 @@ impl Route<'_> {
     }
 }
 
-/// Matches `method` and `path` (no query). Paths outside the prefix are `NotFound`;
-/// other methods on the Query Services routes are `MethodNotAllowed`.
+/// One segment of a [`TABLE`] pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seg {
+    /// This word, exactly.
+    Word(&'static str),
+    /// A path parameter (a contact key, customer id, service id...).
+    Param,
+    /// Any number of further segments, none included.
+    Rest,
+}
+
+/// What a [`TABLE`] entry makes of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A Query Services read: `GET`/`HEAD` only, other methods 405. `key` is the index
+    /// of the owner's parameter, `None` for the route without one (an empty key).
+    Query {
+        anonymous: bool,
+        lifecycle: Lifecycle,
+        key: Option<usize>,
+    },
+    /// Query Service by ID (`GET` only; other methods try the entries after it).
+    ById,
+    /// `POST /services/start` (other methods try the entries after it).
+    Start,
+    /// A write to the service whose id is parameter `id` (any method but the reads;
+    /// reads pass through).
+    ServiceWrite { id: usize },
+    /// A whole-tenant write (any method but the reads; reads pass through).
+    TenantWrite,
+    /// Passed through, changing nothing csgate caches.
+    Pass,
+}
+
+use Seg::{Param, Rest, Word};
+
+/// The API's paths, after [`PUBLIC_PREFIX`], first match wins. A path no entry matches
+/// is passed through as a read would be (it changes nothing csgate caches).
+static TABLE: &[(&[Seg], Kind)] = &[
+    (
+        &[Word("services"), Word("anonymous")],
+        query(true, Lifecycle::All, None),
+    ),
+    (
+        &[Word("services"), Word("anonymous"), Param],
+        query(true, Lifecycle::All, Some(0)),
+    ),
+    (
+        &[Word("services"), Word("anonymous"), Param, Word("active")],
+        query(true, Lifecycle::Active, Some(0)),
+    ),
+    (
+        &[
+            Word("services"),
+            Word("anonymous"),
+            Param,
+            Word("completed"),
+        ],
+        query(true, Lifecycle::Completed, Some(0)),
+    ),
+    (&[Word("services"), Word("anonymous"), Rest], Kind::Pass),
+    (
+        &[Word("customers"), Param, Word("services")],
+        query(false, Lifecycle::All, Some(0)),
+    ),
+    (
+        &[Word("customers"), Param, Word("services"), Word("active")],
+        query(false, Lifecycle::Active, Some(0)),
+    ),
+    (
+        &[
+            Word("customers"),
+            Param,
+            Word("services"),
+            Word("completed"),
+        ],
+        query(false, Lifecycle::Completed, Some(0)),
+    ),
+    (&[Word("services"), Word("start")], Kind::Start),
+    (&[Word("services"), Param], Kind::ById),
+    (
+        &[Word("services"), Param, Rest],
+        Kind::ServiceWrite { id: 0 },
+    ),
+    (
+        &[Word("customers"), Param, Word("services"), Param],
+        Kind::ServiceWrite { id: 1 },
+    ),
+    (&[Word("maintenance"), Rest], Kind::TenantWrite),
+];
+
+const fn query(anonymous: bool, lifecycle: Lifecycle, key: Option<usize>) -> Kind {
+    Kind::Query {
+        anonymous,
+        lifecycle,
+        key,
+    }
+}
+
+/// The most segments a [`TABLE`] pattern names before its `Rest`.
+const MAX_SEGMENTS: usize = 4;
+
+/// How a path's segments meet a pattern.
+enum Match {
+    /// Word for word; the parameters' positions in the path.
+    Exact([usize; 2]),
+    /// Only when words are compared without case: the path's segment and the word.
+    CaseVariant(usize, &'static str),
+    No,
+}
+
+fn match_pattern(pattern: &[Seg], segments: &[&str], more: bool) -> Match {
+    let rest = pattern.last() == Some(&Rest);
+    let fixed = if rest {
+        &pattern[..pattern.len() - 1]
+    } else {
+        pattern
+    };
+    let length_fits = if rest {
+        segments.len() >= fixed.len()
+    } else {
+        segments.len() == fixed.len() && !more
+    };
+    if !length_fits {
+        return Match::No;
+    }
+    let (mut params, mut count, mut variant) = ([0usize; 2], 0, None);
+    for (i, (seg, segment)) in fixed.iter().zip(segments).enumerate() {
+        match seg {
+            Word(word) if word == segment => {}
+            Word(word) if word.eq_ignore_ascii_case(segment) => {
+                variant.get_or_insert((i, *word));
+            }
+            Word(_) => return Match::No,
+            Param => {
+                if let Some(slot) = params.get_mut(count) {
+                    *slot = i;
+                    count += 1;
+                }
+            }
+            Rest => {}
+        }
+    }
+    match variant {
+        Some((i, word)) => Match::CaseVariant(i, word),
+        None => Match::Exact(params),
+    }
+}
+
+/// Checks a path (no query) and returns what csgate classifies and forwards: its
+/// canonical form ([`canonical_path`]). Refused paths are `400 InvalidParameter`
+/// naming the path and the problem (see [`check_path`]).
+pub fn canonicalise(path: &str) -> Result<Cow<'_, str>, GatewayError> {
+    check_path(path)?;
+    // A '%' that starts no escape has no canonical form (decoding the escapes after it
+    // could make it start one): such a path is left as it is, and `route` refuses it
+    // unless the '%' is in a Query Services parameter, which the validate stage refuses
+    // naming the parameter.
+    if has_stray_percent(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    Ok(canonical_path(path))
+}
+
+/// Matches `method` and a path [`canonicalise`] returned. Paths outside the prefix are
+/// `NotFound`; other methods on the Query Services routes are `MethodNotAllowed`.
 pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayError> {
     if *method == Method::CONNECT {
         return Err(GatewayError::MethodNotAllowed {
@@ -76,7 +264,6 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayErr
             allow: PROXY_METHODS,
         });
     }
-    check_path(path)?;
     let rest = match path.strip_prefix(PUBLIC_PREFIX) {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => rest,
         _ => {
@@ -86,43 +273,108 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, GatewayErr
         }
     };
     let trimmed = rest.strip_suffix('/').unwrap_or(rest);
-    // No route has more than four segments; a fifth only makes the path a proxy path
-    // (every pattern below has an exact length), so five slots suffice and nothing is
+    // Patterns name at most MAX_SEGMENTS segments before their `Rest`: a longer path
+    // can only match a `Rest`, so one more slot says "there is more" and nothing is
     // allocated.
-    let mut slots = [""; 5];
+    let mut slots = [""; MAX_SEGMENTS + 1];
     let mut count = 0;
     for segment in segments(trimmed).skip(1).take(slots.len()) {
         slots[count] = segment;
         count += 1;
     }
-    let segments = &slots[..count];
-
-    let matched = match segments {
-        ["services", "anonymous", key] => Some(query(anonymous(key), Lifecycle::All)),
-        ["services", "anonymous", key, "active"] => Some(query(anonymous(key), Lifecycle::Active)),
-        ["services", "anonymous", key, "completed"] => {
-            Some(query(anonymous(key), Lifecycle::Completed))
+    let more = count > MAX_SEGMENTS;
+    let segments = &slots[..count.min(MAX_SEGMENTS)];
+    let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let pass = Route::Proxy { rest, write: None };
+    // Only a Query Services parameter may hold a '%' that starts no escape (the validate
+    // stage refuses it, naming the parameter); anything csgate forwards as it is may not.
+    let refuse_stray_percent = || {
+        if has_stray_percent(rest) {
+            return Err(GatewayError::InvalidParameter(format!(
+                "path '{}' is refused: it contains a '%' that does not start an escape \
+                 (a literal '%' is %25)",
+                crate::query::params::shown(path)
+            )));
         }
-        // No contact key at all: the route is meant, the key is empty.
-        ["services", "anonymous"] => Some(query(anonymous(""), Lifecycle::All)),
-        ["customers", id, "services"] => Some(query(customer(id), Lifecycle::All)),
-        ["customers", id, "services", "active"] => Some(query(customer(id), Lifecycle::Active)),
-        ["customers", id, "services", "completed"] => {
-            Some(query(customer(id), Lifecycle::Completed))
-        }
-        ["services", service_id] if *method == Method::GET && !service_id.is_empty() => {
-            return Ok(Route::ServiceById { service_id });
-        }
-        _ => None,
+        Ok(())
     };
-    match matched {
-        Some(route) if *method == Method::GET || *method == Method::HEAD => Ok(route),
-        Some(_) => Err(GatewayError::MethodNotAllowed {
-            method: method.to_string(),
-            allow: READ_METHODS,
-        }),
-        None => Ok(Route::Proxy { rest }),
+    for (pattern, kind) in TABLE {
+        let applies = match kind {
+            Kind::Query { .. } | Kind::Pass => true,
+            Kind::ById => *method == Method::GET,
+            Kind::Start => *method == Method::POST,
+            Kind::ServiceWrite { .. } | Kind::TenantWrite => !read,
+        };
+        if !applies {
+            continue;
+        }
+        let params = match match_pattern(pattern, segments, more) {
+            Match::No => continue,
+            Match::CaseVariant(i, word) => {
+                return Err(GatewayError::InvalidParameter(format!(
+                    "path '{}' is refused: its segment '{}' must be spelled '{word}'",
+                    crate::query::params::shown(path),
+                    crate::query::params::shown(segments[i]),
+                )))
+            }
+            Match::Exact(params) => params,
+        };
+        let param = |n: usize| segments[params[n]];
+        if !matches!(kind, Kind::Query { .. }) {
+            refuse_stray_percent()?;
+        }
+        return match *kind {
+            Kind::Query {
+                anonymous,
+                lifecycle,
+                key,
+            } => {
+                if !matches!(*method, Method::GET | Method::HEAD) {
+                    return Err(GatewayError::MethodNotAllowed {
+                        method: method.to_string(),
+                        allow: READ_METHODS,
+                    });
+                }
+                let value = key.map_or("", param);
+                let owner = if anonymous {
+                    PathOwner::Anonymous { contact_key: value }
+                } else {
+                    PathOwner::Customer { customer_id: value }
+                };
+                Ok(Route::QueryServices { owner, lifecycle })
+            }
+            Kind::ById if param(0).is_empty() => Ok(pass),
+            Kind::ById => Ok(Route::ServiceById {
+                service_id: param(0),
+            }),
+            Kind::Start => Ok(Route::Proxy {
+                rest,
+                write: Some(Write::Start),
+            }),
+            Kind::ServiceWrite { id } => Ok(Route::Proxy {
+                rest,
+                write: Some(Write::Service {
+                    service_id: param(id),
+                }),
+            }),
+            Kind::TenantWrite => Ok(Route::Proxy {
+                rest,
+                write: Some(Write::Tenant),
+            }),
+            Kind::Pass => Ok(pass),
+        };
     }
+    refuse_stray_percent()?;
+    Ok(pass)
+}
+
+/// Does `path` hold a '%' not followed by two hex digits?
+fn has_stray_percent(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'%' && bytes.get(i + 1..i + 3).and_then(hex_pair).is_none())
 }
 
 /// `path.split('/')` by hand: `split` searches for a `char` with `memchr`, whose set-up
@@ -165,7 +417,8 @@ pub fn check_path(path: &str) -> Result<(), GatewayError> {
 }
 
 /// True when [`first_problem`] finds nothing; false on anything it might refuse (a
-/// backslash, `;`, NUL, an escape of one of them or of `/`, a dot-segment).
+/// backslash, `;`, NUL, an escape of one of them or of `/`, a dot-segment, an empty
+/// segment, a `%` that starts no escape).
 fn is_clean(path: &[u8]) -> bool {
     let (mut dots, mut other) = (0usize, false);
     let mut i = 0;
@@ -173,6 +426,9 @@ fn is_clean(path: &[u8]) -> bool {
         match b {
             b'/' => {
                 if !other && (dots == 1 || dots == 2) {
+                    return false;
+                }
+                if i > 0 && path[i - 1] == b'/' {
                     return false;
                 }
                 (dots, other) = (0, false);
@@ -201,15 +457,21 @@ fn is_clean(path: &[u8]) -> bool {
     other || !(dots == 1 || dots == 2)
 }
 
-/// Two hex digits as a byte.
+/// Two hex digits as a byte (no sign, unlike `u8::from_str_radix`).
 fn hex_pair(hex: &[u8]) -> Option<u8> {
     let digit = |c: u8| (c as char).to_digit(16);
-    Some((digit(hex[0])? * 16 + digit(hex[1])?) as u8)
+    Some((digit(*hex.first()?)? * 16 + digit(*hex.get(1)?)?) as u8)
 }
 
 /// What [`check_path`] refuses a path for: the first offending segment's problem.
 fn first_problem(path: &str) -> Option<&'static str> {
-    for segment in path.split('/') {
+    let last = path.split('/').count() - 1;
+    for (n, segment) in path.split('/').enumerate() {
+        // The empty segment before a leading '/' and after a trailing one are the
+        // path's ends, not segments.
+        if segment.is_empty() && n != 0 && n != last {
+            return Some("it contains an empty segment ('//')");
+        }
         if segment.contains('\\') {
             return Some("it contains a backslash");
         }
@@ -233,13 +495,10 @@ fn first_problem(path: &str) -> Option<&'static str> {
                 i += 1;
                 continue;
             }
-            let escape = bytes
-                .get(i + 1..i + 3)
-                .and_then(|hex| std::str::from_utf8(hex).ok())
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+            let escape = bytes.get(i + 1..i + 3).and_then(hex_pair);
             match escape {
-                // Not an escape: a literal '%' (forwarded as %25); a key with one is
-                // refused by the validate stage, naming the parameter.
+                // Not an escape: in a Query Services parameter the validate stage refuses
+                // it naming the parameter; anywhere else `route` refuses it.
                 None => {
                     other = true;
                     i += 1;
@@ -264,14 +523,14 @@ fn first_problem(path: &str) -> Option<&'static str> {
 /// unreserved characters decoded, other escapes in upper case, and any byte a path may
 /// not carry literally encoded (RFC 3986 §6.2.2). Segments are never joined, split or
 /// removed, so the result stays under the prefix it is appended to.
-pub fn canonical_path(path: &str) -> String {
+pub fn canonical_path(path: &str) -> Cow<'_, str> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
     let literal = |b: u8| unreserved(b) || b"/!$&'()*+,=:@".contains(&b);
     let bytes = path.as_bytes();
     // The usual path needs no change: one pass says so.
     if bytes.iter().all(|&b| literal(b)) {
-        return path.to_owned();
+        return Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len());
     let push_encoded = |out: &mut String, b: u8| {
@@ -284,8 +543,7 @@ pub fn canonical_path(path: &str) -> String {
         let escaped = (b == b'%')
             .then(|| bytes.get(i + 1..i + 3))
             .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+            .and_then(hex_pair);
         match escaped {
             Some(decoded) if unreserved(decoded) => out.push(char::from(decoded)),
             Some(decoded) => push_encoded(&mut out, decoded),
@@ -294,29 +552,21 @@ pub fn canonical_path(path: &str) -> String {
         }
         i += if escaped.is_some() { 3 } else { 1 };
     }
-    out
-}
-
-fn query(owner: PathOwner<'_>, lifecycle: Lifecycle) -> Route<'_> {
-    Route::QueryServices { owner, lifecycle }
-}
-
-fn anonymous(contact_key: &str) -> PathOwner<'_> {
-    PathOwner::Anonymous { contact_key }
-}
-
-fn customer(customer_id: &str) -> PathOwner<'_> {
-    PathOwner::Customer { customer_id }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// What `dispatch` does: canonicalise, then route.
+    fn checked(method: &Method, path: &str) -> Result<&'static str, GatewayError> {
+        let canonical = canonicalise(path)?;
+        route(method, &canonical).map(|r| r.name())
+    }
+
     fn name(method: Method, path: &str) -> Result<&'static str, u16> {
-        route(&method, path)
-            .map(|r| r.name())
-            .map_err(|e| e.status_and_kind().0.as_u16())
+        checked(&method, path).map_err(|e| e.status_and_kind().0.as_u16())
     }
 
     #[test]
@@ -407,6 +657,147 @@ mod tests {
         }
     }
 
+    /// The write a request is, as the path table classifies it after canonicalising.
+    fn write_of(method: Method, path: &str) -> Result<Option<String>, String> {
+        let canonical = canonicalise(path).map_err(|e| e.to_string())?;
+        match route(&method, &canonical).map_err(|e| e.to_string())? {
+            Route::Proxy { write, .. } => Ok(write.map(|w| match w {
+                Write::Start => "start".to_owned(),
+                Write::Service { service_id } => format!("service {service_id}"),
+                Write::Tenant => "tenant".to_owned(),
+            })),
+            other => Ok(Some(format!("read {}", other.name()))),
+        }
+    }
+
+    #[test]
+    fn writes_are_classified_from_the_canonical_path() {
+        let p = PUBLIC_PREFIX;
+        let start = Ok(Some("start".to_owned()));
+        let service = |id: &str| Ok(Some(format!("service {id}")));
+        let cases = [
+            (Method::POST, "/services/start", start.clone()),
+            (Method::POST, "/services/start/", start.clone()),
+            (Method::POST, "/services/%73tart", start.clone()),
+            (Method::POST, "/%73ervices/%73%74%61%72%74", start.clone()),
+            (Method::POST, "/services/42/end", service("42")),
+            (Method::POST, "/%73ervices/42/end", service("42")),
+            (Method::POST, "/services/%34%32/end", service("42")),
+            (Method::POST, "/services/%2B7/end", service("%2B7")),
+            (Method::PUT, "/services/42", service("42")),
+            (Method::DELETE, "/services/42/", service("42")),
+            (
+                Method::PUT,
+                "/services/383-f9a6/extensions/x/merge",
+                service("383-f9a6"),
+            ),
+            (Method::POST, "/services/42/states/7/end", service("42")),
+            (Method::POST, "/services/42/tasks/start", service("42")),
+            (
+                Method::POST,
+                "/services/42/tasks/7/extensions/a/merge",
+                service("42"),
+            ),
+            (Method::POST, "/customers/ABC/services/42", service("42")),
+            (Method::POST, "/%63ustomers/ABC/services/42", service("42")),
+            (
+                Method::POST,
+                "/maintenance/purge",
+                Ok(Some("tenant".to_owned())),
+            ),
+            (Method::GET, "/services/42/states", Ok(None)),
+            (Method::OPTIONS, "/services/42", Ok(None)),
+            (Method::POST, "/metadata/business-attributes", Ok(None)),
+            (Method::POST, "/services/anonymous/k/x", Ok(None)),
+            (
+                Method::GET,
+                "/services/anonymous/%2B14088327799",
+                Ok(Some("read anonymous_services".to_owned())),
+            ),
+            (
+                Method::GET,
+                "/services/start",
+                Ok(Some("read service_by_id".to_owned())),
+            ),
+        ];
+        for (method, rest, expected) in cases {
+            let path = format!("{p}{rest}");
+            assert_eq!(write_of(method.clone(), &path), expected, "{method} {rest}");
+        }
+    }
+
+    #[test]
+    fn words_in_another_case_and_empty_segments_are_refused() {
+        let p = PUBLIC_PREFIX;
+        let refused = [
+            (
+                Method::POST,
+                "/services/Start",
+                "segment 'Start' must be spelled 'start'",
+            ),
+            (
+                Method::POST,
+                "/SERVICES/start",
+                "'SERVICES' must be spelled 'services'",
+            ),
+            (
+                Method::POST,
+                "/Customers/C/services/42",
+                "must be spelled 'customers'",
+            ),
+            (
+                Method::POST,
+                "/customers/C/Services/42",
+                "must be spelled 'services'",
+            ),
+            (
+                Method::GET,
+                "/services/Anonymous/k",
+                "must be spelled 'anonymous'",
+            ),
+            (
+                Method::GET,
+                "/services/anonymous/k/Active",
+                "must be spelled 'active'",
+            ),
+            (
+                Method::GET,
+                "/customers/c/services/COMPLETED",
+                "must be spelled 'completed'",
+            ),
+            (
+                Method::POST,
+                "/Maintenance/purge",
+                "must be spelled 'maintenance'",
+            ),
+            (Method::POST, "//services/start", "empty segment"),
+            (Method::POST, "/services//start", "empty segment"),
+            (Method::GET, "/services/anonymous//active", "empty segment"),
+            (
+                Method::POST,
+                "/services/42%/end",
+                "does not start an escape",
+            ),
+        ];
+        for (method, rest, problem) in refused {
+            let path = format!("{p}{rest}");
+            let message = write_of(method.clone(), &path).expect_err(&path);
+            assert!(
+                message.starts_with("path '") && message.contains(problem),
+                "{method} {rest}: {message}"
+            );
+        }
+        // A parameter in any case is a parameter.
+        for (method, rest) in [
+            (Method::GET, "/services/anonymous/Active"),
+            (Method::GET, "/customers/Services/services"),
+            (Method::POST, "/services/42/states/Start"),
+        ] {
+            let path = format!("{p}{rest}");
+            assert!(write_of(method.clone(), &path).is_ok(), "{method} {rest}");
+        }
+    }
+
     #[test]
     fn paths_that_could_escape_the_prefix_are_refused() {
         let p = PUBLIC_PREFIX;
@@ -431,7 +822,7 @@ mod tests {
         ];
         for (path, problem) in refused {
             for method in [Method::GET, Method::POST, Method::DELETE] {
-                let error = route(&method, &path).expect_err(&path);
+                let error = checked(&method, &path).expect_err(&path);
                 let GatewayError::InvalidParameter(message) = &error else {
                     panic!("{path}: {error:?}");
                 };
@@ -449,7 +840,7 @@ mod tests {
             format!("{p}/services/anonymous/%2B1%20408"),
             format!("{p}/services/1/extensions/x%3Dy"),
         ] {
-            assert!(route(&Method::GET, &allowed).is_ok(), "{allowed}");
+            assert!(checked(&Method::GET, &allowed).is_ok(), "{allowed}");
         }
     }
 
@@ -604,13 +995,20 @@ mod table_tests {
             "/a/%2F",
             "/a/%5c",
             "/%00",
+            "/a//b",
+            "//a",
+            "/a//",
         ] {
             assert!(!is_clean(path.as_bytes()), "{path}");
             assert!(first_problem(path).is_some(), "{path}");
         }
-        // A literal '%' is not clean, and not refused either.
-        assert!(!is_clean(b"/a%zz"));
-        assert_eq!(first_problem("/a%zz"), None);
+        // A '%' that starts no escape is not clean, and left to `route` (or the
+        // validate stage) to refuse.
+        for path in ["/a%zz", "/a%2", "/a%+2f"] {
+            assert!(!is_clean(path.as_bytes()), "{path}");
+            assert_eq!(first_problem(path), None, "{path}");
+            assert!(has_stray_percent(path), "{path}");
+        }
     }
 
     proptest::proptest! {

@@ -55,10 +55,6 @@ const SERVICES: &str = r#"[
 
 const TYPES: &str = "[business_attributes.service_type]\nsales = 1\nbilling = 2\n";
 
-/// The peer the cache-API tests claim to be (for `X-Forwarded-For`).
-const PEER: std::net::SocketAddr =
-    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40000);
-
 /// An anonymous request for `key`, as the validate stage hands it on.
 fn anonymous(key: &str, query: &csgate::query::ServiceQuery) -> Validated {
     let owner_path = format!("/services/anonymous/{key}");
@@ -265,10 +261,7 @@ async fn a_dropped_lookup_future_leaves_the_fetch_to_the_others() {
         async move {
             let headers = HeaderMap::new();
             let validated = anonymous(KEY, &query);
-            match gateway
-                .lookup_cached(&headers, &validated, "", false, PEER)
-                .await
-            {
+            match gateway.lookup_cached(&headers, &validated, "", false).await {
                 Some((Some(outcome), Ok(Cached::Answer { body, .. }))) => (outcome.header(), body),
                 other => panic!("not served from the cache: {other:?}"),
             }
@@ -1267,10 +1260,7 @@ async fn the_byte_bound_holds_under_a_hundred_thousand_keys() {
             for i in (worker..KEYS).step_by(WORKERS) {
                 let key = format!("key-{i:06}");
                 let validated = anonymous(&key, &query);
-                match gateway
-                    .lookup_cached(&headers, &validated, "", false, PEER)
-                    .await
-                {
+                match gateway.lookup_cached(&headers, &validated, "", false).await {
                     Some((Some(outcome), Ok(Cached::Answer { body, .. }))) => {
                         assert!(body.starts_with(br#"[{"service_id":"383-aaa""#));
                         stored += usize::from(outcome.header().ends_with("stored"));

@@ -18,6 +18,7 @@ use csgate::cluster::{
     BusEvent, Cluster, ClusterConfig, ClusterMetrics, Coalesced, EventSink, FlushReason,
     LockAttempt, Partition, RawCluster, ReplicaId, Scope, SharedLookup, SharedPolicy, SharedTier,
 };
+use csgate::identity::{ContactKey, ServiceId, Tenant};
 use csgate::query::Extensions;
 use proxy::Proxy;
 use redis_harness::RedisServer;
@@ -89,11 +90,11 @@ fn policy() -> SharedPolicy {
 }
 
 fn owner(tenant: &'static str, contact_key: &str) -> CacheOwner {
-    CacheOwner {
-        tenant: Some(Bytes::from_static(tenant.as_bytes())),
-        group: None,
-        contact_key: contact_key.into(),
-    }
+    CacheOwner::new(tenant_of(tenant), ContactKey::new(contact_key))
+}
+
+fn tenant_of(tenant: &'static str) -> Tenant {
+    Tenant::new(Some(Bytes::from_static(tenant.as_bytes())), None)
 }
 
 fn key(tenant: &'static str, contact_key: &str) -> Key {
@@ -136,10 +137,10 @@ async fn a_message_reaches_the_other_replicas_and_not_its_origin() {
         .cluster
         .bus
         .publish_invalidation(
-            &Invalidation::ServiceStart {
-                owner: Some(owner("t1", "408-832-7799")),
+            &Invalidation::Owner {
+                owner: owner("t1", "408-832-7799"),
             },
-            Some("42"),
+            Some(&ServiceId::normalise("42")),
         )
         .await
         .expect("published")
@@ -354,7 +355,7 @@ async fn the_shared_tier_stores_serves_expires_and_invalidates() {
     assert!(!resurrected, "a fetch that raced a write is not stored");
 
     // Owner, tenant and everything.
-    let partition = Partition::of(&owner("t1", "408"));
+    let partition = Partition::of(&tenant_of("t1"));
     for scope in [
         touched(&["408"], &[]),
         Scope::WholeTenant,
@@ -681,7 +682,7 @@ async fn a_failed_publish_is_republished_when_redis_answers_again() {
         .await
         .expect("loss noticed in time")
         .expect("bus alive");
-    let partition = Partition::of(&owner("t1", "408"));
+    let partition = Partition::of(&tenant_of("t1"));
     let held = touched(&["408"], &["42"]);
     assert!(a
         .cluster
@@ -743,7 +744,7 @@ async fn concurrent_writes_during_a_slow_redis_are_all_delivered_in_order() {
         let bus = a.cluster.bus.clone();
         async move {
             bus.publish(
-                Partition::of(&owner("t1", contact_key)),
+                Partition::of(&tenant_of("t1")),
                 touched(&[contact_key], &[]),
             )
             .await
@@ -793,9 +794,7 @@ async fn purge_messages_reach_the_others_and_the_shared_tier() {
     };
     store(a.shared().clone(), k.clone()).await;
     store(a.shared().clone(), key("t1", "409")).await;
-    let mut headers = http::HeaderMap::new();
-    headers.insert("ContactCenterId", "t1".parse().expect("header"));
-    let purge = a.cluster.purge_contact(&headers, "408").await;
+    let purge = a.cluster.purge_contact(&tenant_of("t1"), "408").await;
     assert!(purge.reached && !purge.republishing, "{purge:?}");
     assert_eq!(purge.shared_cache, "purged");
     match b.next_event().await {
@@ -806,7 +805,7 @@ async fn purge_messages_reach_the_others_and_the_shared_tier() {
                     contact_key: "408".into()
                 }
             );
-            assert_eq!(message.partition, Partition::of(&owner("t1", "408")));
+            assert_eq!(message.partition, Partition::of(&tenant_of("t1")));
         }
         other => panic!("expected the purge, got {other:?}"),
     }

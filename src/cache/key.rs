@@ -2,54 +2,53 @@
 //! contact key, one credential partition and one extension set; nothing else may make
 //! two requests share an entry, and nothing less may either.
 
-use bytes::Bytes;
 use http::header::{HeaderMap, AUTHORIZATION};
 use sha2::{Digest, Sha256};
 
-use crate::httputil::{CONTACT_CENTER_ID, GROUP_ID};
+use crate::identity::{ContactKey, Tenant};
 use crate::query::Extensions;
 
-/// Whose anonymous services: the unit that writes invalidate.
+/// Whose anonymous services: the unit that writes invalidate. Built only by
+/// [`CacheOwner::new`], from a [`Tenant`] as `admit` read it and a [`ContactKey`] as
+/// written, so a read, a write and a fleet message name an owner alike.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct CacheOwner {
-    pub tenant: Option<Bytes>,
-    pub group: Option<Bytes>,
-    pub contact_key: Box<str>,
+    tenant: Tenant,
+    contact_key: ContactKey,
 }
 
 impl CacheOwner {
-    /// The owner named by a request's tenant headers and a decoded contact key.
-    pub fn from_headers(headers: &HeaderMap, contact_key: &str) -> CacheOwner {
-        let (tenant, group) = tenant_of(headers);
+    /// The one constructor: a tenant as `admit` read it and a contact key as written.
+    pub fn new(tenant: Tenant, contact_key: ContactKey) -> CacheOwner {
         CacheOwner {
             tenant,
-            group,
-            contact_key: contact_key.into(),
+            contact_key,
         }
     }
 
-    /// Is this owner in the tenant partition `(tenant, group)`?
-    pub fn in_partition(&self, tenant: &Option<Bytes>, group: &Option<Bytes>) -> bool {
-        self.tenant == *tenant && self.group == *group
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    pub fn contact_key(&self) -> &ContactKey {
+        &self.contact_key
+    }
+
+    /// Is this owner in the tenant partition `tenant`?
+    pub fn in_partition(&self, tenant: &Tenant) -> bool {
+        self.tenant == *tenant
+    }
+
+    /// Heap bytes held, for byte bounds.
+    pub fn bytes(&self) -> usize {
+        self.tenant.bytes() + self.contact_key.len()
     }
 }
 
-/// The tenant partition (`ContactCenterId`, `GroupId`) a request names. An empty
-/// header is the same as an absent one (issue 10.5): the forwarded request drops it
-/// too (see [`drop_empty_tenant_headers`]), so the cache key, the invalidation and the
-/// upstream all read one tenant.
-pub fn tenant_of(headers: &HeaderMap) -> (Option<Bytes>, Option<Bytes>) {
-    let read = |name| {
-        headers
-            .get(name)
-            .filter(|v| !v.as_bytes().trim_ascii().is_empty())
-            .map(|v| Bytes::copy_from_slice(v.as_bytes()))
-    };
-    (read(&CONTACT_CENTER_ID), read(&GROUP_ID))
-}
-
-/// Removes empty tenant headers from a request about to be forwarded.
+/// Removes empty tenant headers from a request about to be forwarded, so the upstream
+/// reads the tenant [`Tenant::from_headers`] read.
 pub fn drop_empty_tenant_headers(headers: &mut HeaderMap) {
+    use crate::httputil::{CONTACT_CENTER_ID, GROUP_ID};
     for name in [&CONTACT_CENTER_ID, &GROUP_ID] {
         let empty = headers
             .get_all(name)
@@ -74,7 +73,7 @@ pub struct Key {
 impl Key {
     pub fn new(
         headers: &HeaderMap,
-        contact_key: &str,
+        owner: CacheOwner,
         extensions: &Extensions,
         share_across_credentials: bool,
     ) -> Key {
@@ -89,7 +88,7 @@ impl Key {
             })
         };
         Key {
-            owner: CacheOwner::from_headers(headers, contact_key),
+            owner,
             credential,
             extensions: extensions.clone(),
         }
@@ -101,11 +100,7 @@ impl Key {
             Extensions::Names(names) => names.iter().map(|n| n.len() + 24).sum(),
             Extensions::None | Extensions::All => 0,
         };
-        self.owner.contact_key.len()
-            + self.owner.tenant.as_ref().map_or(0, Bytes::len)
-            + self.owner.group.as_ref().map_or(0, Bytes::len)
-            + extensions
-            + 128
+        self.owner.bytes() + extensions + 128
     }
 }
 
@@ -122,16 +117,22 @@ mod tests {
         h
     }
 
+    fn key(h: &HeaderMap, contact: &str, extensions: &Extensions, share: bool) -> Key {
+        let tenant = Tenant::from_headers(h, 256).expect("a valid tenant");
+        let owner = CacheOwner::new(tenant, ContactKey::new(contact));
+        Key::new(h, owner, extensions, share)
+    }
+
     #[test]
     fn tenants_groups_credentials_and_extension_sets_partition_the_cache() {
         let none = Extensions::None;
-        let base = Key::new(
+        let base = key(
             &headers(&[("contactcenterid", "t1"), ("authorization", "Basic YQ==")]),
             "408",
             &none,
             false,
         );
-        let same = Key::new(
+        let same = key(
             &headers(&[("ContactCenterId", "t1"), ("Authorization", "Basic YQ==")]),
             "408",
             &none,
@@ -139,13 +140,13 @@ mod tests {
         );
         assert_eq!(base, same, "header name case does not matter");
         let differing = [
-            Key::new(
+            key(
                 &headers(&[("contactcenterid", "t2"), ("authorization", "Basic YQ==")]),
                 "408",
                 &none,
                 false,
             ),
-            Key::new(
+            key(
                 &headers(&[
                     ("contactcenterid", "t1"),
                     ("groupid", "g"),
@@ -155,19 +156,19 @@ mod tests {
                 &none,
                 false,
             ),
-            Key::new(
+            key(
                 &headers(&[("contactcenterid", "t1"), ("authorization", "Basic Yg==")]),
                 "408",
                 &none,
                 false,
             ),
-            Key::new(
+            key(
                 &headers(&[("contactcenterid", "t1"), ("authorization", "Basic YQ==")]),
                 "409",
                 &none,
                 false,
             ),
-            Key::new(
+            key(
                 &headers(&[("contactcenterid", "t1"), ("authorization", "Basic YQ==")]),
                 "408",
                 &Extensions::All,
@@ -177,13 +178,13 @@ mod tests {
         for other in differing {
             assert_ne!(base, other);
         }
-        let shared_a = Key::new(
+        let shared_a = key(
             &headers(&[("authorization", "Basic YQ==")]),
             "408",
             &none,
             true,
         );
-        let shared_b = Key::new(
+        let shared_b = key(
             &headers(&[("authorization", "Basic Yg==")]),
             "408",
             &none,

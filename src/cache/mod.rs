@@ -33,8 +33,8 @@ mod stats;
 
 pub use fetch::may_store;
 pub use freshness::{CacheOutcome, Clock, Freshness, ManualClock, Policy, SystemClock};
-pub use invalidate::{id_text, normalise_id, Invalidation};
-pub use key::{drop_empty_tenant_headers, tenant_of, CacheOwner, Key};
+pub use invalidate::Invalidation;
+pub use key::{drop_empty_tenant_headers, CacheOwner, Key};
 
 use fetch::Shared;
 use index::Index;
@@ -118,7 +118,7 @@ impl Entry {
 pub struct Fill {
     /// The upstream answer, indexed.
     pub broad: Broad,
-    /// Every service id the answer holds, as text (see [`id_text`]).
+    /// Every service id the answer holds, as text (see [`crate::identity::ServiceId`]).
     pub service_ids: Vec<String>,
     /// False when the upstream forbade storing it (see [`may_store`]).
     pub storable: bool,
@@ -338,12 +338,12 @@ impl Cache {
         *self.inner.policy.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The key of a contact key's entry for a request with these headers and this
-    /// extension set.
-    pub fn key(&self, headers: &HeaderMap, contact_key: &str, extensions: &Extensions) -> Key {
+    /// The key of an owner's entry for a request with these headers (its credential)
+    /// and this extension set.
+    pub fn key(&self, headers: &HeaderMap, owner: CacheOwner, extensions: &Extensions) -> Key {
         Key::new(
             headers,
-            contact_key,
+            owner,
             extensions,
             self.inner.share_across_credentials,
         )

@@ -38,7 +38,7 @@ pub fn apply_to(
                 applier.purge_all().await;
             } else {
                 for (invalidation, started) in message.invalidations() {
-                    applier.invalidate(&invalidation, started.as_deref()).await;
+                    applier.invalidate(&invalidation, started.as_ref()).await;
                 }
             }
             metrics.applied(message.delay(SystemTime::now()));

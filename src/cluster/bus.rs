@@ -234,7 +234,7 @@ impl Bus {
     pub async fn publish_invalidation(
         &self,
         invalidation: &Invalidation,
-        started_service_id: Option<&str>,
+        started_service_id: Option<&crate::identity::ServiceId>,
     ) -> Result<Option<Message>, PublishError> {
         match Message::body_of(invalidation, started_service_id) {
             Some((partition, scope)) => self.publish(partition, scope).await.map(Some),

@@ -72,9 +72,9 @@ pub fn tenant_hash(tenant: Option<&[u8]>, group: Option<&[u8]>) -> Hash {
 /// One owner (tenant partition + contact key): what a start invalidates.
 pub fn owner_hash(owner: &CacheOwner) -> Hash {
     let mut h = Hasher::new(b"owner");
-    h.optional(owner.tenant.as_deref())
-        .optional(owner.group.as_deref())
-        .field(owner.contact_key.as_bytes());
+    h.optional(owner.tenant().center().map(|c| &c[..]))
+        .optional(owner.tenant().group().map(|g| &g[..]))
+        .field(owner.contact_key().as_str().as_bytes());
     h.finish()
 }
 
@@ -89,9 +89,9 @@ pub fn service_hash(service_id: &str) -> Hash {
 /// The full cache key: tenant partition, credential partition, contact key, extensions.
 pub fn key_hash(key: &Key) -> Hash {
     let mut h = Hasher::new(b"entry");
-    h.optional(key.owner.tenant.as_deref())
-        .optional(key.owner.group.as_deref())
-        .field(key.owner.contact_key.as_bytes())
+    h.optional(key.owner.tenant().center().map(|c| &c[..]))
+        .optional(key.owner.tenant().group().map(|g| &g[..]))
+        .field(key.owner.contact_key().as_str().as_bytes())
         .optional(key.credential.as_ref().map(|c| c.as_slice()));
     match &key.extensions {
         Extensions::None => h.field(b"none"),
@@ -176,11 +176,13 @@ mod tests {
 
     fn key(tenant: Option<&'static str>, contact: &str, extensions: Extensions) -> Key {
         Key {
-            owner: CacheOwner {
-                tenant: tenant.map(|t| Bytes::from_static(t.as_bytes())),
-                group: None,
-                contact_key: contact.into(),
-            },
+            owner: CacheOwner::new(
+                crate::identity::Tenant::new(
+                    tenant.map(|t| Bytes::from_static(t.as_bytes())),
+                    None,
+                ),
+                crate::identity::ContactKey::new(contact),
+            ),
             credential: Some([7; 16]),
             extensions,
         }

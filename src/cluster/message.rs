@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheOwner, Invalidation};
+use crate::identity::{ContactKey, ServiceId, Tenant};
 
 /// Version of the message format; see [`Decoded::Unreadable`].
 pub const MESSAGE_VERSION: u32 = 1;
@@ -55,20 +56,22 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn of(owner: &CacheOwner) -> Partition {
+    /// The partition of `tenant`.
+    pub fn of(tenant: &Tenant) -> Partition {
         Partition {
-            contact_center_id: owner.tenant.clone(),
-            group_id: owner.group.clone(),
+            contact_center_id: tenant.center().cloned(),
+            group_id: tenant.group().cloned(),
         }
+    }
+
+    /// The tenant this partition names.
+    pub fn tenant(&self) -> Tenant {
+        Tenant::new(self.contact_center_id.clone(), self.group_id.clone())
     }
 
     /// The owner of `contact_key` in this partition.
     pub fn owner(&self, contact_key: &str) -> CacheOwner {
-        CacheOwner {
-            tenant: self.contact_center_id.clone(),
-            group: self.group_id.clone(),
-            contact_key: contact_key.into(),
-        }
+        CacheOwner::new(self.tenant(), ContactKey::new(contact_key))
     }
 }
 
@@ -151,16 +154,18 @@ impl Message {
     /// [`Bus::publish`](super::Bus::publish) fills in.
     pub fn body_of(
         invalidation: &Invalidation,
-        started_service_id: Option<&str>,
+        started_service_id: Option<&ServiceId>,
     ) -> Option<(Partition, Scope)> {
         match invalidation {
-            Invalidation::ServiceStart { owner: None } => None,
-            Invalidation::ServiceStart { owner: Some(owner) } => Some((
-                Partition::of(owner),
+            Invalidation::Owner { owner } => Some((
+                Partition::of(owner.tenant()),
                 Scope::Touched {
-                    contact_keys: vec![owner.contact_key.to_string()],
+                    contact_keys: vec![owner.contact_key().to_string()],
                     customer_ids: Vec::new(),
-                    service_ids: started_service_id.map(str::to_owned).into_iter().collect(),
+                    service_ids: started_service_id
+                        .map(|id| id.as_str().to_owned())
+                        .into_iter()
+                        .collect(),
                 },
             )),
             Invalidation::Service { service_id } => Some((
@@ -168,16 +173,10 @@ impl Message {
                 Scope::Touched {
                     contact_keys: Vec::new(),
                     customer_ids: Vec::new(),
-                    service_ids: vec![service_id.clone()],
+                    service_ids: vec![service_id.as_str().to_owned()],
                 },
             )),
-            Invalidation::Tenant { tenant, group } => Some((
-                Partition {
-                    contact_center_id: tenant.clone(),
-                    group_id: group.clone(),
-                },
-                Scope::WholeTenant,
-            )),
+            Invalidation::Tenant { tenant } => Some((Partition::of(tenant), Scope::WholeTenant)),
             Invalidation::Everything => Some((Partition::default(), Scope::Everything)),
         }
     }
@@ -185,16 +184,15 @@ impl Message {
     /// What a receiving replica applies to its cache, with the same rules as a local
     /// write (the inverse of [`Message::body_of`]). Customer ids are in no cache key,
     /// so a message naming one invalidates the whole tenant.
-    pub fn invalidations(&self) -> Vec<(Invalidation, Option<String>)> {
+    pub fn invalidations(&self) -> Vec<(Invalidation, Option<ServiceId>)> {
         let tenant = || Invalidation::Tenant {
-            tenant: self.partition.contact_center_id.clone(),
-            group: self.partition.group_id.clone(),
+            tenant: self.partition.tenant(),
         };
         match &self.scope {
             Scope::Everything | Scope::PurgeAll => vec![(Invalidation::Everything, None)],
             Scope::PurgeContact { contact_key } => vec![(
-                Invalidation::ServiceStart {
-                    owner: Some(self.partition.owner(contact_key)),
+                Invalidation::Owner {
+                    owner: self.partition.owner(contact_key),
                 },
                 None,
             )],
@@ -209,17 +207,17 @@ impl Message {
             } if !contact_keys.is_empty() => contact_keys
                 .iter()
                 .map(|key| {
-                    let owner = Some(self.partition.owner(key));
+                    let owner = self.partition.owner(key);
                     (
-                        Invalidation::ServiceStart { owner },
-                        service_ids.first().cloned(),
+                        Invalidation::Owner { owner },
+                        service_ids.first().map(|id| ServiceId::normalise(id)),
                     )
                 })
                 .collect(),
             Scope::Touched { service_ids, .. } => service_ids
                 .iter()
                 .map(|id| {
-                    let service_id = crate::cache::normalise_id(id);
+                    let service_id = ServiceId::normalise(id);
                     (Invalidation::Service { service_id }, None)
                 })
                 .collect(),
@@ -345,7 +343,7 @@ mod tests {
         let owner = purge.partition.owner("408");
         assert_eq!(
             purge.invalidations(),
-            vec![(Invalidation::ServiceStart { owner: Some(owner) }, None)]
+            vec![(Invalidation::Owner { owner }, None)]
         );
         let all = message(Scope::PurgeAll);
         let json: serde_json::Value = serde_json::from_slice(&all.encode()).expect("JSON");
@@ -377,30 +375,25 @@ mod tests {
 
     #[test]
     fn cache_invalidations_become_message_bodies() {
-        let owner = CacheOwner {
-            tenant: Some(Bytes::from_static(b"t1")),
-            group: None,
-            contact_key: "408".into(),
-        };
+        let owner = CacheOwner::new(
+            Tenant::new(Some(Bytes::from_static(b"t1")), None),
+            ContactKey::new("+0408"),
+        );
         let (partition, scope) = Message::body_of(
-            &Invalidation::ServiceStart {
-                owner: Some(owner.clone()),
+            &Invalidation::Owner {
+                owner: owner.clone(),
             },
-            Some("42"),
+            Some(&ServiceId::normalise("042")),
         )
         .expect("a start with a contact key invalidates");
-        assert_eq!(partition.owner("408"), owner);
+        assert_eq!(partition.owner("+0408"), owner);
         assert_eq!(
             scope,
             Scope::Touched {
-                contact_keys: vec!["408".into()],
+                contact_keys: vec!["+0408".into()],
                 customer_ids: vec![],
                 service_ids: vec!["42".into()],
             }
-        );
-        assert_eq!(
-            Message::body_of(&Invalidation::ServiceStart { owner: None }, None),
-            None
         );
         assert_eq!(
             Message::body_of(&Invalidation::Everything, None).map(|b| b.1),

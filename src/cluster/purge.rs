@@ -5,12 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
 use serde::Serialize;
 
 use super::message::{Partition, Scope};
 use super::Cluster;
-use crate::cache::CacheOwner;
+use crate::identity::Tenant;
 
 /// How long `DELETE /cache` spends deleting shared entries (they are unservable from
 /// the first step on; this only frees Redis memory sooner, the rest expires).
@@ -41,8 +40,8 @@ impl Cluster {
 
     /// `DELETE /cache/anonymous/{contact_key}`, fleet-wide, in the tenant the
     /// request's headers name.
-    pub async fn purge_contact(&self, headers: &HeaderMap, contact_key: &str) -> FleetPurge {
-        let partition = Partition::of(&CacheOwner::from_headers(headers, contact_key));
+    pub async fn purge_contact(&self, tenant: &Tenant, contact_key: &str) -> FleetPurge {
+        let partition = Partition::of(tenant);
         let scope = Scope::PurgeContact {
             contact_key: contact_key.to_owned(),
         };

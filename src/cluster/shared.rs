@@ -186,7 +186,10 @@ impl SharedTier {
     fn locate(&self, key: &Key) -> Located {
         let entry_hash = keys::key_hash(key);
         let owner = keys::owner_hash(&key.owner);
-        let tenant = keys::tenant_hash(key.owner.tenant.as_deref(), key.owner.group.as_deref());
+        let tenant = keys::tenant_hash(
+            key.owner.tenant().center().map(|c| &c[..]),
+            key.owner.tenant().group().map(|g| &g[..]),
+        );
         let markers = self.names.marker_prefix();
         Located {
             entry: self.names.entry(&entry_hash),
@@ -459,7 +462,7 @@ impl SharedTier {
     pub async fn invalidate_local(
         &self,
         invalidation: &Invalidation,
-        started_service_id: Option<&str>,
+        started_service_id: Option<&crate::identity::ServiceId>,
     ) -> Result<(), OpError> {
         match super::message::Message::body_of(invalidation, started_service_id) {
             Some((partition, scope)) => self.invalidate(&partition, &scope).await,

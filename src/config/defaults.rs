@@ -23,6 +23,8 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Contract: contact keys and customer ids are 1..=256 bytes by default.
 pub const MAX_KEY_BYTES: usize = 256;
+/// `[server] max_tenant_bytes`: the longest `ContactCenterId` or `GroupId` value.
+pub const MAX_TENANT_BYTES: usize = 256;
 /// An idle keep-alive connection (HTTP/1 or h2) holds a descriptor and memory for
 /// nothing; a minute keeps a client's burst on one connection, then lets it go.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

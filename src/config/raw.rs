@@ -31,6 +31,7 @@ pub(super) struct RawServer {
     pub max_header_bytes: Option<Size>,
     pub max_body_bytes: Option<Size>,
     pub max_key_bytes: Option<Size>,
+    pub max_tenant_bytes: Option<Size>,
     pub idle_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub max_headers: Option<usize>,

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub max_key_bytes: usize,
+    /// Longest `ContactCenterId` or `GroupId` value; longer is 400.
+    pub max_tenant_bytes: usize,
     /// Keep-alive connections with no request in flight are closed after this.
     pub idle_timeout: Duration,
     /// Open public connections; `None`: derived from the open-file limit at start.
@@ -104,6 +106,11 @@ impl TryFrom<RawServer> for ServerConfig {
                 "server.max_key_bytes",
                 s.max_key_bytes,
                 defaults::MAX_KEY_BYTES,
+            )?,
+            max_tenant_bytes: size(
+                "server.max_tenant_bytes",
+                s.max_tenant_bytes,
+                defaults::MAX_TENANT_BYTES,
             )?,
             idle_timeout: positive(
                 "server.idle_timeout",

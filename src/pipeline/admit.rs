@@ -1,5 +1,6 @@
-//! Stage `admit`: the request-size limits (head bytes, header count, query length) and
-//! the headers that must be given once,
+//! Stage `admit`: the request-size limits (head bytes, header count, query length), the
+//! headers that must be given once, a `Connection` header that would strip one of
+//! them, and the request's [`Tenant`], read here once and carried with the request,
 //! checked before anything else looks at the request. (Load shedding, the in-flight
 //! bound, is a permit taken in `handle`.)
 
@@ -10,9 +11,11 @@ use http::Version;
 use super::Gateway;
 use crate::error::GatewayError;
 use crate::httputil;
+use crate::identity::Tenant;
 
 impl Gateway {
-    pub(super) fn admit(&self, parts: &Parts) -> Result<(), GatewayError> {
+    /// Admits a request, or says what is wrong with it; returns its tenant.
+    pub(super) fn admit(&self, parts: &Parts) -> Result<Tenant, GatewayError> {
         let s = &self.inner.settings;
         let header_bytes = httputil::header_bytes(&parts.headers);
         if header_bytes > s.max_header_bytes {
@@ -34,7 +37,9 @@ impl Gateway {
                 max: s.max_query_bytes,
             });
         }
-        single_headers(parts)
+        single_headers(parts)?;
+        Tenant::from_headers(&parts.headers, s.max_tenant_bytes)
+            .map_err(|e| GatewayError::InvalidHeader(e.to_string()))
     }
 }
 
@@ -57,6 +62,10 @@ fn single_headers(parts: &Parts) -> Result<(), GatewayError> {
         if name == header::HOST {
             hosts += 1;
             host.get_or_insert(value);
+            continue;
+        }
+        if name == header::CONNECTION {
+            connection_names_no_single(value)?;
             continue;
         }
         for (count, (single, _)) in counts.iter_mut().zip(SINGLE) {
@@ -89,4 +98,26 @@ fn single_headers(parts: &Parts) -> Result<(), GatewayError> {
             "header 'Host' is given {n} times; it must be given once"
         ))),
     }
+}
+
+/// A `Connection` header lists hop-by-hop headers, which are removed before the request
+/// is forwarded (RFC 9110 §7.6.1). Naming a tenant, credential or `Host` header there
+/// would make the upstream read another tenant (or none) than csgate keyed and
+/// invalidated: refused.
+fn connection_names_no_single(value: &http::HeaderValue) -> Result<(), GatewayError> {
+    let names = value.as_bytes().split(|&b| b == b',');
+    for name in names.map(<[u8]>::trim_ascii) {
+        let named = SINGLE
+            .iter()
+            .map(|(single, shown)| (single.as_str(), *shown))
+            .chain([("host", "Host")])
+            .find(|(single, _)| single.as_bytes().eq_ignore_ascii_case(name));
+        if let Some((_, shown)) = named {
+            return Err(GatewayError::InvalidHeader(format!(
+                "header 'Connection' names '{shown}', which must reach the upstream; \
+                 remove it from 'Connection'"
+            )));
+        }
+    }
+    Ok(())
 }

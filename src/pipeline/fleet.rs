@@ -1,6 +1,6 @@
-//! The fleet's part of the pipeline (issue 11), when `[cluster]` is on: a local miss
-//! asks the shared tier (and the fleet lock) before the upstream, and a write's 2xx is
-//! made known fleet-wide before the client hears it. Without a cluster both are the
+//! The fleet's part of the lookup (issue 11), when `[cluster]` is on: a local miss
+//! asks the shared tier (and the fleet lock) before the upstream. (A write's 2xx is
+//! made known fleet-wide by the `write` stage.) Without a cluster this is the
 //! single-instance behaviour.
 
 use std::future::Future;
@@ -8,33 +8,13 @@ use std::time::{Duration, Instant};
 
 use super::lookup::BroadError;
 use super::Gateway;
-use crate::cache::{Cache, Fill, Invalidation, Key};
+use crate::cache::{Fill, Key};
 use crate::cluster::{Coalesced, SharedTier};
 
 impl Gateway {
     /// The shared tier, when this replica is in a fleet with `shared_cache`.
     pub(super) fn shared_tier(&self) -> Option<SharedTier> {
         self.inner.cluster.as_ref()?.shared.clone()
-    }
-
-    /// Applies a successful write: shared keys made unservable (generations advanced),
-    /// the message published, then the local cache; the caller answers the client
-    /// after. Redis failing costs no client an error: the bus holds what it could not
-    /// deliver and delivers it when Redis answers again.
-    pub(super) async fn invalidate_write(
-        &self,
-        cache: &Cache,
-        invalidation: &Invalidation,
-        started_service_id: Option<&str>,
-    ) {
-        if let Some(cluster) = &self.inner.cluster {
-            // Logged by the bus.
-            let _ = cluster
-                .bus
-                .publish_invalidation(invalidation, started_service_id)
-                .await;
-        }
-        cache.invalidate(invalidation, started_service_id).await;
     }
 }
 

@@ -11,6 +11,7 @@ use http::Method;
 use super::{Exchange, Gateway};
 use crate::error::GatewayError;
 use crate::httputil::{self, StackText};
+use crate::identity::Tenant;
 use crate::upstream::{ClientBody, Fetched, Interim, Streamed, Upstreams};
 
 /// Request headers forwarded on Query Services routes (the contract's list; the
@@ -113,6 +114,44 @@ impl Gateway {
             peer,
             exchange,
         );
+        headers
+    }
+
+    /// The headers of a cache fill, the broad query whose answer everyone sharing the
+    /// key is served: fixed, whoever fills. The tenant as `admit` read it, the
+    /// `Authorization` the key is partitioned by (any one of the partition's when
+    /// `share_across_credentials`), `Accept: application/json`, csgate's `Via` and the
+    /// filling request's id (for the logs; no answer depends on it). Nothing else of
+    /// the client's: no `Host` (the upstream's authority is sent), no forwarding
+    /// headers, no trace context (the fill is its own work, not the client's span).
+    pub(super) fn fill_headers(
+        &self,
+        tenant: &Tenant,
+        incoming: &HeaderMap,
+        exchange: &Exchange,
+    ) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(8);
+        for (name, value) in [
+            (&httputil::CONTACT_CENTER_ID, tenant.center()),
+            (&httputil::GROUP_ID, tenant.group()),
+        ] {
+            // `admit` read the tenant from these headers: the value is the header's.
+            let Some(value) = value else { continue };
+            let value = HeaderValue::from_maybe_shared(value.clone())
+                .ok()
+                .or_else(|| incoming.get(name).cloned());
+            if let Some(value) = value {
+                headers.insert(name, value);
+            }
+        }
+        if let Some(credential) = incoming.get(header::AUTHORIZATION) {
+            headers.insert(header::AUTHORIZATION, credential.clone());
+        }
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(&httputil::X_REQUEST_ID, exchange.id.clone());
+        if let Some(entries) = &self.inner.settings.via_entries {
+            headers.insert(header::VIA, entries.get(exchange.version).clone());
+        }
         headers
     }
 

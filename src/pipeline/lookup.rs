@@ -3,7 +3,6 @@
 //! Customer routes, `no-store` requests and uncacheable keys go upstream with the
 //! client's own query instead.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -16,8 +15,9 @@ use http::{Method, Response};
 use super::fleet::fleet_fill;
 use super::forward::forward_detached;
 use super::{post_filter, respond, respond_json, Exchange, Gateway, Validated};
-use crate::cache::{self, Cache, CacheOutcome, FetchError, Fill, Found, NoEntry};
+use crate::cache::{self, Cache, CacheOutcome, CacheOwner, FetchError, Fill, Found, NoEntry};
 use crate::error::GatewayError;
+use crate::identity::{ContactKey, Tenant};
 use crate::server::Body;
 use crate::upstream::Fetched;
 
@@ -73,7 +73,7 @@ impl Gateway {
         &self,
         parts: &Parts,
         validated: &Validated,
-        peer: SocketAddr,
+        tenant: &Tenant,
         exchange: &mut Exchange,
     ) -> Result<Option<Response<Body>>, GatewayError> {
         if !validated.is_anonymous() {
@@ -96,9 +96,9 @@ impl Gateway {
                 cache,
                 &parts.headers,
                 validated,
+                tenant,
                 raw_query,
                 directives.no_cache,
-                peer,
                 exchange,
             )
             .await?;
@@ -110,29 +110,33 @@ impl Gateway {
     }
 
     /// The lookup stage alone, without HTTP around it (tests drive the cache this
-    /// way): `headers` are the client's, `raw_query` its query string. Returns the
-    /// cache outcome (`Cache-Status`) beside the result; `None` without a cache.
+    /// way): `headers` are the client's (its tenant headers must be ones `admit`
+    /// accepts), `raw_query` its query string. Returns the cache outcome
+    /// (`Cache-Status`) beside the result; `None` without a cache.
     pub async fn lookup_cached(
         &self,
         headers: &HeaderMap,
         validated: &Validated,
         raw_query: &str,
         no_cache: bool,
-        peer: SocketAddr,
     ) -> Option<(Option<CacheOutcome>, Result<Cached, GatewayError>)> {
         let cache = self.inner.cache.as_ref()?;
         let mut exchange = Exchange::new(headers, Method::GET);
-        let result = self
-            .cached(
-                cache,
-                headers,
-                validated,
-                raw_query,
-                no_cache,
-                peer,
-                &mut exchange,
-            )
-            .await;
+        let result = match Tenant::from_headers(headers, self.inner.settings.max_tenant_bytes) {
+            Ok(tenant) => {
+                self.cached(
+                    cache,
+                    headers,
+                    validated,
+                    &tenant,
+                    raw_query,
+                    no_cache,
+                    &mut exchange,
+                )
+                .await
+            }
+            Err(e) => Err(GatewayError::InvalidHeader(e.to_string())),
+        };
         Some((exchange.cache, result))
     }
 
@@ -142,13 +146,14 @@ impl Gateway {
         cache: &Cache,
         headers: &HeaderMap,
         validated: &Validated,
+        tenant: &Tenant,
         raw_query: &str,
         no_cache: bool,
-        peer: SocketAddr,
         exchange: &mut Exchange,
     ) -> Result<Cached, GatewayError> {
         let query = &validated.query;
-        let key = cache.key(headers, &validated.owner_id, &query.extensions);
+        let owner = CacheOwner::new(tenant.clone(), ContactKey::new(&validated.owner_id));
+        let key = cache.key(headers, owner, &query.extensions);
         // Runs only when the lookup fetches (a miss or a refresh): a hit clones nothing.
         let fetch = |key: &cache::Key| {
             let shared = self.shared_tier().map(|tier| (tier, key.clone()));
@@ -157,7 +162,10 @@ impl Gateway {
                 validated.owner_path,
                 query.broad().upstream_query()
             );
-            let forward_headers = self.query_headers(headers, peer, exchange);
+            // What the fill sends is fixed (`fill_headers`): its answer is served to
+            // everyone who shares the key, so the client that happens to fill it
+            // decides nothing else about it.
+            let forward_headers = self.fill_headers(tenant, headers, exchange);
             let upstream = broad_fill(forward_detached(
                 self.inner.upstreams.clone(),
                 path_and_query,

@@ -1,8 +1,9 @@
 //! The public request pipeline, as named stages, one module each:
 //!
-//! [`admit`] (limits, load shedding) → `route` ([`crate::routes`]) → [`validate`] →
-//! [`lookup`] (the cache, anonymous routes) → [`forward`] → [`post_filter`] →
-//! [`respond`] → [`log`]; and [`proxy`], the transparent path for everything else.
+//! [`admit`] (limits, load shedding, the tenant) → `route` ([`crate::routes`], the one
+//! path table) → [`validate`] → [`lookup`] (the cache, anonymous routes) → [`forward`]
+//! → [`post_filter`] → [`respond`] → [`log`]; and [`proxy`], the transparent path for
+//! everything else, whose writes go through [`write`] (invalidation on the 2xx head).
 //!
 //! Query Services answers are always computed by `post_filter` from an indexed upstream
 //! (or cached) Service[]; everything else under the public prefix is streamed through
@@ -18,6 +19,7 @@ mod post_filter;
 mod proxy;
 mod respond;
 mod validate;
+mod write;
 
 pub use lookup::Cached;
 pub use respond::respond_json;
@@ -38,6 +40,7 @@ use crate::cluster::Cluster;
 use crate::config::{Cidr, Config};
 use crate::error::GatewayError;
 use crate::httputil;
+use crate::identity::Tenant;
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
 use crate::query::params::{self, Limits};
@@ -70,6 +73,8 @@ pub struct Settings {
     pub service_types: TypeMap,
     pub limits: Limits,
     pub max_query_bytes: usize,
+    /// The longest tenant header value (`[server] max_tenant_bytes`).
+    pub max_tenant_bytes: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: usize,
@@ -100,6 +105,7 @@ impl Settings {
                 ..Limits::default()
             },
             max_query_bytes: config.server.max_query_bytes,
+            max_tenant_bytes: config.server.max_tenant_bytes,
             max_header_bytes: config.server.max_header_bytes,
             max_headers: config.server.max_headers,
             max_body_bytes: config.server.max_body_bytes,
@@ -229,15 +235,19 @@ impl Gateway {
         peer: SocketAddr,
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, GatewayError> {
-        self.admit(&parts)?;
-        let route = routes::route(&parts.method, parts.uri.path())?;
+        let tenant = self.admit(&parts)?;
+        // The `Uri` shares its bytes: the clone lets the route borrow the path while
+        // the proxy takes the request's parts.
+        let uri = parts.uri.clone();
+        let path = routes::canonicalise(uri.path())?;
+        let route = routes::route(&parts.method, &path)?;
         exchange.route = route.name();
         let s = &self.inner.settings;
         let cache_control = &s.downstream_cache_control;
         match route {
             Route::QueryServices { owner, lifecycle } => {
                 read_to_end(body, s.max_body_bytes, s.body_read_timeout).await?;
-                self.query_services(&parts, owner, lifecycle, peer, exchange)
+                self.query_services(&parts, owner, lifecycle, &tenant, peer, exchange)
                     .await
                     .map(|r| httputil::with_cache_control(r, cache_control))
             }
@@ -247,9 +257,9 @@ impl Gateway {
                     .await
                     .map(|r| httputil::with_cache_control(r, cache_control))
             }
-            Route::Proxy { rest } => {
-                let rest = rest.to_owned();
-                self.proxy(parts, body, &rest, peer, exchange).await
+            Route::Proxy { rest, write } => {
+                self.proxy(parts, body, rest, write, &tenant, peer, exchange)
+                    .await
             }
         }
     }
@@ -261,11 +271,12 @@ impl Gateway {
         parts: &Parts,
         owner: PathOwner<'_>,
         lifecycle: Lifecycle,
+        tenant: &Tenant,
         peer: SocketAddr,
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, GatewayError> {
         let validated = self.validate(parts, owner, lifecycle, exchange)?;
-        if let Some(response) = self.lookup(parts, &validated, peer, exchange).await? {
+        if let Some(response) = self.lookup(parts, &validated, tenant, exchange).await? {
             return Ok(response);
         }
         let headers = self.query_headers(&parts.headers, peer, exchange);
@@ -290,10 +301,8 @@ impl Gateway {
         let (include, query) = params::parse_include_flags(parts.uri.query())
             .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
         let headers = self.query_headers(&parts.headers, peer, exchange);
-        let path_and_query = with_query(
-            &format!("/services/{}", routes::canonical_path(service_id)),
-            &query,
-        );
+        // `service_id` is a segment of the canonical path already.
+        let path_and_query = with_query(&format!("/services/{service_id}"), &query);
         let fetched = self.forward(&path_and_query, &headers, exchange).await?;
         if !fetched.status.is_success() {
             return Ok(respond::upstream_error(&parts.method, fetched));

@@ -15,19 +15,26 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::forward::Outgoing;
+use super::write::Pending;
 use super::{with_query, Exchange, Gateway};
-use crate::cache::Invalidation;
 use crate::error::GatewayError;
-use crate::httputil::{self, full};
+use crate::httputil;
+use crate::identity::Tenant;
+use crate::routes::Write;
 use crate::server::Body;
-use crate::upstream::{ClientBody, Interim, Prefix};
+use crate::upstream::{ClientBody, Interim};
 
 impl Gateway {
+    /// Proxies a request whose canonical path after the prefix is `rest`; `write` is
+    /// what the path table made of it (see the `write` stage).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn proxy(
         &self,
         parts: Parts,
         body: Incoming,
         rest: &str,
+        write: Option<Write<'_>>,
+        tenant: &Tenant,
         peer: SocketAddr,
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, GatewayError> {
@@ -50,25 +57,18 @@ impl Gateway {
             peer,
             exchange,
         );
+        let path_and_query = with_query(rest, parts.uri.query().unwrap_or(""));
 
-        let path_and_query = with_query(
-            &crate::routes::canonical_path(rest),
-            parts.uri.query().unwrap_or(""),
-        );
-        let invalidation = self
-            .inner
-            .cache
-            .as_ref()
-            .and_then(|_| Invalidation::for_write(&parts.method, rest, &parts.headers));
-
-        // A start names its contact key in the body: read it (it is small and bounded),
-        // then forward the same bytes.
+        // Without a cache nothing is invalidated, so nothing is classified.
+        let pending = write
+            .filter(|_| self.inner.cache.is_some())
+            .map(|write| Pending::of(write, tenant));
         let body = ClientBody::new(body, max, self.inner.settings.body_read_timeout);
-        let (upstream_body, invalidation) = match invalidation {
-            Some(start @ Invalidation::ServiceStart { .. }) => {
+        let (upstream_body, pending) = match pending {
+            Some(start) if start.needs_body() => {
                 let bytes = body.collect().await?;
-                let start = start.with_start_body(&parts.headers, &bytes);
-                (ClientBody::full(bytes), Some(start))
+                let pending = start.with_body(&bytes);
+                (ClientBody::full(bytes), pending)
             }
             other => (body, other),
         };
@@ -87,33 +87,15 @@ impl Gateway {
 
         let (mut head, incoming) = streamed.response.into_parts();
         httputil::strip_hop_by_hop(&mut head.headers);
-        if let (true, Some(cache), Some(invalidation)) =
-            (head.status.is_success(), &self.inner.cache, invalidation)
-        {
-            if let Invalidation::ServiceStart { owner: Some(_) } = invalidation {
-                // The answer names the new service id, for the service-id index; one too
-                // large to read is streamed on all the same (the write has happened).
-                let bytes = match Prefix::read(incoming, max).await {
-                    Ok(Prefix::Whole(bytes)) => bytes,
-                    Ok(Prefix::Partial(body)) => {
-                        cache.invalidate(&invalidation, None).await;
-                        return Ok(Response::from_parts(head, body));
-                    }
-                    Err(_) => return Err(GatewayError::UpstreamUnavailable),
-                };
-                let id = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v.get("service_id").map(crate::cache::id_text));
-                self.invalidate_write(cache, &invalidation, id.as_deref())
-                    .await;
-                return Ok(Response::from_parts(head, full(bytes)));
+        match pending {
+            Some(pending) if head.status.is_success() => {
+                self.complete_write(pending, head, incoming, max).await
             }
-            self.invalidate_write(cache, &invalidation, None).await;
+            _ => Ok(Response::from_parts(
+                head,
+                incoming.map_err(Into::into).boxed(),
+            )),
         }
-        Ok(Response::from_parts(
-            head,
-            incoming.map_err(Into::into).boxed(),
-        ))
     }
 }
 

@@ -633,13 +633,19 @@ pub(crate) fn later(at: Instant, by: Duration) -> Instant {
 
 /// Refuses an answer the gateway cannot pass on: `101 Switching Protocols` when no
 /// upgrade was asked for (hyper takes the other 1xx as interim answers: see
-/// [`interim`]).
-fn usable_head(response: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
+/// [`interim`]). An answer framed by `Transfer-Encoding` loses any `Content-Length`
+/// beside it: the body was read by the transfer coding (RFC 9112 §6.3), and a length
+/// passed on would frame it differently for the client.
+fn usable_head(mut response: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
     if response.status().is_informational() {
         return Err(UpstreamError::Invalid(format!(
             "interim answer {} as the final answer",
             response.status().as_u16()
         )));
+    }
+    let headers = response.headers_mut();
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        headers.remove(http::header::CONTENT_LENGTH);
     }
     Ok(response)
 }

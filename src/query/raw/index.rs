@@ -498,12 +498,16 @@ fn states<'a>(
     }
 }
 
-/// A `service_id` as the cache's invalidation index names it (see `cache::invalidate::id_text`).
+/// A `service_id` as the cache's invalidation index names it: [`ServiceId::normalise`]
+/// of its text, whether the JSON has it as a string or a number, so that the ids of a
+/// write's path and of an answer compare equal.
+///
+/// [`ServiceId::normalise`]: crate::identity::ServiceId::normalise
 pub(super) fn id_text(value: &[u8]) -> String {
     if value.first() == Some(&b'"') {
-        return decode_string(value).into_owned();
+        return crate::identity::ServiceId::normalise(&decode_string(value)).into_string();
     }
     let mut out = Vec::with_capacity(value.len());
     write_normalised(&mut out, value);
-    String::from_utf8(out).unwrap_or_default()
+    crate::identity::ServiceId::normalise(&String::from_utf8(out).unwrap_or_default()).into_string()
 }
