@@ -19,6 +19,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::cluster::FleetPurge;
+use crate::config::AdminToken;
 use crate::error::{error_body, GatewayError};
 use crate::httputil::{full, json_content_type};
 use crate::pipeline::Gateway;
@@ -44,14 +45,64 @@ impl Draining {
     }
 }
 
+/// Who may use the admin listener: `[admin] token_file` and `metrics_open`.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    pub token: Option<AdminToken>,
+    pub metrics_open: bool,
+}
+
+impl Access {
+    pub fn from_config(config: &crate::config::AdminConfig) -> Access {
+        Access {
+            token: config.token.clone(),
+            metrics_open: config.metrics_open,
+        }
+    }
+
+    /// May this request reach `path`? The probes always; `/metrics` while
+    /// `metrics_open`; everything else with `Authorization: Bearer <token>` when a token
+    /// is configured.
+    fn allows(&self, path: &str, headers: &http::HeaderMap) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        if matches!(path, "/healthz" | "/readyz") || (path == "/metrics" && self.metrics_open) {
+            return true;
+        }
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| bearer(value.as_bytes()))
+            .is_some_and(|presented| token.matches(presented))
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme without case, RFC 6750).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, token) = value.split_at_checked(7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| token.trim_ascii())
+        .filter(|t| !t.is_empty())
+}
+
 /// Serves one admin request.
 pub async fn handle(
     gateway: Gateway,
     draining: Draining,
+    access: Access,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
+    if !access.allows(&path, request.headers()) {
+        let mut response = GatewayError::Unauthorized.into_response();
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"csgate-admin\""),
+        );
+        return response;
+    }
     match (method.clone(), path.as_str()) {
         (Method::GET | Method::HEAD, "/healthz") => match gateway.cluster() {
             // The fleet is reported, never a reason to fail: Redis is an accelerator.

@@ -257,7 +257,18 @@ pub async fn run(
         {
             let control = control.clone();
             let draining = draining.clone();
-            move |request, _peer| admin::handle(control.gateway(), draining.clone(), request)
+            let access = admin::Access::from_config(&config.admin);
+            if access.token.is_none() && !config.admin.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %config.admin.listen,
+                    "the admin listener is on a routable address and asks for no token: \
+                     anyone who reaches it can purge the cache; set [admin] token_file \
+                     (or CSGATE_ADMIN_TOKEN_FILE)"
+                );
+            }
+            move |request, _peer| {
+                admin::handle(control.gateway(), draining.clone(), access.clone(), request)
+            }
         },
         stopped(admin_stopped),
     ));

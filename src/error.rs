@@ -24,6 +24,9 @@ pub enum GatewayError {
     InvalidHeader(String),
     #[error("{0}")]
     NotFound(String),
+    /// An admin request without the configured bearer token (`[admin] token_file`).
+    #[error("this admin endpoint needs 'Authorization: Bearer <token>' with the configured token")]
+    Unauthorized,
     #[error("method {method} is not allowed on this resource; allowed: {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
     #[error("query string is {len} bytes; the limit is {max}")]
@@ -93,6 +96,7 @@ impl GatewayError {
                 (StatusCode::BAD_GATEWAY, "UpstreamInvalidResponse")
             }
             GatewayError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
+            GatewayError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
         }
     }
@@ -103,6 +107,7 @@ impl GatewayError {
             GatewayError::InvalidParameter(_)
             | GatewayError::InvalidHeader(_)
             | GatewayError::NotFound(_)
+            | GatewayError::Unauthorized
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::QueryTooLong { .. }
             | GatewayError::HeadersTooLarge { .. }

@@ -27,7 +27,28 @@ fn read(path: &str) -> String {
 }
 
 fn load(text: &str, origin: &str, overrides: &Overrides) -> Config {
-    Config::from_toml(text, Path::new(origin), overrides).unwrap_or_else(|e| panic!("{e}"))
+    Config::from_toml(&with_secrets(text), Path::new(origin), overrides)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The admin token files the shipped examples name, longest first. They exist only
+/// where csgate is deployed (a Kubernetes Secret, a file the operator writes).
+const EXAMPLE_SECRETS: [&str; 2] = ["/etc/csgate-admin/token", "/etc/csgate/admin-token"];
+
+/// `text` with the example secrets' paths pointing at a real token file.
+fn with_secrets(text: &str) -> String {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "an-example-admin-token\n").expect("write token");
+    let mut out = text.to_owned();
+    for secret in EXAMPLE_SECRETS {
+        out = out.replace(
+            &format!("{secret:?}"),
+            &format!("{:?}", token.display().to_string()),
+        );
+    }
+    out
 }
 
 fn port(address: &str) -> u16 {
@@ -194,16 +215,25 @@ fn every_config_file_validates_and_passes_check() {
         let toml = std::fs::read_to_string(&path).expect("read");
         let config = load(&toml, &path.display().to_string(), &Overrides::default());
         let scratch = tempfile::tempdir().expect("tempdir");
+        // The example secrets exist only where deployed: `--check` reads a copy that
+        // names a real token file (a missing one is refused, see below).
+        let toml = with_secrets(&toml);
         let checked = match &config.server.tls {
-            None => path.clone(),
+            None => {
+                let copy = scratch.path().join("config.toml");
+                std::fs::write(&copy, &toml).expect("write");
+                copy
+            }
             Some(tls) => {
                 // `--check` loads the TLS files. The example names production paths
                 // that do not exist here: with them the check must refuse, naming the
                 // key; with a real certificate in their place it must pass.
+                let with_secrets = scratch.path().join("with-secrets.toml");
+                std::fs::write(&with_secrets, &toml).expect("write");
                 let refused = csgate(&[
                     "--check".to_owned(),
                     "--config".to_owned(),
-                    path.display().to_string(),
+                    with_secrets.display().to_string(),
                 ]);
                 assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
                 assert!(
@@ -415,10 +445,17 @@ fn shipped_config_documents_every_key_at_its_default() {
     let key_dir = tempfile::tempdir().expect("tempdir");
     let key_file = key_dir.path().join("redact.key");
     std::fs::write(&key_file, "an example redaction key").expect("write key");
-    let examples_text = uncommented(&text).replace(
-        "\"/etc/csgate/redact.key\"",
-        &format!("{:?}", key_file.display().to_string()),
-    );
+    let token_file = key_dir.path().join("admin-token");
+    std::fs::write(&token_file, "an-example-admin-token\n").expect("write token");
+    let examples_text = uncommented(&text)
+        .replace(
+            "\"/etc/csgate/redact.key\"",
+            &format!("{:?}", key_file.display().to_string()),
+        )
+        .replace(
+            "\"/etc/csgate/admin-token\"",
+            &format!("{:?}", token_file.display().to_string()),
+        );
     assert_ne!(
         examples_text,
         uncommented(&text),
@@ -698,7 +735,7 @@ fn kubernetes_manifests_match_the_code() {
     let cm_toml = configmap_toml();
     let dir = tempfile::tempdir().expect("tempdir");
     let cm_path = dir.path().join("csgate.toml");
-    std::fs::write(&cm_path, &cm_toml).expect("write");
+    std::fs::write(&cm_path, with_secrets(&cm_toml)).expect("write");
     let command = scalars(field(container, "command"));
     assert_eq!(command, ["/usr/local/bin/csgate"]);
     let args = scalars(field(container, "args"));

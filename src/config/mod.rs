@@ -24,8 +24,8 @@ use raw::RawConfig;
 pub use cidr::Cidr;
 pub use parse::{parse_duration, parse_size};
 pub use sections::{
-    AdminConfig, CacheConfig, LogConfig, LogFormat, ServerConfig, StoreSettings, TlsConfig,
-    Upstream, UpstreamConfig,
+    AdminConfig, AdminToken, CacheConfig, LogConfig, LogFormat, ServerConfig, StoreSettings,
+    TlsConfig, Upstream, UpstreamConfig,
 };
 
 /// A configuration problem, naming the key.
@@ -70,6 +70,8 @@ pub struct Config {
 pub struct Overrides {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
+    /// Replaces `[admin] token_file`.
+    pub admin_token_file: Option<String>,
     /// Replaces `[upstream] urls` when non-empty.
     pub upstreams: Vec<String>,
     pub log_level: Option<String>,
@@ -79,7 +81,8 @@ pub struct Overrides {
 }
 
 impl Overrides {
-    /// Reads `CSGATE_LISTEN`, `CSGATE_ADMIN_LISTEN`, `CSGATE_UPSTREAMS` (comma-separated),
+    /// Reads `CSGATE_LISTEN`, `CSGATE_ADMIN_LISTEN`, `CSGATE_ADMIN_TOKEN_FILE`,
+    /// `CSGATE_UPSTREAMS` (comma-separated),
     /// `CSGATE_LOG_LEVEL`, `CSGATE_LOG_FORMAT`, `CSGATE_REDIS_URL` from `vars` (pass
     /// `std::env::vars()`).
     pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Overrides {
@@ -88,6 +91,9 @@ impl Overrides {
             match name.as_str() {
                 "CSGATE_LISTEN" => out.listen = Some(value),
                 "CSGATE_ADMIN_LISTEN" => out.admin_listen = Some(value),
+                "CSGATE_ADMIN_TOKEN_FILE" if !value.trim().is_empty() => {
+                    out.admin_token_file = Some(value);
+                }
                 "CSGATE_UPSTREAMS" => {
                     out.upstreams = value
                         .split(',')
@@ -110,6 +116,7 @@ impl Overrides {
         Overrides {
             listen: self.listen.or(env.listen),
             admin_listen: self.admin_listen.or(env.admin_listen),
+            admin_token_file: self.admin_token_file.or(env.admin_token_file),
             upstreams: if self.upstreams.is_empty() {
                 env.upstreams
             } else {
@@ -173,6 +180,9 @@ impl RawConfig {
         }
         if let Some(listen) = &o.admin_listen {
             self.admin.listen = Some(listen.clone());
+        }
+        if let Some(path) = &o.admin_token_file {
+            self.admin.token_file = Some(path.into());
         }
         if !o.upstreams.is_empty() {
             self.upstream.urls = Some(o.upstreams.clone());

@@ -85,6 +85,8 @@ pub(super) struct RawCache {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawAdmin {
     pub listen: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub metrics_open: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
