@@ -122,4 +122,3 @@ fn long_run() {
         report.failures()
     );
 }
-

@@ -230,7 +230,23 @@ fn shrink(
             }
         }
     }
-    let fails = |candidate: &Case| run_fresh(handle, deploy, candidate, false).failed();
+    let fails = |candidate: &Case| {
+        let failed = run_fresh(handle, deploy, candidate, false).failed();
+        if std::env::var_os("COHERENCE_DEBUG").is_some() {
+            eprintln!(
+                "minimise: {} steps, failed: {failed} {candidate:?}",
+                candidate.steps.len()
+            );
+        }
+        failed
+    };
+    if std::env::var_os("COHERENCE_DEBUG").is_some() {
+        eprintln!(
+            "proptest shrinking: {} steps after {runs} runs, {:?}",
+            best.steps.len(),
+            started.elapsed()
+        );
+    }
     let (minimal, more_runs) = super::minimise::minimise(best, started + time, fails);
     best = minimal;
     runs += more_runs;
