@@ -356,6 +356,10 @@ impl Report {
     /// The markdown report of a long run.
     pub fn markdown(&self, build: &str) -> String {
         let s = &self.stats;
+        let bound = |n: u64| match n {
+            u64::MAX => "unbounded".to_owned(),
+            n => n.to_string(),
+        };
         let mut out = String::new();
         let _ = writeln!(out, "# Coherence oracle run\n");
         let _ = writeln!(out, "| | |\n|---|---|");
@@ -376,8 +380,8 @@ impl Report {
                 format!(
                     "{:?}, {} operations, {} cases, {} steps per case at most",
                     self.settings.time,
-                    self.settings.max_ops,
-                    self.settings.max_cases,
+                    bound(self.settings.max_ops),
+                    bound(self.settings.max_cases),
                     self.settings.max_steps
                 ),
             ),
