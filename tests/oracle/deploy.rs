@@ -1,0 +1,131 @@
+//! What the oracle runs against: a [`Deployment`] is data — the gateways' base URLs (one
+//! or more replicas) and the store's own base URL — plus whatever keeps them running.
+//! A [`Deploy`] makes a fresh one per case. The harness only ever reaches the servers
+//! through those URLs, so a fleet of replicas on Redis, or a fault-injecting TCP hop in
+//! front of any of them, is another `Deploy` and nothing else changes.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use csgate::query::TypeMap;
+use csgate::store::StoreConfig;
+
+use crate::common::store::TestStore;
+use crate::common::{start_gateway, TestGateway};
+
+/// A boxed future, as the trait objects here hand them out.
+pub type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Stops a deployment and waits for it.
+type Stop = Box<dyn FnOnce() -> Boxed<'static, ()> + Send>;
+
+/// The servers of one case, reached only through their URLs.
+pub struct Deployment {
+    /// Base URLs (`http://127.0.0.1:PORT`) of the gateway replicas, at least one. The
+    /// operations of a case are spread over them by the generator's `replica` choice.
+    pub gateways: Vec<String>,
+    /// Base URL of the store itself (no gateway in between): the oracle's source of truth.
+    pub store: String,
+    stop: Option<Stop>,
+}
+
+impl Deployment {
+    /// `stop` shuts every server down (and removes their files) when awaited.
+    pub fn new(gateways: Vec<String>, store: String, stop: Stop) -> Deployment {
+        assert!(
+            !gateways.is_empty(),
+            "a deployment has at least one gateway"
+        );
+        Deployment {
+            gateways,
+            store,
+            stop: Some(stop),
+        }
+    }
+
+    /// The gateway replica an operation goes to.
+    pub fn gateway(&self, replica: u8) -> &str {
+        &self.gateways[usize::from(replica) % self.gateways.len()]
+    }
+
+    /// Stops every server and waits until they are gone.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop().await;
+        }
+    }
+}
+
+/// Makes fresh deployments: a new, empty store and new gateways for every case, so that
+/// cases are independent and a shrunk case replays deterministically.
+pub trait Deploy: Send + Sync {
+    fn deploy(&self) -> Boxed<'_, Deployment>;
+    /// One line for reports (what runs, with which cache settings).
+    fn describe(&self) -> String;
+}
+
+/// Service types as both the gateway and the store are configured (names ↔ IDs), so
+/// that `service_types=Billing` means the same thing on both sides.
+pub const SERVICE_TYPES: [(&str, i64); 3] =
+    [("Billing", 1), ("TechnicalSupport", 3), ("Wireless", 45)];
+
+/// Cache freshness long enough that a stale answer stays observable for a whole case:
+/// nothing but an invalidation can make an entry go away while a case runs.
+pub const CACHE_TOML: &str =
+    "[cache]\nenabled = true\nttl = \"300s\"\nstale_while_revalidate = \"300s\"\n";
+
+/// One gateway (cache on, long TTL) in front of the in-process reference store on a
+/// fresh SQLite file: the deployment of issue 20.
+pub struct SingleGateway;
+
+impl Deploy for SingleGateway {
+    fn deploy(&self) -> Boxed<'_, Deployment> {
+        Box::pin(async {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = TestStore::serve(store_config(dir.path())).await;
+            let gateway = start_gateway(&gateway_toml(), &[store.url()]).await;
+            let gateways = vec![format!("http://{}", gateway.addr)];
+            let store_url = store.url();
+            let stop: Stop = Box::new(move || Box::pin(stop_all(vec![gateway], store, dir)));
+            Deployment::new(gateways, store_url, stop)
+        })
+    }
+
+    fn describe(&self) -> String {
+        "one in-process gateway (cache on, ttl 300s) in front of the in-process SQLite store".into()
+    }
+}
+
+/// The gateway's TOML: the long-lived cache and the service-type map.
+pub fn gateway_toml() -> String {
+    let mut toml = CACHE_TOML.to_owned();
+    toml.push_str("[business_attributes.service_type]\n");
+    for (name, id) in SERVICE_TYPES {
+        toml.push_str(&format!("{name} = {id}\n"));
+    }
+    toml
+}
+
+/// The store's configuration: a fresh file in `dir`, the same service-type map as the
+/// gateway, and no sweeper (nothing may change the data behind the oracle's back).
+pub fn store_config(dir: &std::path::Path) -> StoreConfig {
+    let map = TypeMap::new(SERVICE_TYPES.map(|(name, id)| (name.to_owned(), id)));
+    StoreConfig {
+        db: dir.join("oracle.sqlite"),
+        legacy: false,
+        business_attributes: BTreeMap::from([("service_type".to_owned(), map)]),
+        sweep_interval: Duration::ZERO,
+        max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
+        max_memory_bytes: csgate::config::defaults::STORE_MAX_MEMORY_BYTES,
+    }
+}
+
+async fn stop_all(gateways: Vec<TestGateway>, mut store: TestStore, dir: tempfile::TempDir) {
+    for gateway in gateways {
+        gateway.stop().await;
+    }
+    store.shutdown().await;
+    drop(dir);
+}
