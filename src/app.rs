@@ -97,7 +97,7 @@ impl Sources {
 /// A request to re-read the configuration from the [`Sources`] (SIGHUP, or a test).
 #[derive(Debug, Default)]
 pub struct Reload {
-    reply: Option<oneshot::Sender<Result<(), ReloadError>>>,
+    reply: Option<oneshot::Sender<Result<Reloaded, ReloadError>>>,
 }
 
 impl Reload {
@@ -107,10 +107,17 @@ impl Reload {
     }
 
     /// A reload and the receiver that learns whether it was applied.
-    pub fn with_reply() -> (Reload, oneshot::Receiver<Result<(), ReloadError>>) {
+    pub fn with_reply() -> (Reload, oneshot::Receiver<Result<Reloaded, ReloadError>>) {
         let (tx, rx) = oneshot::channel();
         (Reload { reply: Some(tx) }, rx)
     }
+}
+
+/// A reload that was applied, but for the keys that need a restart (their running
+/// values stay, and the log line names them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub not_applied: Vec<&'static str>,
 }
 
 /// Why a reload was refused; the previous configuration stays.
@@ -294,7 +301,7 @@ pub async fn run(
                 .map_err(ReloadError::from)
                 .and_then(|config| control.reload(&config));
             match &outcome {
-                Ok(()) => {}
+                Ok(_) => {}
                 Err(ReloadError::Invalid(error)) => tracing::error!(
                     %error,
                     "reload refused: invalid configuration; keeping the previous configuration"
@@ -394,6 +401,8 @@ pub struct Control {
     probe: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     /// The embedded store's URL, used whenever the config names no upstream.
     embedded: Option<Url>,
+    /// What the running process was started with, for the keys a reload cannot apply.
+    started_with: Arc<Config>,
 }
 
 impl Control {
@@ -422,6 +431,7 @@ impl Control {
             log_level,
             probe: Arc::default(),
             embedded,
+            started_with: Arc::new(config.clone()),
         };
         control.start_probe();
         Ok(control)
@@ -438,7 +448,7 @@ impl Control {
     /// Applies a new, already validated configuration: upstreams, request limits,
     /// service types, cache freshness times, log level. Listen addresses, TLS, the
     /// cache size bound, `[cache] enabled` and `[store]` need a restart.
-    pub fn reload(&self, config: &Config) -> Result<(), ReloadError> {
+    pub fn reload(&self, config: &Config) -> Result<Reloaded, ReloadError> {
         let urls = match (&config.upstream.target, &self.embedded) {
             (Upstream::Urls(urls), _) => urls.clone(),
             (Upstream::Embedded(_), Some(url)) => vec![url.clone()],
@@ -461,11 +471,19 @@ impl Control {
                 tracing::warn!(%error, "log level not changed");
             }
         }
-        tracing::info!(
-            upstreams = ?urls.iter().map(Url::as_str).collect::<Vec<_>>(),
-            "configuration reloaded"
-        );
-        Ok(())
+        let upstreams = urls.iter().map(Url::as_str).collect::<Vec<_>>();
+        let not_applied = needs_restart(&self.started_with, config);
+        if not_applied.is_empty() {
+            tracing::info!(?upstreams, "configuration reloaded");
+        } else {
+            tracing::warn!(
+                ?upstreams,
+                not_applied = %not_applied.join(", "),
+                "configuration reloaded, except keys that need a restart (the running \
+                 values stay)"
+            );
+        }
+        Ok(Reloaded { not_applied })
     }
 
     /// (Re)starts the active health probe for the current upstreams.
@@ -538,4 +556,33 @@ fn gateway(
     });
     let upstreams = Upstreams::new(&config.upstream, urls, Some(observer));
     Gateway::in_fleet(config, upstreams, cache, cluster, metrics)
+}
+
+/// The keys whose change `new` makes that a reload leaves as they were at start:
+/// listeners, TLS, the admin settings, the cache's existence and byte bounds, the
+/// embedded store and the fleet.
+fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let checks: [(&'static str, bool); 9] = [
+        ("server.listen", running.server.listen != new.server.listen),
+        ("server.tls", differs(&running.server.tls, &new.server.tls)),
+        ("admin", differs(&running.admin, &new.admin)),
+        ("cache.enabled", running.cache.enabled != new.cache.enabled),
+        (
+            "cache.max_bytes",
+            running.cache.max_bytes != new.cache.max_bytes,
+        ),
+        (
+            "cache.max_entry_bytes",
+            running.cache.max_entry_bytes != new.cache.max_entry_bytes,
+        ),
+        ("store", differs(&running.store, &new.store)),
+        ("cluster", differs(&running.cluster, &new.cluster)),
+        ("log.format", differs(&running.log.format, &new.log.format)),
+    ];
+    checks
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
 }

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 use common::*;
-use csgate::app::{self, Listeners, Options, Reload, ReloadError, Sources};
+use csgate::app::{self, Listeners, Options, Reload, ReloadError, Reloaded, Sources};
 
 /// `app::run` started the way the binary starts it, from a config file.
 struct Running {
@@ -76,7 +76,7 @@ impl Running {
         format!("{}{path_and_query}", self.public)
     }
 
-    async fn reload(&self) -> Result<(), ReloadError> {
+    async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let (reload, outcome) = Reload::with_reply();
         self.reloads.send(reload).await.expect("app runs");
         outcome.await.expect("the reload is answered")
@@ -109,7 +109,25 @@ async fn a_reload_applies_a_valid_file_and_refuses_a_broken_one() {
     assert_eq!(get(&url).await.text(), r#"[{"service_id":1}]"#);
 
     std::fs::write(&path, upstream_config(&second.url())).expect("rewrite");
-    running.reload().await.expect("a valid file is applied");
+    let reloaded = running.reload().await.expect("a valid file is applied");
+    assert_eq!(reloaded.not_applied, Vec::<&str>::new());
+    assert_eq!(get(&url).await.text(), r#"[{"service_id":2}]"#);
+
+    // Keys that need a restart are named, and their running values stay.
+    std::fs::write(
+        &path,
+        format!(
+            "{}[cache]\nmax_bytes = \"64MiB\"\n[log]\nformat = \"json\"\n",
+            upstream_config(&second.url())
+        ),
+    )
+    .expect("rewrite");
+    assert_eq!(
+        running.reload().await.expect("applied but for two keys"),
+        Reloaded {
+            not_applied: vec!["cache.max_bytes", "log.format"]
+        }
+    );
     assert_eq!(get(&url).await.text(), r#"[{"service_id":2}]"#);
     let first_count = first.count();
 

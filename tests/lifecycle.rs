@@ -191,3 +191,30 @@ async fn check_loads_the_tls_files() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("server.tls.cert"), "{stderr}");
 }
+
+/// An unreachable Redis at start-up is said at WARN (the fleet runs degraded), not only
+/// at DEBUG; the gateway still starts and serves.
+#[tokio::test]
+async fn an_unreachable_redis_at_start_is_a_warning() {
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let upstream = FakeUpstream::start(Reply::json(200, "[]")).await;
+    let process = Process::start(
+        &common::process::json_logs(&format!(
+            "[cluster]\nredis_url = \"redis://127.0.0.1:{closed}\"\n"
+        )),
+        &["--upstream", &upstream.url()],
+    )
+    .await;
+    let line = process
+        .wait_for_line(|l| l.contains("redis is unreachable"))
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(json["level"], "WARN", "{line}");
+    let answer = get(&process.url("/genesys/1/cs/customers/C1/services")).await;
+    assert_eq!(answer.status, 200);
+}

@@ -75,6 +75,7 @@ impl Conn {
                 // messages, so a returning Redis is used again within about half a second.
                 .set_number_of_retries(0);
             let mut backoff = Backoff::default();
+            let mut warned = false;
             loop {
                 if weak.strong_count() == 0 {
                     return;
@@ -86,6 +87,16 @@ impl Conn {
                                 Some(manager);
                         }
                         return;
+                    }
+                    Err(error) if !warned => {
+                        // Once at WARN: the fleet runs degraded until Redis answers.
+                        warned = true;
+                        tracing::warn!(
+                            %error,
+                            "redis is unreachable; the fleet runs degraded (local entries \
+                             live degraded_ttl) and keeps trying"
+                        );
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
                     Err(error) => {
                         tracing::debug!(%error, "redis command connection not made yet");

@@ -512,6 +512,25 @@ impl TryFrom<RawLog> for LogConfig {
                 format!("'{level}' is not a valid filter: {e}"),
             ));
         }
+        // `tracing` reads a bare word that is not a level ("warning") as a target with
+        // every level on, so nothing else is ever logged: refused, naming the fix.
+        const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+        for directive in level.split(',').map(str::trim) {
+            let bare = !directive.contains(['=', '[']);
+            if bare
+                && !directive.is_empty()
+                && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive))
+            {
+                return Err(invalid(
+                    "log.level",
+                    format!(
+                        "'{directive}' is not a level (one of {}); to log every level of a \
+                         target write '{directive}=trace'",
+                        LEVELS.join(", ")
+                    ),
+                ));
+            }
+        }
         if let Some(path) = &l.redact_key_file {
             match std::fs::read(path) {
                 Ok(key) if !key.trim_ascii().is_empty() => {}

@@ -57,6 +57,29 @@ fn values_are_parsed_once_into_types() {
 }
 
 #[test]
+fn a_log_level_that_is_no_level_is_refused() {
+    for level in ["warning", "INFO,csgate", "Warn,hyper=info,fatal"] {
+        let toml = format!("[log]\nlevel = {level:?}\n");
+        let error = load(&toml).expect_err(level);
+        assert!(
+            error.contains("log.level") && error.contains("is not a level"),
+            "{level}: {error}"
+        );
+    }
+    for level in [
+        "warn",
+        "INFO",
+        "csgate=debug,info",
+        "off",
+        "csgate=trace",
+        "info,[span]=debug",
+    ] {
+        let toml = format!("[log]\nlevel = {level:?}\n");
+        assert!(load(&toml).is_ok(), "{level}");
+    }
+}
+
+#[test]
 fn errors_name_the_key() {
     let cases = [
         ("[server]\nlisten = \"nope\"", "server.listen"),
