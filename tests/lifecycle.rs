@@ -218,3 +218,59 @@ async fn an_unreachable_redis_at_start_is_a_warning() {
     let answer = get(&process.url("/genesys/1/cs/customers/C1/services")).await;
     assert_eq!(answer.status, 200);
 }
+
+/// The access line carries what operators grep for: the client address after
+/// `trusted_proxies`, bytes in and out, and on failure the cause; the request id as
+/// the client sent it.
+#[tokio::test]
+async fn access_lines_name_the_client_the_bytes_and_the_cause() {
+    let upstream = FakeUpstream::start(Reply::json(200, r#"{"service_id":7}"#)).await;
+    let process = Process::start(
+        &common::process::json_logs("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n"),
+        &["--upstream", &upstream.url()],
+    )
+    .await;
+    let body = r#"{"customer_id":"C1","service_type":1}"#;
+    let started = send(
+        http::Method::POST,
+        &process.url("/genesys/1/cs/services/start"),
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Forwarded-For", "203.0.113.7, 10.0.0.1, 127.0.0.1"),
+            ("X-Request-Id", "access-1"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(started.status, 200);
+    let line = process
+        .wait_for_line(|l| l.contains("csgate::access") && l.contains("access-1"))
+        .await;
+    let fields: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    // 10.0.0.1 is not a trusted proxy: it is the nearest untrusted hop.
+    assert_eq!(fields["client"], "10.0.0.1", "{line}");
+    assert_eq!(fields["request_id"], "access-1");
+    assert_eq!(fields["bytes_in"], body.len().to_string(), "{line}");
+    assert_eq!(
+        fields["bytes_out"],
+        started.body.len().to_string(),
+        "{line}"
+    );
+    assert_eq!(fields["cause"], "-");
+
+    // Without a trusted peer's header the client is the peer; a failure names its cause.
+    upstream.set_default(Reply::json(200, "not json"));
+    let failed = get_with(
+        &process.url("/genesys/1/cs/customers/C1/services"),
+        &[("X-Request-Id", "access-2")],
+    )
+    .await;
+    assert_eq!(failed.status, 502);
+    let line = process
+        .wait_for_line(|l| l.contains("csgate::access") && l.contains("access-2"))
+        .await;
+    let fields: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(fields["client"], "127.0.0.1", "{line}");
+    assert_eq!(fields["cause"], "UpstreamInvalidResponse", "{line}");
+    assert_eq!(fields["bytes_in"], "-", "{line}");
+}

@@ -55,7 +55,11 @@ impl Gateway {
         }
         result.map_err(|e| {
             if let Some(detail) = e.detail() {
-                tracing::warn!(request_id = ?exchange.id, %detail, "upstream request failed");
+                tracing::warn!(
+                    request_id = exchange.id.to_str().unwrap_or("-"),
+                    %detail,
+                    "upstream request failed"
+                );
             }
             GatewayError::from(e)
         })

@@ -139,6 +139,13 @@ struct Exchange {
     cache: Option<CacheOutcome>,
     upstream: Option<Arc<str>>,
     upstream_time: Option<Duration>,
+    /// The client's address: the peer, or from a peer in `trusted_proxies` the
+    /// nearest untrusted `X-Forwarded-For` entry.
+    client: Option<std::net::IpAddr>,
+    /// The request body's declared length (`Content-Length`), when it has one.
+    bytes_in: Option<u64>,
+    /// The error kind of a failed request (the CS `exception`), for the access line.
+    cause: Option<&'static str>,
 }
 
 impl Exchange {
@@ -153,6 +160,9 @@ impl Exchange {
             cache: None,
             upstream: None,
             upstream_time: None,
+            client: None,
+            bytes_in: None,
+            cause: None,
         }
     }
 }
@@ -214,6 +224,11 @@ impl Gateway {
         httputil::host_from_authority(&mut parts);
         let mut exchange = Exchange::new(&parts.headers, parts.method.clone());
         exchange.version = parts.version;
+        exchange.client = Some(self.client_address(&parts.headers, peer));
+        exchange.bytes_in = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
         let _inflight = self.inner.metrics.inflight_guard();
         let result = match self.inner.inflight.clone().try_acquire_owned() {
             Ok(permit) => {
@@ -223,8 +238,11 @@ impl Gateway {
             }
             Err(_) => Err(GatewayError::Overloaded),
         };
+        if let Err(error) = &result {
+            exchange.cause = Some(error.status_and_kind().1);
+        }
         let response = self.respond(result, &exchange);
-        self.log(&exchange, response.status());
+        self.log(&exchange, &response);
         response
     }
 

@@ -29,7 +29,7 @@ impl Gateway {
         let rendered = broad.render(query, &self.inner.settings.service_types);
         if rendered.unparseable_timestamps > 0 {
             tracing::warn!(
-                request_id = ?exchange.id,
+                request_id = exchange.id.to_str().unwrap_or("-"),
                 upstream = exchange.upstream.as_deref().unwrap_or("-"),
                 count = rendered.unparseable_timestamps,
                 "upstream data error: services with unparseable timestamps excluded"
