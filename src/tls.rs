@@ -53,6 +53,10 @@ impl Accept for Tls {
     async fn accept(&self, stream: TcpStream) -> std::io::Result<Self::Io> {
         self.acceptor.accept(stream).await
     }
+
+    fn negotiated_h2(io: &Self::Io) -> bool {
+        io.get_ref().1.alpn_protocol() == Some(b"h2")
+    }
 }
 
 #[allow(

@@ -219,6 +219,51 @@ async fn tls_with_a_self_signed_certificate() {
         Some(&b"https"[..])
     );
 
+    // ALPN h2 settles the protocol: HTTP/1.1 bytes on such a connection are a broken
+    // HTTP/2 preface, a connection error, never an HTTP/1.1 answer (RFC 9113 §3.4).
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).expect("root");
+    let mut client_config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    client_config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config));
+    let tcp = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut h2 = connector.connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(h2.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    h2.write_all(b"GET /genesys/1/cs/customers/C1/services HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), h2.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/1.1"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The server's frames: 9-byte headers (length, type, flags, stream), then payload.
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Some(head) = answer.get(at..at + 9) {
+        let length = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        frames.push(head[3]);
+        at += 9 + length;
+    }
+    // Only HTTP/2 frames came back (the server's SETTINGS, perhaps a GOAWAY, which
+    // §3.4 lets a server omit after an invalid preface), and the connection closed.
+    assert_eq!(at, answer.len(), "HTTP/2 frames only: {answer:?}");
+    assert!(
+        frames.iter().all(|kind| [0x4, 0x7, 0x8].contains(kind)),
+        "{frames:?}"
+    );
+
     // Plain HTTP on the TLS port does not get an answer.
     let mut plain = tokio::net::TcpStream::connect(gw.addr)
         .await

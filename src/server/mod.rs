@@ -102,6 +102,13 @@ pub trait Accept: Clone + Send + Sync + 'static {
         &self,
         stream: tokio::net::TcpStream,
     ) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+
+    /// Did the handshake settle on HTTP/2 (TLS ALPN `h2`)? Such a connection is served
+    /// as HTTP/2 only: anything but the HTTP/2 preface then gets a GOAWAY, never an
+    /// HTTP/1.1 answer (RFC 9113 §3.4).
+    fn negotiated_h2(_io: &Self::Io) -> bool {
+        false
+    }
 }
 
 /// Plain TCP.
@@ -210,18 +217,37 @@ pub async fn serve<A, H, F>(
                     return;
                 }
             };
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                .into_owned();
-            let ended = connection::drive(
-                connection,
-                |connection: std::pin::Pin<&mut _>| connection.graceful_shutdown(),
-                &activity,
-                first_request_by,
-                options.idle_timeout,
-                close,
-            )
-            .await;
+            // `serve_connection_with_upgrades` sniffs the protocol whatever the
+            // builder says, so a connection ALPN settled on h2 is served without it
+            // (HTTP/2 has no upgrades).
+            let ended = if A::negotiated_h2(&io) {
+                let connection = builder
+                    .http2_only()
+                    .serve_connection(TokioIo::new(io), service)
+                    .into_owned();
+                connection::drive(
+                    connection,
+                    |connection: std::pin::Pin<&mut _>| connection.graceful_shutdown(),
+                    &activity,
+                    first_request_by,
+                    options.idle_timeout,
+                    close,
+                )
+                .await
+            } else {
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .into_owned();
+                connection::drive(
+                    connection,
+                    |connection: std::pin::Pin<&mut _>| connection.graceful_shutdown(),
+                    &activity,
+                    first_request_by,
+                    options.idle_timeout,
+                    close,
+                )
+                .await
+            };
             match ended {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => {
