@@ -452,7 +452,27 @@ fn upstream_credentials_are_refused_without_echoing_them() {
 
 #[tokio::test]
 async fn requests_on_open_connections_during_drain_delay_get_connection_close() {
-    let gw = start_gateway("[server]\ndrain_delay = \"3s\"", &[refused_url().await]).await;
+    answered_during_the_drain("[server]\ndrain_delay = \"3s\"").await;
+}
+
+/// With the default drain delay, a request a client sends on its keep-alive connection
+/// just after SIGTERM is answered (with `Connection: close`), not met by a close.
+#[tokio::test]
+async fn by_default_a_request_sent_just_after_sigterm_is_answered() {
+    answered_during_the_drain("").await;
+}
+
+/// The drain delay is for open connections: with none open, it ends at once.
+#[tokio::test]
+async fn the_drain_delay_ends_when_no_connection_is_open() {
+    let gw = start_gateway("[server]\ndrain_delay = \"600s\"", &[refused_url().await]).await;
+    tokio::time::timeout(Duration::from_secs(60), gw.stop())
+        .await
+        .expect("stops long before the 600 s drain delay");
+}
+
+async fn answered_during_the_drain(config: &str) {
+    let gw = start_gateway(config, &[refused_url().await]).await;
     let admin = gw.admin;
     let mut stream = TcpStream::connect(gw.addr).await.expect("connect");
     stream

@@ -30,8 +30,11 @@ pub const MAX_TENANT_BYTES: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// hyper's own HTTP/1 default; csgate enforces it itself to answer 431 in the CS shape.
 pub const MAX_HEADERS: usize = 100;
-/// Without a load balancer in front, nothing sends requests after SIGTERM.
-pub const DRAIN_DELAY: Duration = Duration::ZERO;
+/// A request a client sent on a keep-alive connection just before SIGTERM (it cannot
+/// know) is still answered, with `Connection: close`, instead of meeting a closed
+/// connection; a second covers a client's in-flight request. The drain ends sooner
+/// when every connection is closed.
+pub const DRAIN_DELAY: Duration = Duration::from_secs(1);
 /// Contract: at most 32 extension filters.
 pub const MAX_FILTERS: usize = 32;
 /// No peer is trusted to report the client's address: forwarding headers a client

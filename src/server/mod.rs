@@ -262,13 +262,17 @@ pub async fn serve<A, H, F>(
     let grace_ends = tokio::time::Instant::now() + options.shutdown_grace;
     let _ = draining_tx.send(true);
     drop(listener);
+    let all = u32::try_from(cap).expect("cap is at most u32::MAX");
     if !options.drain_delay.is_zero() {
-        tokio::time::sleep_until(grace_ends.min(tokio::time::Instant::now() + options.drain_delay))
-            .await;
+        // The delay is for requests on open connections: once none is open, it is over.
+        let delay_ends = grace_ends.min(tokio::time::Instant::now() + options.drain_delay);
+        tokio::select! {
+            () = tokio::time::sleep_until(delay_ends) => {}
+            _ = permits.acquire_many(all) => {}
+        }
     }
     let _ = close_tx.send(true);
     // Every connection task holds a permit: all are back when every connection is gone.
-    let all = u32::try_from(cap).expect("cap is at most u32::MAX");
     tokio::select! {
         _ = permits.acquire_many(all) => {}
         () = tokio::time::sleep_until(grace_ends) => {
