@@ -724,9 +724,18 @@ fn gateway_container(deployment: &Yaml) -> &Yaml {
     container
 }
 
-/// The `csgate.toml` embedded in the ConfigMap.
+/// The cluster's `csgate.toml`, which kustomize's configMapGenerator makes the
+/// ConfigMap.
 fn configmap_toml() -> String {
-    scalar(at(&k8s("configmap.yaml"), "/data/csgate.toml"))
+    read("deploy/k8s/csgate.toml")
+}
+
+/// Every document of a multi-document YAML file.
+fn yaml_docs(path: &str) -> Vec<Yaml> {
+    use serde::Deserialize;
+    serde_norway::Deserializer::from_str(&read(path))
+        .map(|doc| Yaml::deserialize(doc).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
 }
 
 /// Kubernetes memory quantities: `384Mi`, `1Gi`, `500M`.
@@ -777,9 +786,20 @@ fn kubernetes_manifests_match_the_code() {
         .find(|v| v.get("configMap").is_some())
         .expect("a configMap volume");
     assert!(field(config_volume, "configMap").is_object());
+    // Generated from csgate.toml with a content-hash suffix: an edit renames it, so the
+    // pod template changes and the pods roll.
+    let kustomization = k8s("kustomization.yaml");
+    let generator = at(&kustomization, "/configMapGenerator/0");
+    assert_eq!(scalars(field(generator, "files")), ["csgate.toml"]);
+    assert!(
+        generator
+            .pointer("/options/disableNameSuffixHash")
+            .is_none_or(|v| scalar(v) == "false"),
+        "the hash suffix is what rolls the pods"
+    );
     assert_eq!(
         scalar(at(config_volume, "/configMap/name")),
-        scalar(at(&k8s("configmap.yaml"), "/metadata/name"))
+        scalar(field(generator, "name"))
     );
     assert!(mounts
         .iter()
@@ -901,6 +921,59 @@ fn kubernetes_manifests_match_the_code() {
     assert_eq!(scalar(at(&hpa, "/spec/metrics/0/resource/name")), "cpu");
     let pdb = k8s("pdb.yaml");
     assert_eq!(scalar(field(&pdb, "kind")), "PodDisruptionBudget");
+
+    // Replicas spread over nodes; the Redis password reaches csgate from a Secret.
+    let spread = at(
+        pod,
+        "/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution",
+    );
+    assert!(sequence(spread)
+        .iter()
+        .any(|term| scalar(at(term, "/podAffinityTerm/topologyKey")) == "kubernetes.io/hostname"));
+    let env = sequence(field(container, "env"));
+    let redis_url = env
+        .iter()
+        .find(|e| scalar(field(e, "name")) == "CSGATE_REDIS_URL")
+        .expect("CSGATE_REDIS_URL");
+    assert_eq!(
+        scalar(at(redis_url, "/valueFrom/secretKeyRef/name")),
+        "csgate-redis-auth"
+    );
+
+    // The shipped Redis holds personal data: a password, a policy that admits only
+    // csgate pods, an unprivileged read-only container with probes.
+    let redis = yaml_docs("deploy/k8s/redis.yaml");
+    let kind = |k: &str| {
+        redis
+            .iter()
+            .find(|d| scalar(field(d, "kind")) == k)
+            .unwrap_or_else(|| panic!("a {k} in redis.yaml"))
+    };
+    let redis_pod = at(kind("Deployment"), "/spec/template/spec");
+    assert_eq!(
+        scalar(at(redis_pod, "/securityContext/runAsNonRoot")),
+        "true"
+    );
+    let server = at(redis_pod, "/containers/0");
+    let args = scalars(field(server, "args"));
+    assert!(args.contains(&"--requirepass".to_owned()), "{args:?}");
+    assert_eq!(
+        scalar(at(server, "/env/0/valueFrom/secretKeyRef/name")),
+        "csgate-redis-auth"
+    );
+    assert_eq!(
+        scalar(at(server, "/securityContext/readOnlyRootFilesystem")),
+        "true"
+    );
+    assert!(server.get("readinessProbe").is_some() && server.get("livenessProbe").is_some());
+    let redis_policy = kind("NetworkPolicy");
+    assert_eq!(
+        scalar(at(
+            redis_policy,
+            "/spec/ingress/0/from/0/podSelector/matchLabels/app.kubernetes.io~1name"
+        )),
+        "csgate"
+    );
 
     // kustomization.yaml applies every manifest except the CRD-dependent PodMonitor.
     let listed: BTreeSet<String> = scalars(field(&k8s("kustomization.yaml"), "resources"))
