@@ -47,6 +47,83 @@ impl Tls {
     }
 }
 
+/// Why `[upstream.tls]` cannot be used; [`UpstreamTlsError::key`] names the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UpstreamTlsError {
+    key: &'static str,
+    message: String,
+}
+
+impl UpstreamTlsError {
+    pub fn key(&self) -> &'static str {
+        self.key
+    }
+}
+
+/// The rustls client configuration for `https://` upstreams: the CAs of `ca_file`, or
+/// the platform's trust store; with `identity` (certificate chain and key files) a
+/// client certificate for upstreams that ask for one (mutual TLS).
+pub fn upstream_client_config(
+    ca_file: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, UpstreamTlsError> {
+    let fail = |key: &'static str| move |message: String| UpstreamTlsError { key, message };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = read_certs(path).map_err(|e| fail("upstream.tls.ca_file")(e.detail()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(fail("upstream.tls.ca_file")(format!(
+                    "{}: no usable CA certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                return Err(fail("upstream.tls.ca_file")(
+                    "the platform's trust store holds no CA certificate; name one with \
+                     upstream.tls.ca_file"
+                        .to_owned(),
+                ));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail("upstream.tls")(e.to_string()))?
+        .with_root_certificates(roots);
+    let client = match identity {
+        Some((cert, key)) => {
+            let chain = read_certs(cert).map_err(|e| fail("upstream.tls.cert")(e.detail()))?;
+            let key = read_key(key).map_err(|e| fail("upstream.tls.key")(e.detail()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| fail("upstream.tls.key")(e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    // ALPN (http/1.1) is the connector's to set: hyper-rustls refuses a preset one.
+    Ok(client)
+}
+
+impl TlsError {
+    /// The file and the problem, without the server setting's name.
+    fn detail(&self) -> String {
+        match self {
+            TlsError::Cert { path, message } | TlsError::Key { path, message } => {
+                format!("{path}: {message}")
+            }
+            TlsError::Config(message) => message.clone(),
+        }
+    }
+}
+
 impl Accept for Tls {
     type Io = TlsStream<TcpStream>;
 

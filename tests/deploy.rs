@@ -409,8 +409,9 @@ fn shipped_config_documents_every_key_at_its_default() {
     for table in &tables {
         for key in accepted_keys(Some(table)) {
             if key == "tls" {
-                for tls_key in accepted_keys(Some("server.tls")) {
-                    code.push(("server.tls".to_owned(), tls_key));
+                let tls_table = format!("{table}.tls");
+                for tls_key in accepted_keys(Some(&tls_table)) {
+                    code.push((tls_table.clone(), tls_key));
                 }
             } else {
                 code.push((table.clone(), key));
@@ -452,7 +453,26 @@ fn shipped_config_documents_every_key_at_its_default() {
     std::fs::write(&key_file, "an example redaction key").expect("write key");
     let token_file = key_dir.path().join("admin-token");
     std::fs::write(&token_file, "an-example-admin-token\n").expect("write token");
-    let examples_text = uncommented(&text)
+    // The upstream TLS examples name a CA and a client identity: real ones here.
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let client = rcgen::generate_simple_self_signed(vec!["csgate".to_owned()]).expect("client");
+    let mut examples_text = uncommented(&text);
+    for (example, content) in [
+        ("/etc/csgate/tls/upstream-ca.pem", ca.pem()),
+        ("/etc/csgate/tls/client.pem", client.cert.pem()),
+        ("/etc/csgate/tls/client.key", client.key_pair.serialize_pem()),
+    ] {
+        let real = key_dir.path().join(example.rsplit('/').next().expect("name"));
+        std::fs::write(&real, content).expect("write");
+        examples_text = examples_text.replace(
+            &format!("{example:?}"),
+            &format!("{:?}", real.display().to_string()),
+        );
+    }
+    let examples_text = examples_text
         .replace(
             "\"/etc/csgate/redact.key\"",
             &format!("{:?}", key_file.display().to_string()),
@@ -472,6 +492,7 @@ fn shipped_config_documents_every_key_at_its_default() {
         &Overrides::default(),
     );
     assert!(!examples.upstream.urls().is_empty());
+    assert!(examples.upstream.tls.client.is_some() && examples.upstream.tls.cert.is_some());
     assert!(examples.server.tls.is_some());
     let defaults = Config::default();
     // Section by section, through Debug, so a difference names its section.

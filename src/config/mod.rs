@@ -25,7 +25,7 @@ pub use cidr::Cidr;
 pub use parse::{parse_duration, parse_size};
 pub use sections::{
     AdminConfig, AdminToken, CacheConfig, LogConfig, LogFormat, ServerConfig, StoreSettings,
-    TlsConfig, Upstream, UpstreamConfig,
+    TlsConfig, Upstream, UpstreamConfig, UpstreamTls,
 };
 
 /// A configuration problem, naming the key.

@@ -52,10 +52,10 @@ pub(super) fn upstream_url(key: &str, text: &str) -> Result<Url, ConfigError> {
             "credentials (user:password@) in an upstream URL are refused; they would not be sent",
         ));
     }
-    if url.scheme() != "http" {
+    if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid(
             key,
-            format!("'{text}': only http:// upstreams are supported"),
+            format!("'{text}': only http:// and https:// upstreams are supported"),
         ));
     }
     if url.host().is_none() {

@@ -66,6 +66,17 @@ pub(super) struct RawUpstream {
     pub eject_on: Option<Vec<String>>,
     pub retry_on: Option<Vec<String>>,
     pub preserve_host: Option<bool>,
+    pub tls: RawUpstreamTls,
+}
+
+/// `[upstream.tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawUpstreamTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub server_name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,7 +12,7 @@ use url::Url;
 use super::parse::{
     addr, at_least_one, duration, failures, header_value, positive, size, upstream_url,
 };
-use super::raw::{RawAdmin, RawCache, RawLog, RawServer, RawStore, RawUpstream};
+use super::raw::{RawAdmin, RawCache, RawLog, RawServer, RawStore, RawUpstream, RawUpstreamTls};
 use super::{defaults, invalid, Cidr, ConfigError};
 use crate::cache::Policy;
 use crate::query::params::Limits;
@@ -235,6 +235,27 @@ pub struct UpstreamConfig {
     pub retry_on: FailureSet,
     /// Forward the client's `Host` instead of the upstream's own authority.
     pub preserve_host: bool,
+    /// `[upstream.tls]`: how `https://` upstreams are verified (and csgate presents
+    /// itself to them), built once.
+    pub tls: UpstreamTls,
+}
+
+/// `[upstream.tls]`, with the client configuration it describes already built (the
+/// files read and checked), so a bad file is a configuration error at start and in
+/// `--check`, never a failure on the first request.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Trusted CAs: this PEM file, or the platform's trust store when unset.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain and key (PEM) for upstreams that ask for one.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name to verify the upstream's certificate against (and send as SNI) in
+    /// place of each URL's host.
+    pub server_name: Option<String>,
+    /// The rustls client configuration; `None` when no upstream is `https://` and no
+    /// `[upstream.tls]` key is set.
+    pub client: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// `[upstream]`: every URL checked (http, a host, no query), the prefix absolute, the
@@ -266,7 +287,9 @@ impl TryFrom<RawUpstream> for UpstreamConfig {
                 format!("{retry_budget} is not a fraction between 0 and 1"),
             ));
         }
+        let tls = upstream_tls(u.tls, urls.iter().any(|url| url.scheme() == "https"))?;
         Ok(UpstreamConfig {
+            tls,
             target: Upstream::Urls(urls),
             path_prefix: path_prefix.trim_end_matches('/').to_owned(),
             connect_timeout: positive(
@@ -633,4 +656,48 @@ pub(super) fn business_attributes(
         out.insert(attribute, TypeMap::new(pairs));
     }
     Ok(out)
+}
+
+/// `[upstream.tls]` checked and built: a certificate needs its key and the other way
+/// round, a `server_name` must be a DNS name or an IP address, and every file must load.
+fn upstream_tls(t: RawUpstreamTls, https: bool) -> Result<UpstreamTls, ConfigError> {
+    let identity = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                "upstream.tls.key",
+                "is needed with upstream.tls.cert",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "upstream.tls.cert",
+                "is needed with upstream.tls.key",
+            ))
+        }
+    };
+    if let Some(name) = &t.server_name {
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            return Err(invalid(
+                "upstream.tls.server_name",
+                format!("'{name}' is not a DNS name or an IP address"),
+            ));
+        }
+    }
+    let wanted = https || t.ca_file.is_some() || identity.is_some() || t.server_name.is_some();
+    let client = if wanted {
+        let client = crate::tls::upstream_client_config(t.ca_file.as_deref(), identity)
+            .map_err(|e| invalid(e.key(), e.to_string()))?;
+        Some(std::sync::Arc::new(client))
+    } else {
+        None
+    };
+    Ok(UpstreamTls {
+        ca_file: t.ca_file,
+        cert: t.cert,
+        key: t.key,
+        server_name: t.server_name,
+        client,
+    })
 }

@@ -53,16 +53,7 @@ impl Gateway {
             exchange.upstream = Some(fetched.target.clone());
             exchange.upstream_time = Some(fetched.elapsed);
         }
-        result.map_err(|e| {
-            if let Some(detail) = e.detail() {
-                tracing::warn!(
-                    request_id = exchange.id.to_str().unwrap_or("-"),
-                    %detail,
-                    "upstream request failed"
-                );
-            }
-            GatewayError::from(e)
-        })
+        result.map_err(|e| failed(e, &exchange.id))
     }
 
     /// Sends a proxied request. A bodiless read (`body` is `None`) may be retried at
@@ -90,7 +81,8 @@ impl Gateway {
                     .stream(method, path_and_query, headers, body, interim)
                     .await
             }
-        }?;
+        }
+        .map_err(|e| failed(e, &exchange.id))?;
         exchange.upstream = Some(streamed.target.clone());
         exchange.upstream_time = Some(streamed.elapsed);
         Ok(streamed)
@@ -319,7 +311,23 @@ pub(super) async fn forward_detached(
     upstreams
         .fetch(Method::GET, &path_and_query, &headers)
         .await
-        .map_err(GatewayError::from)
+        .map_err(|e| {
+            let id = headers.get(&httputil::X_REQUEST_ID).cloned();
+            failed(e, &id.unwrap_or(HeaderValue::from_static("-")))
+        })
+}
+
+/// An upstream failure as the client's error, its cause logged once with the request
+/// id (a refused connection, a reset, a certificate or name that did not verify...).
+fn failed(error: crate::upstream::UpstreamError, request_id: &HeaderValue) -> GatewayError {
+    if let Some(detail) = error.detail() {
+        tracing::warn!(
+            request_id = request_id.to_str().unwrap_or("-"),
+            %detail,
+            "upstream request failed"
+        );
+    }
+    GatewayError::from(error)
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -180,7 +181,7 @@ pub struct Upstreams {
 }
 
 struct Inner {
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     targets: Vec<Target>,
     next: AtomicUsize,
     budget: RetryBudget,
@@ -215,7 +216,9 @@ impl Upstreams {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
+        // The TLS layer below takes `https://` URIs; plain ones pass through it.
+        connector.enforce_http(false);
+        let connector = https_connector(&config.tls, connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
@@ -629,6 +632,42 @@ pub(crate) fn later(at: Instant, by: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
     at.checked_add(by.min(FAR))
         .unwrap_or_else(|| at + Duration::from_secs(24 * 3600))
+}
+
+/// `http://` upstreams as they are; `https://` ones through rustls, verified against
+/// `[upstream.tls]` (its CAs or the platform's, its `server_name` or the URL's host),
+/// presenting its client certificate when one is configured. A certificate or name
+/// that does not verify fails the connect, which the attempt logic treats and logs
+/// like any connect failure (502, the cause in the log line).
+fn https_connector(
+    tls: &crate::config::UpstreamTls,
+    http: HttpConnector,
+) -> HttpsConnector<HttpConnector> {
+    let client = tls.client.as_deref().cloned().unwrap_or_else(|| {
+        // No https:// upstream: a configuration that trusts nothing, never used.
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+    });
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(client)
+        .https_or_http();
+    // Checked to be a DNS name or an IP address by the configuration.
+    let fixed = tls
+        .server_name
+        .as_deref()
+        .and_then(|name| rustls::pki_types::ServerName::try_from(name.to_owned()).ok());
+    let builder = match fixed {
+        Some(name) => {
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    builder.enable_http1().wrap_connector(http)
 }
 
 /// Refuses an answer the gateway cannot pass on: `101 Switching Protocols` when no
