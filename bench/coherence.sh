@@ -44,10 +44,15 @@ STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$HERE/results"
 REPORT="$HERE/results/coherence-$STAMP.md"
 
-log "building the coherence test (release)"
+# What is built, read before the build: the tree may change during a long run.
+COMMIT="$(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
+if [[ -n "$(git -C "$REPO" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    COMMIT="$COMMIT (with uncommitted changes)"
+fi
+log "building the coherence test (release) at $COMMIT"
 (cd "$REPO" && cargo test --release --quiet --test coherence --no-run)
 
-ENV=(COHERENCE_REPORT="$REPORT" COHERENCE_WORKERS="$WORKERS")
+ENV=(COHERENCE_REPORT="$REPORT" COHERENCE_WORKERS="$WORKERS" COHERENCE_COMMIT="$COMMIT")
 [[ -n $MINUTES ]] && ENV+=(COHERENCE_MINUTES="$MINUTES")
 [[ -n $OPS ]] && ENV+=(COHERENCE_OPS="$OPS")
 [[ -n $SEED ]] && ENV+=(COHERENCE_SEED="$SEED")

@@ -282,7 +282,12 @@ fn shrink(
 }
 
 /// `git describe`-like text for the report: the commit, and whether the tree was dirty.
+/// `COHERENCE_COMMIT` (set by `bench/coherence.sh` before it builds) wins: the tree may
+/// change while a long run goes on, and the report names what was built.
 pub fn git_commit() -> String {
+    if let Ok(commit) = std::env::var("COHERENCE_COMMIT") {
+        return commit;
+    }
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
