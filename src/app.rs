@@ -207,6 +207,12 @@ pub async fn run(
     options: Options,
 ) -> anyhow::Result<()> {
     let tls = config.server.tls.as_ref().map(Tls::load).transpose()?;
+    // Certificates rotate without a restart: their files are polled, and SIGHUP re-reads
+    // them (the upstream client certificate with the rest of the configuration).
+    let server_cert = tls.as_ref().map(|tls| {
+        let slot = tls.slot();
+        (slot.clone(), slot.watch(CERT_POLL))
+    });
     // Stopped in this order: public (drains), admin (readiness stayed visible), store
     // (the drained requests may have needed it).
     let (public_stop, public_stopped) = watch::channel(false);
@@ -296,6 +302,10 @@ pub async fn run(
     };
     let reloader = async {
         while let Some(reload) = reloads.recv().await {
+            if let Some((slot, _)) = &server_cert {
+                // Logged either way; a bad pair leaves the old one serving.
+                let _ = slot.reload();
+            }
             let outcome = sources
                 .load()
                 .map_err(ReloadError::from)
@@ -329,6 +339,9 @@ pub async fn run(
     let _ = admin_stop.send(true);
     let _ = admin.await;
     control.stop_probe();
+    if let Some((_, watch)) = server_cert {
+        watch.abort();
+    }
     let _ = store_stop.send(true);
     if let Some(embedded) = embedded {
         let _ = embedded.task.await;
@@ -403,6 +416,8 @@ pub struct Control {
     embedded: Option<Url>,
     /// What the running process was started with, for the keys a reload cannot apply.
     started_with: Arc<Config>,
+    /// The poll of the upstream client certificate's files.
+    identity_watch: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Control {
@@ -432,7 +447,9 @@ impl Control {
             probe: Arc::default(),
             embedded,
             started_with: Arc::new(config.clone()),
+            identity_watch: Arc::default(),
         };
+        control.watch_identity(config);
         control.start_probe();
         Ok(control)
     }
@@ -465,6 +482,7 @@ impl Control {
         let cluster = old.cluster().cloned();
         let new = gateway(config, &urls, cache, cluster, metrics);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
+        self.watch_identity(config);
         self.start_probe();
         if let Some(handle) = &self.log_level {
             if let Err(error) = handle.set(&config.log.level) {
@@ -502,6 +520,35 @@ impl Control {
     fn stop_probe(&self) {
         if let Some(task) = self.probe.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
+        }
+        if let Some(task) = self
+            .identity_watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+
+    /// Polls the upstream client certificate's files of `config` (replacing the watch
+    /// of an earlier configuration's).
+    fn watch_identity(&self, config: &Config) {
+        let task = config
+            .upstream
+            .tls
+            .identity
+            .clone()
+            .map(|slot| slot.watch(CERT_POLL));
+        let old = std::mem::replace(
+            &mut *self
+                .identity_watch
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+            task,
+        );
+        if let Some(old) = old {
+            old.abort();
         }
     }
 }
@@ -557,6 +604,9 @@ fn gateway(
     let upstreams = Upstreams::new(&config.upstream, urls, Some(observer));
     Gateway::in_fleet(config, upstreams, cache, cluster, metrics)
 }
+
+/// How often certificate files are looked at for a change (length, modification time).
+const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The keys whose change `new` makes that a reload leaves as they were at start:
 /// listeners, TLS, the admin settings, the cache's existence and byte bounds, the

@@ -12,10 +12,168 @@ use tokio_rustls::server::TlsStream;
 use crate::config::TlsConfig;
 use crate::server::Accept;
 
-/// Accepts TLS connections with one certificate chain.
+/// Accepts TLS connections with the certificate chain of `[server.tls]`, which
+/// [`Tls::slot`] re-reads (SIGHUP, or its files changing) without a restart.
 #[derive(Clone)]
 pub struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
+    slot: Arc<CertSlot>,
+}
+
+/// A certificate chain and key read from two PEM files, swapped whole when the files
+/// hold a new valid pair: handshakes after the swap get the new one, connections
+/// already open keep the one they shook hands with, and a bad new pair is refused
+/// (logged) with the old one kept. Serves rustls as the server's certificate resolver
+/// or as a client's (mutual TLS to the upstreams).
+pub struct CertSlot {
+    what: &'static str,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    /// The files' (length, modification time) when last read, to notice a change.
+    seen: std::sync::Mutex<Option<FileStamp>>,
+}
+
+type FileStamp = [(u64, Option<std::time::SystemTime>); 2];
+
+impl std::fmt::Debug for CertSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertSlot")
+            .field("what", &self.what)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertSlot {
+    /// Reads the pair; `what` names the setting in logs (`server.tls`).
+    pub fn load(what: &'static str, cert: &Path, key: &Path) -> Result<CertSlot, TlsError> {
+        let seen = stamp(cert, key);
+        let current = certified_key(cert, key)?;
+        Ok(CertSlot {
+            what,
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: std::sync::RwLock::new(current),
+            seen: std::sync::Mutex::new(seen),
+        })
+    }
+
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the files again and swaps in the pair when it is valid (SIGHUP). Returns
+    /// the error, logged, when it is not; the old pair stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let seen = stamp(&self.cert, &self.key);
+        *self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = seen;
+        match certified_key(&self.cert, &self.key) {
+            Ok(new) => {
+                *self
+                    .current
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+                tracing::info!(what = self.what, cert = %self.cert.display(), "TLS certificate reloaded");
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(
+                    what = self.what,
+                    %error,
+                    "TLS certificate reload refused; the old certificate stays"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// Reloads when either file changed since it was last read (Kubernetes and
+    /// cert-manager rewrite them in place). Polled: no watcher to lose events.
+    pub fn reload_if_changed(&self) {
+        let now = stamp(&self.cert, &self.key);
+        let changed = {
+            let seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            now.is_some() && *seen != now
+        };
+        if changed {
+            let _ = self.reload();
+        }
+    }
+
+    /// Polls the files every `every` until the process ends.
+    pub fn watch(self: Arc<Self>, every: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let slot = self.clone();
+                // Reading files blocks: off the async workers.
+                let _ = tokio::task::spawn_blocking(move || slot.reload_if_changed()).await;
+            }
+        })
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertSlot {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CertSlot {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The files' lengths and modification times, `None` when either cannot be read.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "metadata of two files, from the watcher's blocking thread or start-up"
+)]
+fn stamp(cert: &Path, key: &Path) -> Option<FileStamp> {
+    let one = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    Some([one(cert)?, one(key)?])
+}
+
+/// A chain and its key, checked to belong together.
+fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let chain = read_certs(cert)?;
+    let private = read_key(key)?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, private, &provider)
+        .map(Arc::new)
+        .map_err(|e| TlsError::Key {
+            path: key.display().to_string(),
+            message: format!("does not fit the certificate {}: {e}", cert.display()),
+        })
 }
 
 /// Why the certificate or key could not be used; names the file.
@@ -31,19 +189,23 @@ pub enum TlsError {
 
 impl Tls {
     pub fn load(config: &TlsConfig) -> Result<Tls, TlsError> {
-        let certs = read_certs(&config.cert)?;
-        let key = read_key(&config.key)?;
+        let slot = Arc::new(CertSlot::load("server.tls", &config.cert, &config.key)?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .with_cert_resolver(slot.clone());
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Tls {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            slot,
         })
+    }
+
+    /// The certificate this listener serves, for reloads.
+    pub fn slot(&self) -> Arc<CertSlot> {
+        self.slot.clone()
     }
 }
 
@@ -66,7 +228,7 @@ impl UpstreamTlsError {
 /// client certificate for upstreams that ask for one (mutual TLS).
 pub fn upstream_client_config(
     ca_file: Option<&Path>,
-    identity: Option<(&Path, &Path)>,
+    identity: Option<Arc<CertSlot>>,
 ) -> Result<rustls::ClientConfig, UpstreamTlsError> {
     let fail = |key: &'static str| move |message: String| UpstreamTlsError { key, message };
     let mut roots = rustls::RootCertStore::empty();
@@ -99,13 +261,7 @@ pub fn upstream_client_config(
         .map_err(|e| fail("upstream.tls")(e.to_string()))?
         .with_root_certificates(roots);
     let client = match identity {
-        Some((cert, key)) => {
-            let chain = read_certs(cert).map_err(|e| fail("upstream.tls.cert")(e.detail()))?;
-            let key = read_key(key).map_err(|e| fail("upstream.tls.key")(e.detail()))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| fail("upstream.tls.key")(e.to_string()))?
-        }
+        Some(slot) => builder.with_client_cert_resolver(slot),
         None => builder.with_no_client_auth(),
     };
     // ALPN (http/1.1) is the connector's to set: hyper-rustls refuses a preset one.
@@ -114,7 +270,7 @@ pub fn upstream_client_config(
 
 impl TlsError {
     /// The file and the problem, without the server setting's name.
-    fn detail(&self) -> String {
+    pub fn detail(&self) -> String {
         match self {
             TlsError::Cert { path, message } | TlsError::Key { path, message } => {
                 format!("{path}: {message}")

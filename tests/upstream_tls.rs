@@ -69,6 +69,8 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 struct TlsUpstream {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    /// The client certificate (DER) each handshake presented, in order.
+    clients: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 }
 
 impl TlsUpstream {
@@ -92,9 +94,13 @@ impl TlsUpstream {
             None => builder.with_no_client_auth(),
         };
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let config = builder
+        let mut config = builder
             .with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key)
             .expect("server config");
+        // Full handshakes only: a resumed session would carry the first client
+        // certificate over and hide a rotation.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -102,6 +108,8 @@ impl TlsUpstream {
         let addr = listener.local_addr().expect("addr");
         let requests = Arc::new(AtomicUsize::new(0));
         let counted = requests.clone();
+        let clients = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let presented = clients.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -109,10 +117,17 @@ impl TlsUpstream {
                 };
                 let acceptor = acceptor.clone();
                 let counted = counted.clone();
+                let presented = presented.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    if let Some(chain) = tls.get_ref().1.peer_certificates() {
+                        presented
+                            .lock()
+                            .expect("clients")
+                            .push(chain[0].as_ref().to_vec());
+                    }
                     let service = hyper::service::service_fn(move |_: Request<Incoming>| {
                         counted.fetch_add(1, Ordering::SeqCst);
                         async move {
@@ -120,6 +135,11 @@ impl TlsUpstream {
                             response.headers_mut().insert(
                                 http::header::CONTENT_TYPE,
                                 http::HeaderValue::from_static("application/json"),
+                            );
+                            // A handshake per request: the client certificate shows.
+                            response.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
                             );
                             Ok::<_, std::convert::Infallible>(response)
                         }
@@ -130,7 +150,11 @@ impl TlsUpstream {
                 });
             }
         });
-        TlsUpstream { addr, requests }
+        TlsUpstream {
+            addr,
+            requests,
+            clients,
+        }
     }
 
     fn url(&self, host: &str) -> String {
@@ -264,5 +288,139 @@ fn broken_upstream_tls_settings_are_refused_naming_the_key() {
             .expect_err(key)
             .to_string();
         assert!(error.contains(key), "{key}: {error}");
+    }
+}
+
+/// Rewrites a PEM file the way Kubernetes and cert-manager do: a new file renamed over
+/// the old one, so a reader never sees half of it.
+fn replace(path: &Path, text: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, text).expect("write");
+    std::fs::rename(&next, path).expect("rename");
+}
+
+/// The client certificate rotates without a restart: when its files change, the next
+/// handshakes present the new one; a pair that does not fit is refused, logged, and
+/// the old certificate stays.
+#[tokio::test]
+async fn the_upstream_client_certificate_rotates_when_its_files_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("csgate test CA");
+    let ca_file = write(dir.path(), "ca.pem", &ca.cert.pem());
+    let (cert, key) = ca.issue(&["localhost"], false);
+    let upstream = TlsUpstream::start(&cert, &key, Some(&ca)).await;
+    let (first, first_key) = ca.issue(&["csgate-client-1"], false);
+    let cert_file = write(dir.path(), "client.pem", &first.pem());
+    let key_file = write(dir.path(), "client.key", &first_key.serialize_pem());
+    let tls = format!(
+        "{}{}{}",
+        path_line("ca_file", &ca_file),
+        path_line("cert", &cert_file),
+        path_line("key", &key_file)
+    );
+    let (process, answer) = through_csgate(&upstream.url("localhost"), &tls).await;
+    assert_eq!(answer.status, 200);
+    let presented = |n: usize| upstream.clients.lock().expect("clients").get(n).cloned();
+    assert_eq!(presented(0).as_deref(), Some(first.der().as_ref()));
+
+    // A key that does not fit the certificate: refused, the old pair keeps working.
+    let (second, second_key) = ca.issue(&["csgate-client-2"], false);
+    replace(&cert_file, &second.pem());
+    process
+        .wait_for_line(|l| l.contains("TLS certificate reload refused"))
+        .await;
+    let answer = get(&process.url("/genesys/1/cs/customers/C1/services")).await;
+    assert_eq!(answer.status, 200);
+    let last = upstream.clients.lock().expect("clients").len() - 1;
+    assert_eq!(presented(last).as_deref(), Some(first.der().as_ref()));
+
+    // The matching key arrives: the next handshakes present the new certificate.
+    replace(&key_file, &second_key.serialize_pem());
+    process
+        .wait_for_line(|l| l.contains("TLS certificate reloaded"))
+        .await;
+    let answer = get(&process.url("/genesys/1/cs/customers/C1/services")).await;
+    assert_eq!(answer.status, 200);
+    let last = upstream.clients.lock().expect("clients").len() - 1;
+    assert_eq!(presented(last).as_deref(), Some(second.der().as_ref()));
+}
+
+/// The public listener's certificate rotates on SIGHUP and when its files change; a
+/// connection opened before keeps working, and a bad new pair leaves the old one.
+#[tokio::test]
+async fn the_listeners_certificate_rotates_without_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = FakeUpstream::start(Reply::json(200, ANSWER)).await;
+    let first = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let cert_file = write(dir.path(), "cert.pem", &first.cert.pem());
+    let key_file = write(dir.path(), "key.pem", &first.key_pair.serialize_pem());
+    let config = json_logs(&format!(
+        "[server.tls]\n{}{}",
+        path_line("cert", &cert_file),
+        path_line("key", &key_file)
+    ));
+    let process = Process::start(&config, &["--upstream", &upstream.url()]).await;
+    let addr: SocketAddr = process.listen.parse().expect("address");
+    let path = "/genesys/1/cs/customers/C1/services";
+    let answer = get_tls(addr, "localhost", first.cert.der().clone(), path).await;
+    assert_eq!(answer.status, 200);
+    let open = TlsConnection::open(addr, first.cert.der().clone()).await;
+
+    // A certificate without its key: refused on SIGHUP, the old one serves.
+    let second = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    replace(&cert_file, &second.cert.pem());
+    process.signal("HUP");
+    process
+        .wait_for_line(|l| l.contains("TLS certificate reload refused"))
+        .await;
+    let answer = get_tls(addr, "localhost", first.cert.der().clone(), path).await;
+    assert_eq!(answer.status, 200);
+
+    // Its key arrives: the file change is noticed; new handshakes get the new one.
+    replace(&key_file, &second.key_pair.serialize_pem());
+    process
+        .wait_for_line(|l| l.contains("TLS certificate reloaded"))
+        .await;
+    let answer = get_tls(addr, "localhost", second.cert.der().clone(), path).await;
+    assert_eq!(answer.status, 200);
+    // The connection opened before the rotation still works, on the old certificate.
+    assert_eq!(open.get(path).await, 200);
+}
+
+/// One TLS connection kept open across requests.
+struct TlsConnection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl TlsConnection {
+    async fn open(addr: SocketAddr, root: CertificateDer<'static>) -> TlsConnection {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(root).expect("root");
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = connector.connect(name, tcp).await.expect("handshake");
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("http");
+        tokio::spawn(connection);
+        TlsConnection { sender }
+    }
+
+    async fn get(mut self, path: &str) -> u16 {
+        let request = Request::builder()
+            .uri(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let response = self.sender.send_request(request).await.expect("answer");
+        response.status().as_u16()
     }
 }

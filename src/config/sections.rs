@@ -256,6 +256,8 @@ pub struct UpstreamTls {
     /// The rustls client configuration; `None` when no upstream is `https://` and no
     /// `[upstream.tls]` key is set.
     pub client: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The client certificate, which reloads re-read (SIGHUP, the files changing).
+    pub identity: Option<std::sync::Arc<crate::tls::CertSlot>>,
 }
 
 /// `[upstream]`: every URL checked (http, a host, no query), the prefix absolute, the
@@ -685,9 +687,21 @@ fn upstream_tls(t: RawUpstreamTls, https: bool) -> Result<UpstreamTls, ConfigErr
             ));
         }
     }
+    let identity = match identity {
+        Some((cert, key)) => Some(std::sync::Arc::new(
+            crate::tls::CertSlot::load("upstream.tls", cert, key).map_err(|e| {
+                let key = match e {
+                    crate::tls::TlsError::Cert { .. } => "upstream.tls.cert",
+                    _ => "upstream.tls.key",
+                };
+                invalid(key, e.detail())
+            })?,
+        )),
+        None => None,
+    };
     let wanted = https || t.ca_file.is_some() || identity.is_some() || t.server_name.is_some();
     let client = if wanted {
-        let client = crate::tls::upstream_client_config(t.ca_file.as_deref(), identity)
+        let client = crate::tls::upstream_client_config(t.ca_file.as_deref(), identity.clone())
             .map_err(|e| invalid(e.key(), e.to_string()))?;
         Some(std::sync::Arc::new(client))
     } else {
@@ -699,5 +713,6 @@ fn upstream_tls(t: RawUpstreamTls, https: bool) -> Result<UpstreamTls, ConfigErr
         key: t.key,
         server_name: t.server_name,
         client,
+        identity,
     })
 }
