@@ -463,9 +463,14 @@ fn shipped_config_documents_every_key_at_its_default() {
     for (example, content) in [
         ("/etc/csgate/tls/upstream-ca.pem", ca.pem()),
         ("/etc/csgate/tls/client.pem", client.cert.pem()),
-        ("/etc/csgate/tls/client.key", client.key_pair.serialize_pem()),
+        (
+            "/etc/csgate/tls/client.key",
+            client.key_pair.serialize_pem(),
+        ),
     ] {
-        let real = key_dir.path().join(example.rsplit('/').next().expect("name"));
+        let real = key_dir
+            .path()
+            .join(example.rsplit('/').next().expect("name"));
         std::fs::write(&real, content).expect("write");
         examples_text = examples_text.replace(
             &format!("{example:?}"),
@@ -1136,4 +1141,60 @@ fn every_flag_the_artefacts_use_exists() {
         }
     }
     assert!(used >= 8, "the artefacts should pass flags: {argvs:?}");
+}
+
+/// Every metric the shipped dashboard and alerting rules name is one csgate exports
+/// (read from a running gateway's `/metrics`, whose `# TYPE` lines declare every
+/// family, sampled or not), so a renamed metric cannot leave a silent panel or alert.
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
+    let upstream = common::FakeUpstream::start(common::Reply::json(200, "[]")).await;
+    let gw = common::start_gateway("", &[upstream.url()]).await;
+    let exposition = common::get(&gw.admin_url("/metrics")).await.text();
+    let mut exported = BTreeSet::new();
+    for line in exposition.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_count", "_sum"],
+                _ => &[""],
+            };
+            for suffix in suffixes {
+                exported.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    assert!(
+        exported.contains("csgate_http_requests_total"),
+        "{exported:?}"
+    );
+    for file in [
+        "deploy/monitoring/csgate-dashboard.json",
+        "deploy/monitoring/csgate-rules.yaml",
+    ] {
+        let text = read(file);
+        let mut named = BTreeSet::new();
+        let bytes = text.as_bytes();
+        let mut at = 0;
+        while let Some(found) = text[at..].find("csgate_") {
+            let start = at + found;
+            let end = bytes[start..]
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                .map_or(bytes.len(), |n| start + n);
+            named.insert(text[start..end].to_owned());
+            at = end;
+        }
+        assert!(named.len() >= 5, "{file}: {named:?}");
+        for name in &named {
+            assert!(
+                exported.contains(name),
+                "{file} names {name}, which csgate does not export"
+            );
+        }
+    }
+    gw.stop().await;
 }
