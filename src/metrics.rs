@@ -106,7 +106,7 @@ fn route_index(route: &str) -> Option<usize> {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS.into_iter())
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// All metrics. Cheap to clone.

@@ -217,7 +217,7 @@ fn every_config_file_validates_and_passes_check() {
                 let cert_path = scratch.path().join("cert.pem");
                 let key_path = scratch.path().join("key.pem");
                 std::fs::write(&cert_path, cert.cert.pem()).expect("write");
-                std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write");
+                std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write");
                 let replaced = toml
                     .replace(
                         &tls.cert.display().to_string(),

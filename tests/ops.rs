@@ -190,7 +190,7 @@ async fn tls_with_a_self_signed_certificate() {
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).expect("write");
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write");
     let gw = start_gateway(
         &format!(
             "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
