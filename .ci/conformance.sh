@@ -11,8 +11,12 @@
 #    Services answer must be one that caches may not store.
 #
 # Runs the release binary with the embedded store on free loopback ports and polls the
-# admin /readyz for readiness. Needs python3 (venv, pip reaching PyPI) and curl. Exits
-# non-zero when either tool finds something. Usage: .ci/conformance.sh
+# admin /readyz for readiness. Needs python3 (venv, pip reaching PyPI), curl and promtool
+# (Debian's prometheus package; .ci/run installs it). Exits non-zero when a tool finds
+# something. Usage: .ci/conformance.sh
+#
+# 3. promtool (Debian's) checks the live /metrics in the Prometheus text format, and the
+#    OpenMetrics answer is checked for its content type and closing # EOF.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -189,4 +193,24 @@ record outside-prefix GET '!/other'
 record query-too-long GET "/services/anonymous/$key?x=$(head -c 9000 /dev/zero | tr '\0' a)"
 
 "$venv/bin/python" .ci/lint_answers.py "$answers"
+
+echo "== conformance: promtool check metrics on the live /metrics"
+# After the traffic above, so every family has series. promtool 2.x lints the Prometheus
+# text format, which /metrics serves without an Accept header; the OpenMetrics answer
+# (Accept: application/openmetrics-text) must carry its own content type and end in # EOF.
+metrics_url=http://127.0.0.1:$admin/metrics
+curl -fs "$metrics_url" | promtool check metrics
+openmetrics=$work/metrics.openmetrics
+content_type=$(curl -fs -o "$openmetrics" -w '%{content_type}' \
+    -H 'Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5' \
+    "$metrics_url")
+[[ $content_type == "application/openmetrics-text; version=1.0.0; charset=utf-8" ]] || {
+    echo "OpenMetrics served as '$content_type'" >&2
+    exit 1
+}
+[[ $(tail -n 1 "$openmetrics") == "# EOF" ]] || {
+    echo "the OpenMetrics answer does not end in # EOF" >&2
+    exit 1
+}
+echo "promtool: clean; OpenMetrics: $content_type"
 echo "== conformance: passed"

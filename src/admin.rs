@@ -4,7 +4,7 @@
 //! - `GET /healthz` — 200 while the process serves.
 //! - `GET /readyz` — 200 when an upstream takes traffic and the gateway is not
 //!   draining; otherwise 503 with a JSON reason.
-//! - `GET /metrics` — Prometheus text format.
+//! - `GET /metrics` — Prometheus text format 0.0.4, or OpenMetrics when `Accept` asks for it.
 //! - `GET /cache/stats`, `DELETE /cache`, `DELETE /cache/anonymous/{contact_key}`
 //!   (tenant from `ContactCenterId`/`GroupId`); with `[cluster]` the purges reach the
 //!   whole fleet, and the answer's `fleet` says whether they did.
@@ -22,6 +22,7 @@ use crate::cluster::FleetPurge;
 use crate::config::AdminToken;
 use crate::error::{error_body, GatewayError};
 use crate::httputil::{full, json_content_type};
+use crate::metrics::Format;
 use crate::pipeline::Gateway;
 use crate::query::params;
 use crate::server::Body;
@@ -113,7 +114,11 @@ pub async fn handle(
             None => json(StatusCode::OK, r#"{"status":"ok"}"#),
         },
         (Method::GET | Method::HEAD, "/readyz") => readiness(&gateway, &draining),
-        (Method::GET | Method::HEAD, "/metrics") => metrics(&gateway).await,
+        (Method::GET | Method::HEAD, "/metrics") => {
+            let accept = request.headers().get(header::ACCEPT);
+            let format = Format::negotiate(accept.and_then(|v| v.to_str().ok()));
+            metrics(&gateway, format).await
+        }
         (Method::GET | Method::HEAD, "/openapi/csgate.yaml") => yaml(OPENAPI_CSGATE),
         (Method::GET | Method::HEAD, "/openapi/admin.yaml") => yaml(OPENAPI_ADMIN),
         (Method::GET | Method::HEAD, "/cache/stats") => match gateway.cache() {
@@ -201,7 +206,7 @@ fn readiness(gateway: &Gateway, draining: &Draining) -> Response<Body> {
     json(StatusCode::OK, r#"{"status":"ready"}"#)
 }
 
-async fn metrics(gateway: &Gateway) -> Response<Body> {
+async fn metrics(gateway: &Gateway, format: Format) -> Response<Body> {
     let upstreams = gateway.upstreams();
     for target in upstreams.targets() {
         gateway
@@ -212,11 +217,14 @@ async fn metrics(gateway: &Gateway) -> Response<Body> {
     if let Some(cache) = gateway.cache() {
         cache.size().await;
     }
-    let mut response = Response::new(full(gateway.metrics().encode()));
+    let mut response = Response::new(full(gateway.metrics().encode(format)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static(format.content_type()),
     );
+    response
+        .headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("Accept"));
     response
 }
 

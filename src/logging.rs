@@ -11,7 +11,7 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tracing_subscriber::EnvFilter;
 

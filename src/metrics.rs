@@ -1,7 +1,11 @@
-//! Prometheus metrics (prometheus-client), exposed by the admin listener.
+//! Prometheus metrics (prometheus-client), exposed by the admin listener in either
+//! exposition format ([`Format`], chosen by the scraper's `Accept`), with
+//! `csgate_build_info` and the standard process metrics ([`process`]).
 //!
 //! Label values are route *names*, upstream origins, outcomes and cache results:
 //! never a contact key, a customer id or anything else from a request path.
+
+mod process;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -12,6 +16,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 /// Latency buckets, seconds: 100 µs to 10 s. Cache hits live in the first buckets,
@@ -20,6 +25,66 @@ const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+
+/// The labels of `csgate_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    /// The git commit built (build.rs), `unknown` when there was none.
+    commit: &'static str,
+}
+
+/// The two exposition formats `/metrics` serves, each with its own content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0.0 text: counters' metadata under the family name (without
+    /// `_total`), `# EOF` at the end.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4.
+    Prometheus,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+
+    /// OpenMetrics when `Accept` asks for `application/openmetrics-text` with a quality
+    /// above zero and no lower than the text format's (Prometheus itself asks this way);
+    /// otherwise, and without `Accept`, the Prometheus text format, which every scraper
+    /// reads.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Prometheus;
+        };
+        let mut openmetrics = 0.0_f32;
+        let mut text = 0.0_f32;
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or_default().trim();
+            let quality = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            if media.eq_ignore_ascii_case("application/openmetrics-text") {
+                openmetrics = openmetrics.max(quality);
+            } else if ["text/plain", "text/*", "*/*"]
+                .iter()
+                .any(|m| media.eq_ignore_ascii_case(m))
+            {
+                text = text.max(quality);
+            }
+        }
+        if openmetrics > 0.0 && openmetrics >= text {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -106,7 +171,7 @@ fn route_index(route: &str) -> Option<usize> {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS.into_iter())
+    Histogram::new(LATENCY_BUCKETS)
 }
 
 /// All metrics. Cheap to clone.
@@ -220,6 +285,15 @@ impl Metrics {
         );
         let cluster = crate::cluster::ClusterMetrics::default();
         cluster.register(&mut registry);
+        registry.register(
+            "csgate_build",
+            "The csgate build: version and git commit",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                commit: env!("CSGATE_GIT_COMMIT"),
+            }),
+        );
+        registry.register_collector(Box::new(process::ProcessCollector));
         Metrics {
             inner: Arc::new(Inner {
                 cluster,
@@ -351,11 +425,17 @@ impl Metrics {
         InflightGuard(self.inner.inflight.clone())
     }
 
-    /// Prometheus text exposition format.
-    pub fn encode(&self) -> String {
+    /// Every metric in `format`.
+    pub fn encode(&self, format: Format) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
-            .expect("writing to a String cannot fail");
+        let registry = &self.inner.registry;
+        match format {
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, registry),
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, registry)
+            }
+        }
+        .expect("writing to a String cannot fail");
         out
     }
 }
@@ -374,6 +454,83 @@ mod tests {
     use super::*;
 
     #[test]
+    fn accept_chooses_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                          version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, expected) in [
+            (None, Format::Prometheus),
+            (Some(""), Format::Prometheus),
+            (Some("*/*"), Format::Prometheus),
+            (Some("text/plain"), Format::Prometheus),
+            (Some(prometheus), Format::OpenMetrics),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (
+                Some("Application/OpenMetrics-Text; version=1.0.0"),
+                Format::OpenMetrics,
+            ),
+            (Some("application/openmetrics-text;q=0"), Format::Prometheus),
+            (
+                Some("application/openmetrics-text;q=0.3, text/plain"),
+                Format::Prometheus,
+            ),
+            (
+                Some("text/plain;q=0.2, application/openmetrics-text;q=0.5"),
+                Format::OpenMetrics,
+            ),
+            (Some("application/json"), Format::Prometheus),
+        ] {
+            assert_eq!(Format::negotiate(accept), expected, "{accept:?}");
+        }
+        assert_eq!(
+            Format::OpenMetrics.content_type(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert_eq!(
+            Format::Prometheus.content_type(),
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+    }
+
+    /// Counters' metadata: OpenMetrics names the family without `_total` and ends with
+    /// `# EOF`; the text format names the series. Both carry the build and process
+    /// metrics.
+    #[test]
+    fn each_format_names_counters_its_own_way() {
+        let m = Metrics::new();
+        m.cache_result("hit");
+        let open = m.encode(Format::OpenMetrics);
+        assert!(
+            open.contains("# TYPE csgate_cache_requests counter\n"),
+            "{open}"
+        );
+        assert!(open.ends_with("# EOF\n"));
+        let text = m.encode(Format::Prometheus);
+        assert!(
+            text.contains("# TYPE csgate_cache_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
+        let build = format!(
+            "csgate_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("CSGATE_GIT_COMMIT")
+        );
+        for body in [&open, &text] {
+            assert!(body.contains(&build), "missing {build}\n{body}");
+            assert!(body.contains("csgate_cache_requests_total{result=\"hit\"} 1"));
+            #[cfg(target_os = "linux")]
+            for series in [
+                "process_cpu_seconds_total ",
+                "process_resident_memory_bytes ",
+                "process_open_fds ",
+                "process_start_time_seconds ",
+            ] {
+                assert!(body.contains(series), "missing {series}\n{body}");
+            }
+        }
+    }
+
+    #[test]
     fn names_and_labels_in_the_exposition() {
         let m = Metrics::new();
         m.observe_request(
@@ -388,7 +545,7 @@ mod tests {
         m.cache_eviction("size");
         m.set_cache_size(3, 300);
         let guard = m.inflight_guard();
-        let text = m.encode();
+        let text = m.encode(Format::Prometheus);
         for line in [
             "csgate_http_requests_total{route=\"anonymous_services\",method=\"GET\",status=\"200\"} 1",
             "csgate_http_request_duration_seconds_count{route=\"anonymous_services\"} 1",
@@ -403,7 +560,9 @@ mod tests {
             assert!(text.contains(line), "missing {line}\n{text}");
         }
         drop(guard);
-        assert!(m.encode().contains("csgate_inflight_requests 0"));
+        assert!(m
+            .encode(Format::Prometheus)
+            .contains("csgate_inflight_requests 0"));
     }
 
     /// The handles kept per route count into the same series as the families.
@@ -424,7 +583,7 @@ mod tests {
         for result in ["hit", "hit", "miss", "unknown"] {
             m.cache_result(result);
         }
-        let text = m.encode();
+        let text = m.encode(Format::Prometheus);
         for line in [
             "csgate_http_requests_total{route=\"anonymous_services\",method=\"GET\",status=\"200\"} 2",
             "csgate_http_requests_total{route=\"anonymous_services\",method=\"HEAD\",status=\"200\"} 1",

@@ -2,10 +2,11 @@
 //! ALPN offering h2 and http/1.1 so hyper-util's auto builder serves either.
 
 use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -167,7 +168,7 @@ fn stamp(cert: &Path, key: &Path) -> Option<FileStamp> {
 fn certified_key(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
     let chain = read_certs(cert)?;
     let private = read_key(key)?;
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = provider();
     rustls::sign::CertifiedKey::from_der(chain, private, &provider)
         .map(Arc::new)
         .map_err(|e| TlsError::Key {
@@ -190,7 +191,7 @@ pub enum TlsError {
 impl Tls {
     pub fn load(config: &TlsConfig) -> Result<Tls, TlsError> {
         let slot = Arc::new(CertSlot::load("server.tls", &config.cert, &config.key)?);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(provider());
         let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -255,7 +256,7 @@ pub fn upstream_client_config(
             }
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| fail("upstream.tls")(e.to_string()))?
@@ -296,13 +297,13 @@ impl Accept for Tls {
     clippy::disallowed_methods,
     reason = "TLS material is read once, at start-up and by --check, before anything is served"
 )]
-fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let error = |message: String| TlsError::Cert {
         path: path.display().to_string(),
         message,
     };
     let file = File::open(path).map_err(|e| error(e.to_string()))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
+    let certs = CertificateDer::pem_reader_iter(file)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| error(e.to_string()))?;
     if certs.is_empty() {
@@ -315,13 +316,25 @@ fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'stat
     clippy::disallowed_methods,
     reason = "TLS material is read once, at start-up and by --check, before anything is served"
 )]
-fn read_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let error = |message: String| TlsError::Key {
         path: path.display().to_string(),
         message,
     };
     let file = File::open(path).map_err(|e| error(e.to_string()))?;
-    rustls_pemfile::private_key(&mut BufReader::new(file))
-        .map_err(|e| error(e.to_string()))?
-        .ok_or_else(|| error("no PEM private key found".into()))
+    PrivateKeyDer::from_pem_reader(file).map_err(|e| match e {
+        pem::Error::NoItemsFound => error("no PEM private key found".into()),
+        other => error(other.to_string()),
+    })
+}
+
+/// The crypto provider of every TLS configuration csgate makes: ring.
+#[allow(
+    deprecated,
+    reason = "rustls 0.23.48 deprecates ring's provider for lacking post-quantum key \
+              exchange; csgate and its Redis client are built on ring (no C toolchain \
+              for aws-lc-rs), a choice to revisit on its own"
+)]
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }

@@ -307,7 +307,7 @@ async fn five_bad_bodies_a_second_for_ten_seconds_fail_no_legitimate_request() {
     for i in 0..(RUN.as_secs() as u32 * BAD_PER_SECOND) {
         pace.tick().await;
         let kind = KINDS[i as usize % KINDS.len()];
-        let (route, method, path) = if (i as usize / KINDS.len()) % 2 == 0 {
+        let (route, method, path) = if (i as usize / KINDS.len()).is_multiple_of(2) {
             ("query", "GET", format!("{CS}/services/anonymous/bad-{i}"))
         } else {
             let id = BAD_ID_BASE + u64::from(i);

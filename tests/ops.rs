@@ -190,7 +190,7 @@ async fn tls_with_a_self_signed_certificate() {
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).expect("write");
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write");
     let gw = start_gateway(
         &format!(
             "[server.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
@@ -223,13 +223,12 @@ async fn tls_with_a_self_signed_certificate() {
     // HTTP/2 preface, a connection error, never an HTTP/1.1 answer (RFC 9113 §3.4).
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).expect("root");
-    let mut client_config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut client_config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(csgate::tls::provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     client_config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_config));
     let tcp = tokio::net::TcpStream::connect(gw.addr)
@@ -275,4 +274,43 @@ async fn tls_with_a_self_signed_certificate() {
     let mut buffer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut buffer)).await;
     assert!(!String::from_utf8_lossy(&buffer).contains("200 OK"));
+}
+
+/// Issue 23: each exposition format with its own content type, chosen by `Accept`.
+#[tokio::test]
+async fn metrics_are_served_in_the_format_accept_asks_for() {
+    let upstream = FakeUpstream::start(Reply::json(200, "[]")).await;
+    let gw = start_gateway("", &[upstream.url()]).await;
+    // One request, so the request counter family has a series to describe.
+    assert_eq!(
+        get(&gw.url("/genesys/1/cs/services/anonymous/4088327799"))
+            .await
+            .status,
+        200
+    );
+    let url = gw.admin_url("/metrics");
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+                      version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for (accept, content_type, counter_type) in [
+        (
+            None,
+            "text/plain; version=0.0.4; charset=utf-8",
+            "# TYPE csgate_http_requests_total counter",
+        ),
+        (
+            Some(prometheus),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "# TYPE csgate_http_requests counter",
+        ),
+    ] {
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+        let answer = get_with(&url, &headers).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.header("content-type").as_deref(), Some(content_type));
+        assert_eq!(answer.header("vary").as_deref(), Some("Accept"));
+        let text = answer.text();
+        assert!(text.contains(counter_type), "{accept:?}: {text}");
+        assert!(text.contains("csgate_build_info{version=\""), "{text}");
+        assert!(text.contains("\nprocess_open_fds "), "{text}");
+    }
 }

@@ -26,7 +26,7 @@ const ANSWER: &str = r#"[{"service_id":7}]"#;
 /// A certificate authority the test makes.
 struct Ca {
     cert: rcgen::Certificate,
-    key: KeyPair,
+    issuer: rcgen::Issuer<'static, KeyPair>,
 }
 
 impl Ca {
@@ -38,7 +38,8 @@ impl Ca {
             .push(rcgen::DnType::CommonName, name);
         let key = KeyPair::generate().expect("key");
         let cert = params.self_signed(&key).expect("CA");
-        Ca { cert, key }
+        let issuer = rcgen::Issuer::new(params, key);
+        Ca { cert, issuer }
     }
 
     /// A leaf for `names`, valid now unless `expired`.
@@ -51,9 +52,7 @@ impl Ca {
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
         let key = KeyPair::generate().expect("key");
-        let cert = params
-            .signed_by(&key, &self.cert, &self.key)
-            .expect("signed");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed");
         (cert, key)
     }
 }
@@ -75,7 +74,7 @@ struct TlsUpstream {
 
 impl TlsUpstream {
     async fn start(cert: &rcgen::Certificate, key: &KeyPair, client_ca: Option<&Ca>) -> Self {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(csgate::tls::provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .expect("versions");
@@ -353,7 +352,7 @@ async fn the_listeners_certificate_rotates_without_a_restart() {
     let upstream = FakeUpstream::start(Reply::json(200, ANSWER)).await;
     let first = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
     let cert_file = write(dir.path(), "cert.pem", &first.cert.pem());
-    let key_file = write(dir.path(), "key.pem", &first.key_pair.serialize_pem());
+    let key_file = write(dir.path(), "key.pem", &first.signing_key.serialize_pem());
     let config = json_logs(&format!(
         "[server.tls]\n{}{}",
         path_line("cert", &cert_file),
@@ -377,7 +376,7 @@ async fn the_listeners_certificate_rotates_without_a_restart() {
     assert_eq!(answer.status, 200);
 
     // Its key arrives: the file change is noticed; new handshakes get the new one.
-    replace(&key_file, &second.key_pair.serialize_pem());
+    replace(&key_file, &second.signing_key.serialize_pem());
     process
         .wait_for_line(|l| l.contains("TLS certificate reloaded"))
         .await;
@@ -396,13 +395,11 @@ impl TlsConnection {
     async fn open(addr: SocketAddr, root: CertificateDer<'static>) -> TlsConnection {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(root).expect("root");
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(csgate::tls::provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");

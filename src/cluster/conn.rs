@@ -67,7 +67,7 @@ impl Conn {
         let weak = Arc::downgrade(&conn.inner);
         tokio::spawn(async move {
             let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(op_timeout.max(Duration::from_millis(250)))
+                .set_connection_timeout(Some(op_timeout.max(Duration::from_millis(250))))
                 // One attempt per reconnect, no retries of its own: its retries back off
                 // from 1 s (and a call waits on them), so a Redis that returns would be
                 // found only seconds later. The next call starts the next attempt, and

@@ -72,7 +72,7 @@ impl Default for ClusterMetrics {
             resubscriptions: Counter::default(),
             republished: Counter::default(),
             pending: Gauge::default(),
-            bus_delay: Histogram::new(DELAY_BUCKETS.into_iter()),
+            bus_delay: Histogram::new(DELAY_BUCKETS),
             shared: Family::default(),
             lock_waits: Family::default(),
             apply_waits: Family::default(),

@@ -83,12 +83,18 @@ impl Cluster {
         let Some(url) = &config.redis_url else {
             return Ok(None);
         };
-        let client = redis::Client::open(url.as_str()).map_err(|e| ClusterConfigError {
-            key: "redis_url",
-            // The error names the kind of problem; the URL (with its password) is not
-            // repeated.
-            message: format!("not a usable Redis URL ({:?})", e.kind()),
-        })?;
+        // TCP_NODELAY: every operation is one small request waiting on its reply, which
+        // Nagle's algorithm would hold back (redis 1.x made it a setting, off by default).
+        let nodelay = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let client = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+            .map(|info| info.set_tcp_settings(nodelay))
+            .and_then(redis::Client::open)
+            .map_err(|e| ClusterConfigError {
+                key: "redis_url",
+                // The error names the kind of problem; the URL (with its password) is not
+                // repeated.
+                message: format!("not a usable Redis URL ({:?})", e.kind()),
+            })?;
         let names = Names::new(&config.namespace);
         let id = ReplicaId::random();
         let conn = Conn::start(client.clone(), config.op_timeout);

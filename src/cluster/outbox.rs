@@ -357,7 +357,7 @@ mod tests {
             let seq = queue.last_seq;
             queue.push(Held {
                 message: message(seq, tenant, scope),
-                shared_done: seq % 2 == 0,
+                shared_done: seq.is_multiple_of(2),
                 ticket: seq,
             });
         }

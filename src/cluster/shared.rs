@@ -482,7 +482,7 @@ fn value_bytes(value: &Value) -> Option<Vec<u8>> {
 
 fn unexpected() -> OpError {
     OpError::Redis(redis::RedisError::from((
-        redis::ErrorKind::TypeError,
+        redis::ErrorKind::UnexpectedReturnType,
         "unexpected reply from a csgate script",
     )))
 }

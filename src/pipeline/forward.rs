@@ -12,7 +12,7 @@ use super::{Exchange, Gateway};
 use crate::error::GatewayError;
 use crate::httputil::{self, StackText};
 use crate::identity::Tenant;
-use crate::upstream::{ClientBody, Fetched, Interim, Streamed, Upstreams};
+use crate::upstream::{ClientBody, Fetched, Streamed, Upstreams};
 
 /// Request headers forwarded on Query Services routes (the contract's list; the
 /// `X-Forwarded-*` and `X-Request-Id` headers are set by `forwarding_headers`).
@@ -58,27 +58,21 @@ impl Gateway {
 
     /// Sends a proxied request. A bodiless read (`body` is `None`) may be retried at
     /// another upstream; anything else is sent once. A failing client body is the
-    /// client's error (413/400/408), never counted against the upstream. The upstream's
-    /// interim answers go to `interim` as they arrive.
+    /// client's error (413/400/408), never counted against the upstream.
     pub(super) async fn forward_stream(
         &self,
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
         body: Option<ClientBody>,
-        interim: Option<&Interim>,
         exchange: &mut Exchange,
     ) -> Result<Streamed, GatewayError> {
         let upstreams = &self.inner.upstreams;
         let streamed = match body {
-            None => {
-                upstreams
-                    .stream_read(method, path_and_query, headers, interim)
-                    .await
-            }
+            None => upstreams.stream_read(method, path_and_query, headers).await,
             Some(body) => {
                 upstreams
-                    .stream(method, path_and_query, headers, body, interim)
+                    .stream(method, path_and_query, headers, body)
                     .await
             }
         }

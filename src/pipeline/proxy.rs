@@ -3,8 +3,8 @@
 //! size and waiting time by [`ClientBody`], the upstream's by the attempt's deadline),
 //! and a successful write invalidating the cache entries it can change. A client body
 //! that fails is the client's: 413, 400 (unreadable) or 408 (`body_read_timeout`).
-//! The upstream's `1xx` interim answers reach HTTP/1.1 and HTTP/2 clients before the
-//! final one ([`Interim`]).
+//! The upstream's `1xx` interim answers are not forwarded: hyper's client reads past
+//! them to the final answer, and hyper's server cannot send one (README, "Proxying").
 
 use std::net::SocketAddr;
 
@@ -22,7 +22,7 @@ use crate::httputil;
 use crate::identity::Tenant;
 use crate::routes::Write;
 use crate::server::Body;
-use crate::upstream::{ClientBody, Interim};
+use crate::upstream::ClientBody;
 
 impl Gateway {
     /// Proxies a request whose canonical path after the prefix is `rest`; `write` is
@@ -73,14 +73,12 @@ impl Gateway {
             other => (body, other),
         };
         let upstream_body = (!is_bodiless_read(&parts)).then_some(upstream_body);
-        let interim = Interim::for_request(&parts, self.inner.settings.via.as_deref());
         let streamed = self
             .forward_stream(
                 parts.method.clone(),
                 &path_and_query,
                 &headers,
                 upstream_body,
-                interim.as_ref(),
                 exchange,
             )
             .await?;

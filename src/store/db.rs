@@ -281,7 +281,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", index + 1)?;
+        let version = i64::try_from(index + 1).expect("a handful of migrations fits an i64");
+        tx.pragma_update(None, "user_version", version)?;
         tx.commit()?;
         tracing::info!(version = index + 1, "store schema migrated");
     }

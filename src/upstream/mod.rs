@@ -6,7 +6,6 @@
 //! - [`policy`]: what an attempt concluded, `eject_on`/`retry_on`, the retry budget;
 //! - [`body`]: the client's request body and the upstream's answer body, each with its
 //!   own limits and its own blame;
-//! - [`interim`]: the upstream's `1xx` interim answers, forwarded on pass-through routes.
 //!
 //! Retries: only bodiless GET/HEAD, only when `retry_on` names the outcome (by default
 //! only when nothing came back), within `max_retries`, the overall `deadline` and the
@@ -17,7 +16,6 @@
 
 pub mod body;
 pub mod health;
-pub mod interim;
 pub mod policy;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -38,7 +36,6 @@ use url::Url;
 
 pub use self::body::{ClientBody, ClientBodyError, Prefix, UpstreamBody, UpstreamBodyError};
 use self::health::{Change, Health, State, TrialGuard};
-pub use self::interim::Interim;
 use self::policy::{classify, RetryBudget};
 pub use self::policy::{FailureSet, Outcome};
 use crate::config::UpstreamConfig;
@@ -324,9 +321,7 @@ impl Upstreams {
     ) -> Result<Fetched, UpstreamError> {
         let started = Instant::now();
         let max = self.inner.config.max_response_bytes;
-        let head = self
-            .send_read(&method, path_and_query, headers, None)
-            .await?;
+        let head = self.send_read(&method, path_and_query, headers).await?;
         let (parts, incoming) = head.response.into_parts();
         let body = UpstreamBody::new(incoming, self.clone(), head.index, head.body_deadline, None);
         let body = match Limited::new(body, max).collect().await {
@@ -351,43 +346,35 @@ impl Upstreams {
         })
     }
 
-    /// A bodiless GET/HEAD with the answer streamed back, retried like [`Self::fetch`];
-    /// interim answers go to `interim`.
+    /// A bodiless GET/HEAD with the answer streamed back, retried like [`Self::fetch`].
     pub async fn stream_read(
         &self,
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
-        interim: Option<&Interim>,
     ) -> Result<Streamed, UpstreamError> {
         let started = Instant::now();
-        let head = self
-            .send_read(&method, path_and_query, headers, interim)
-            .await?;
+        let head = self.send_read(&method, path_and_query, headers).await?;
         Ok(self.streamed(head, headers, started))
     }
 
     /// Any method, body streamed both ways, sent once (a request with a body is never
     /// repeated). The timeout runs while the gateway waits on the upstream, not while it
     /// waits on the client's body; a failing client body is `UpstreamError::ClientBody`
-    /// and leaves the upstream's health alone. Interim answers go to `interim`.
+    /// and leaves the upstream's health alone.
     pub async fn stream(
         &self,
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
         body: ClientBody,
-        interim: Option<&Interim>,
     ) -> Result<Streamed, UpstreamError> {
         let started = Instant::now();
         self.inner.budget.deposit();
         let pick = self.pick(&[]).ok_or(UpstreamError::NoHealthy)?;
         let clock = body.clock();
         let target = &self.inner.targets[pick.index];
-        let mut request = self.build(target, &method, path_and_query, headers, body.boxed());
-        if let Some(interim) = interim {
-            interim.attach(&mut request);
-        }
+        let request = self.build(target, &method, path_and_query, headers, body.boxed());
         let timeout = self.inner.config.request_timeout;
         // The upstream's own time: elapsed minus what the client's body kept us waiting.
         let upstream_deadline = || {
@@ -451,7 +438,6 @@ impl Upstreams {
         method: &Method,
         path_and_query: &str,
         headers: &HeaderMap,
-        interim: Option<&Interim>,
     ) -> Result<Head, UpstreamError> {
         let config = &self.inner.config;
         let deadline = later(Instant::now(), config.deadline);
@@ -461,16 +447,13 @@ impl Upstreams {
         loop {
             let index = pick.index;
             tried.push(index);
-            let mut request = self.build(
+            let request = self.build(
                 &self.inner.targets[index],
                 method,
                 path_and_query,
                 headers,
                 empty(),
             );
-            if let Some(interim) = interim {
-                interim.attach(&mut request);
-            }
             let attempt_started = Instant::now();
             let attempt_deadline = later(attempt_started, config.request_timeout).min(deadline);
             let sent = tokio::time::timeout_at(
@@ -645,13 +628,11 @@ fn https_connector(
 ) -> HttpsConnector<HttpConnector> {
     let client = tls.client.as_deref().cloned().unwrap_or_else(|| {
         // No https:// upstream: a configuration that trusts nothing, never used.
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
+        rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
     });
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(client)
@@ -671,10 +652,11 @@ fn https_connector(
 }
 
 /// Refuses an answer the gateway cannot pass on: `101 Switching Protocols` when no
-/// upgrade was asked for (hyper takes the other 1xx as interim answers: see
-/// [`interim`]). An answer framed by `Transfer-Encoding` loses any `Content-Length`
-/// beside it: the body was read by the transfer coding (RFC 9112 §6.3), and a length
-/// passed on would frame it differently for the client.
+/// upgrade was asked for (hyper's client reads past the other 1xx, interim answers that
+/// csgate does not forward, to the final answer). An answer framed by
+/// `Transfer-Encoding` loses any `Content-Length` beside it: the body was read by the
+/// transfer coding (RFC 9112 §6.3), and a length passed on would frame it differently
+/// for the client.
 fn usable_head(mut response: Response<Incoming>) -> Result<Response<Incoming>, UpstreamError> {
     if response.status().is_informational() {
         return Err(UpstreamError::Invalid(format!(

@@ -249,7 +249,7 @@ fn write_path(segs: &[Seg<'_>], sp: PathSpelling) -> (String, bool) {
             Seg::Param(text) => spell(text, 3, sp.seed),
         });
     }
-    let double = mode == 4 && sp.seed % 3 == 0;
+    let double = mode == 4 && sp.seed.is_multiple_of(3);
     let mut path = format!(
         "{PREFIX}/{}{}",
         if double { "/" } else { "" },
