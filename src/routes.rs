@@ -244,6 +244,11 @@ fn match_pattern(pattern: &[Seg], segments: &[&str], more: bool) -> Match {
 /// canonical form ([`canonical_path`]). Refused paths are `400 InvalidParameter`
 /// naming the path and the problem (see [`check_path`]).
 pub fn canonicalise(path: &str) -> Result<Cow<'_, str>, GatewayError> {
+    // Nearly every path is clean and needs no re-encoding: one pass each says so
+    // (every request runs this, hits included).
+    if is_clean(path.as_bytes()) {
+        return Ok(canonical_path(path));
+    }
     check_path(path)?;
     // A '%' that starts no escape has no canonical form (decoding the escapes after it
     // could make it start one): such a path is left as it is, and `route` refuses it
@@ -519,6 +524,38 @@ fn first_problem(path: &str) -> Option<&'static str> {
     None
 }
 
+/// The bytes a path may carry literally (RFC 3986 `pchar` and `/`, less `%` and `;`):
+/// unreserved characters and the sub-delimiters csgate keeps as they are.
+static LITERAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'/'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b'='
+                    | b':'
+                    | b'@'
+            );
+        b += 1;
+    }
+    table
+};
+
 /// The path csgate forwards for a path that passed [`check_path`]: escapes of
 /// unreserved characters decoded, other escapes in upper case, and any byte a path may
 /// not carry literally encoded (RFC 3986 §6.2.2). Segments are never joined, split or
@@ -526,9 +563,10 @@ fn first_problem(path: &str) -> Option<&'static str> {
 pub fn canonical_path(path: &str) -> Cow<'_, str> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
-    let literal = |b: u8| unreserved(b) || b"/!$&'()*+,=:@".contains(&b);
+    let literal = |b: u8| LITERAL[usize::from(b)];
     let bytes = path.as_bytes();
-    // The usual path needs no change: one pass says so.
+    // The usual path needs no change: one pass over a table says so (the closures'
+    // `contains` per byte cost ~900 instructions per request, callgrind).
     if bytes.iter().all(|&b| literal(b)) {
         return Cow::Borrowed(path);
     }
@@ -1025,6 +1063,36 @@ mod table_tests {
             if is_clean(path.as_bytes()) {
                 proptest::prop_assert_eq!(first_problem(&path), None);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod canonical_tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// The fast paths give what the reference does: `check_path` then the stray-'%'
+        /// rule then `canonical_path`.
+        #[test]
+        fn canonicalise_is_check_then_canonical(path in "[a-z/.%;+~:@A-F0-9 é]{0,16}") {
+            let reference = check_path(&path).map(|()| {
+                if has_stray_percent(&path) {
+                    path.clone()
+                } else {
+                    canonical_path(&path).into_owned()
+                }
+            });
+            proptest::prop_assert_eq!(
+                canonicalise(&path).map(Cow::into_owned).map_err(|e| e.to_string()),
+                reference.map_err(|e| e.to_string())
+            );
+        }
+
+        #[test]
+        fn the_literal_table_is_the_rule(b in 0u8..=255) {
+            let rule = b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,=:@".contains(&b);
+            proptest::prop_assert_eq!(LITERAL[usize::from(b)], rule);
         }
     }
 }
