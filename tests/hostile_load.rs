@@ -28,9 +28,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
-use common::store::TestStore;
+use common::store::{test_config, TestStore};
 use common::*;
-use csgate::store::StoreConfig;
 
 const CS: &str = "/genesys/1/cs";
 const TENANT: (&str, &str) = ("ContactCenterId", "cc-load");
@@ -247,15 +246,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_bad_bodies_a_second_for_ten_seconds_fail_no_legitimate_request() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = TestStore::serve(StoreConfig {
-        db: dir.path().join("load.sqlite"),
-        legacy: false,
-        business_attributes: BTreeMap::new(),
-        sweep_interval: Duration::ZERO,
-        max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
-        max_memory_bytes: csgate::config::defaults::STORE_MAX_MEMORY_BYTES,
-    })
-    .await;
+    let store = TestStore::serve(test_config(dir.path().join("load.sqlite"))).await;
     let seen = Seen::default();
     let upstream = relay(store.addr, seen.clone()).await;
     // One upstream, ejected after a single counted failure and kept out for longer than

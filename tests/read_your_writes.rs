@@ -9,7 +9,6 @@
 mod common;
 mod raw_upstream;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -20,9 +19,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::store::TestStore;
+use common::store::{test_config, TestStore};
 use common::*;
-use csgate::store::StoreConfig;
 use raw_upstream::{RawUpstream, Then};
 
 const CS: &str = "/genesys/1/cs";
@@ -40,15 +38,7 @@ struct Stack {
 
 async fn store_stack() -> Stack {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = TestStore::serve(StoreConfig {
-        db: dir.path().join("ryw.sqlite"),
-        legacy: false,
-        business_attributes: BTreeMap::new(),
-        sweep_interval: Duration::ZERO,
-        max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
-        max_memory_bytes: csgate::config::defaults::STORE_MAX_MEMORY_BYTES,
-    })
-    .await;
+    let store = TestStore::serve(test_config(dir.path().join("ryw.sqlite"))).await;
     let gw = start_gateway(LONG_TTL, &[store.url()]).await;
     Stack {
         gw,

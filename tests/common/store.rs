@@ -10,6 +10,20 @@ use tokio::net::TcpListener;
 
 use super::Serving;
 
+/// The store as most tests run it: a file `db`, the current API (not legacy), no
+/// business-attribute maps, no sweeper (nothing changes the data behind a test's back)
+/// and the default body and memory bounds.
+pub fn test_config(db: PathBuf) -> StoreConfig {
+    StoreConfig {
+        db,
+        legacy: false,
+        business_attributes: std::collections::BTreeMap::new(),
+        sweep_interval: std::time::Duration::ZERO,
+        max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
+        max_memory_bytes: csgate::config::defaults::STORE_MAX_MEMORY_BYTES,
+    }
+}
+
 /// A store served on an ephemeral loopback port; dropping it stops serving.
 pub struct TestStore {
     pub addr: SocketAddr,

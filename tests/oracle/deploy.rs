@@ -113,12 +113,8 @@ pub fn gateway_toml() -> String {
 pub fn store_config(dir: &std::path::Path) -> StoreConfig {
     let map = TypeMap::new(SERVICE_TYPES.map(|(name, id)| (name.to_owned(), id)));
     StoreConfig {
-        db: dir.join("oracle.sqlite"),
-        legacy: false,
         business_attributes: BTreeMap::from([("service_type".to_owned(), map)]),
-        sweep_interval: Duration::ZERO,
-        max_body_bytes: csgate::config::defaults::STORE_MAX_BODY_BYTES,
-        max_memory_bytes: csgate::config::defaults::STORE_MAX_MEMORY_BYTES,
+        ..crate::common::store::test_config(dir.join("oracle.sqlite"))
     }
 }
 
