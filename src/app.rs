@@ -339,6 +339,11 @@ pub async fn run(
     let _ = admin_stop.send(true);
     let _ = admin.await;
     control.stop_probe();
+    if let Some(cluster) = control.gateway().cluster() {
+        // Drained: no more writes. The peers stop counting on this replica at once
+        // (unless it still holds invalidations; then they wait for peer_timeout).
+        cluster.bus.leave().await;
+    }
     if let Some((_, watch)) = server_cert {
         watch.abort();
     }
@@ -572,6 +577,10 @@ fn join_fleet(
         entry_ttl: config.cache.policy().retention(),
         fetch_window: config.upstream.cache_wait(),
         max_entry_bytes: config.cache.max_entry_bytes,
+        ttl: config.cache.policy().ttl,
+        // Set from `[cluster]` by `Cluster::start`.
+        max_bytes: 0,
+        tenant_max_bytes: 0,
     };
     let (applied, acks) = cluster::applied_channel();
     let sink = cluster::apply_to(cache.clone(), metrics.cluster().clone(), Some(applied));

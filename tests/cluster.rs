@@ -67,13 +67,36 @@ impl Replica {
             self.next_event().await,
             BusEvent::Flush(FlushReason::Resubscribed { .. })
         ));
+        // Confirmed once its own heartbeat comes back through the subscription.
+        let deadline = Instant::now() + WAIT;
+        while self.cluster.bus.is_degraded() {
+            assert!(
+                Instant::now() < deadline,
+                "never confirmed: {:?}",
+                self.cluster.health()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
+    /// The next event that is not a heartbeat.
     async fn next_event(&mut self) -> BusEvent {
-        tokio::time::timeout(WAIT, self.events.recv())
-            .await
-            .expect("an event in time")
-            .expect("bus alive")
+        loop {
+            let event = tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("an event in time")
+                .expect("bus alive");
+            if !matches!(event, BusEvent::Heartbeat(_)) {
+                return event;
+            }
+        }
+    }
+
+    /// Events received so far that are not heartbeats.
+    fn drain_events(&mut self) -> Vec<BusEvent> {
+        std::iter::from_fn(|| self.events.try_recv().ok())
+            .filter(|e| !matches!(e, BusEvent::Heartbeat(_)))
+            .collect()
     }
 
     fn shared(&self) -> &SharedTier {
@@ -86,6 +109,9 @@ fn policy() -> SharedPolicy {
         entry_ttl: Duration::from_secs(30),
         fetch_window: Duration::from_secs(2),
         max_entry_bytes: 1 << 20,
+        ttl: Duration::from_secs(30),
+        max_bytes: 1 << 30,
+        tenant_max_bytes: 1 << 30,
     }
 }
 
@@ -166,7 +192,10 @@ async fn a_message_reaches_the_other_replicas_and_not_its_origin() {
         BusEvent::Invalidate(reply.clone())
     );
     assert_eq!(replicas[2].next_event().await, BusEvent::Invalidate(reply));
-    assert!(replicas[0].events.try_recv().is_err());
+    assert!(replicas[0]
+        .drain_events()
+        .iter()
+        .all(|e| !matches!(e, BusEvent::Invalidate(_))));
     let snapshot = replicas[2].cluster.metrics.snapshot();
     assert_eq!((snapshot.received, snapshot.connected), (2, true));
 }
@@ -189,6 +218,7 @@ async fn gaps_and_unreadable_messages_make_the_cache_flush() {
         sent_at_us: 0,
         partition: Partition::default(),
         scope: Scope::WholeTenant,
+        shared_pending: false,
     };
     for payload in [
         message(1).encode(),
@@ -272,7 +302,11 @@ async fn the_subscriber_comes_back_after_redis_restarts_and_signals_the_gap() {
     .await
     .expect("connected again")
     .expect("bus alive");
-    assert!(!b.cluster.bus.is_degraded());
+    // Confirmed again once its own heartbeat and A's come through.
+    while b.cluster.bus.is_degraded() {
+        assert!(back.elapsed() < WAIT, "{:?}", b.cluster.health());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     a.subscribed().await;
 
     // A's next message carries seq 3 (2 was lost with Redis): B sees the gap too.
@@ -480,11 +514,12 @@ async fn without_redis_every_operation_is_a_quick_miss() {
 #[tokio::test]
 async fn the_fleet_lock_admits_exactly_one_of_n() {
     let redis = redis_or_skip!("the_fleet_lock_admits_exactly_one_of_n");
-    let replicas: Vec<Replica> = (0..3)
+    let mut replicas: Vec<Replica> = (0..3)
         .map(|_| Replica::start(&redis.url(), policy()))
         .collect();
     let k = key("t1", "408");
-    for replica in &replicas {
+    for replica in &mut replicas {
+        replica.subscribed().await;
         miss_generation(replica.shared(), &k).await;
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(12));
@@ -518,11 +553,12 @@ async fn the_fleet_lock_admits_exactly_one_of_n() {
 #[tokio::test]
 async fn n_cold_replicas_send_one_fetch_and_a_dead_holder_blocks_no_one() {
     let redis = redis_or_skip!("n_cold_replicas_send_one_fetch_and_a_dead_holder_blocks_no_one");
-    let replicas: Vec<Replica> = (0..3)
+    let mut replicas: Vec<Replica> = (0..3)
         .map(|_| Replica::start(&redis.url(), policy()))
         .collect();
     let k = key("t1", "408");
-    for replica in &replicas {
+    for replica in &mut replicas {
+        replica.subscribed().await;
         miss_generation(replica.shared(), &k).await;
     }
     let fetches = Arc::new(AtomicUsize::new(0));
@@ -564,18 +600,16 @@ async fn n_cold_replicas_send_one_fetch_and_a_dead_holder_blocks_no_one() {
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
     assert_eq!(shared, 8);
 
-    // A holder that dies keeps the lock at most fetch_window; waiters then fetch.
-    let short = SharedPolicy {
-        fetch_window: Duration::from_millis(200),
-        ..policy()
-    };
-    let dying = Replica::start(&redis.url(), short);
+    // A holder that dies stops renewing: its lock is gone within 2 × op_timeout
+    // (100 ms here), and waiters then fetch.
+    let mut dying = Replica::start_with(&redis.url(), policy(), "50ms");
+    dying.subscribed().await;
     let cold = key("t1", "410");
     miss_generation(dying.shared(), &cold).await;
     let LockAttempt::Acquired(lock) = dying.shared().try_lock(&cold).await else {
         panic!("the first taker acquires");
     };
-    std::mem::forget(lock); // killed while holding it: never released
+    lock.abandon(); // killed while holding it: never released, never renewed
     let started = Instant::now();
     let waited = replicas[0]
         .shared()
@@ -692,8 +726,18 @@ async fn a_failed_publish_is_republished_when_redis_answers_again() {
         .is_err());
     assert_eq!(a.cluster.bus.pending(), 1);
     // B, still subscribed, has heard nothing: without the republish it stays stale.
-    assert!(b.events.try_recv().is_err());
-    assert!(!b.cluster.bus.is_degraded());
+    assert_eq!(b.drain_events(), Vec::new());
+    // But A's heartbeats stopped: B cannot prove it hears A, so it is degraded within
+    // a second (its entries serve only within degraded_ttl).
+    let cut = Instant::now();
+    while !b.cluster.bus.is_degraded() {
+        assert!(
+            cut.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            b.cluster.health()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     link.restore();
     let back = Instant::now();

@@ -60,7 +60,15 @@ async fn connected(replica: &TestGateway, up: bool) -> Duration {
     loop {
         let health = get(&replica.admin_url("/healthz")).await;
         assert_eq!(health.status, 200, "/healthz never depends on Redis");
-        if health.json()["cluster"]["connected"] == Value::Bool(up) {
+        let cluster = &health.json()["cluster"];
+        // Up means subscribed and confirmed (its own heartbeat came back, so it is not
+        // degraded); down means the subscription is lost.
+        let reached = if up {
+            cluster["connected"] == Value::Bool(true) && cluster["degraded"] == Value::Bool(false)
+        } else {
+            cluster["connected"] == Value::Bool(false)
+        };
+        if reached {
             return started.elapsed();
         }
         assert!(

@@ -411,10 +411,13 @@ impl Cache {
                     }
                 };
                 self.count_outcome(&outcome);
+                // A fill from a shared tier is as old as that tier's entry: `Age` says
+                // so (a fresh upstream answer has none).
+                let age = Some(self.age(&fetched.entry)).filter(|a| *a >= Duration::from_secs(1));
                 Ok(Found {
                     entry: fetched.entry,
                     outcome,
-                    age: None,
+                    age,
                 })
             }
             Err(error) => {

@@ -26,8 +26,14 @@ use super::message::ReplicaId;
 /// (their writers have stopped waiting long ago).
 const KEPT: usize = 1024;
 
-/// One applied message, as the applier reports it: (origin, sequence number).
-pub type Applied = (ReplicaId, u64);
+/// What the applier reports, in the order it applied things.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Another replica's message (origin, sequence number): acknowledge it.
+    Message(ReplicaId, u64),
+    /// A heartbeat, everything before it applied: it proves what it proves now.
+    Beat(super::liveness::Beat),
+}
 
 /// The applier's end: report each message once it is applied.
 pub type AppliedSender = mpsc::UnboundedSender<Applied>;
@@ -95,29 +101,41 @@ pub(super) fn decode(payload: &[u8]) -> Option<(ReplicaId, u64)> {
     Some((ReplicaId(origin), seq))
 }
 
-/// Publishes an acknowledgement for every message the applier reports, each bounded by
-/// `op_timeout`; one that fails only makes its writer wait out its bound.
-pub(super) async fn publish_loop(
+/// Handles what the applier reports: each heartbeat is confirmed at once; each
+/// message gets its acknowledgement published, bounded by `op_timeout`, on a task of
+/// its own (a slow Redis must not hold up the heartbeats behind it). One that fails
+/// only makes its writer wait out its bound.
+pub(super) async fn confirm_loop(
     conn: Conn,
     channel: String,
     me: ReplicaId,
     mut applied: AppliedReceiver,
+    liveness: std::sync::Arc<super::liveness::Liveness>,
 ) {
-    while let Some((origin, seq)) = applied.recv().await {
+    while let Some(report) = applied.recv().await {
+        let (origin, seq) = match report {
+            Applied::Beat(beat) => {
+                liveness.heard(beat, std::time::Instant::now());
+                continue;
+            }
+            Applied::Message(origin, seq) => (origin, seq),
+        };
         let payload = encode(origin, seq, me);
-        let channel = channel.clone();
-        let sent = conn
-            .run(|mut manager| async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(payload)
-                    .query_async::<i64>(&mut manager)
-                    .await
-            })
-            .await;
-        if let Err(error) = sent {
-            tracing::debug!(%error, %origin, seq, "apply acknowledgement not published");
-        }
+        let (conn, channel) = (conn.clone(), channel.clone());
+        tokio::spawn(async move {
+            let sent = conn
+                .run(|mut manager| async move {
+                    redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(payload)
+                        .query_async::<i64>(&mut manager)
+                        .await
+                })
+                .await;
+            if let Err(error) = sent {
+                tracing::debug!(%error, %origin, seq, "apply acknowledgement not published");
+            }
+        });
     }
 }
 

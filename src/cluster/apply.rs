@@ -7,8 +7,9 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::ack::AppliedSender;
+use super::ack::{Applied, AppliedSender};
 use super::bus::{Bus, BusEvent, EventSink};
+use super::liveness::Beat;
 use super::message::Scope;
 use super::metrics::ClusterMetrics;
 use crate::cache::{Cache, ServeGate};
@@ -17,6 +18,12 @@ impl ServeGate for Bus {
     fn may_serve(&self, stored_at: Instant, now: Instant) -> bool {
         Bus::may_serve(self, stored_at, now)
     }
+}
+
+/// The applier's queue: messages to apply, heartbeats to confirm after them.
+enum Work {
+    Apply(super::Message),
+    Confirm(Beat),
 }
 
 /// The event sink that applies the bus's events to `cache`. Messages are handed to
@@ -29,10 +36,19 @@ pub fn apply_to(
     metrics: ClusterMetrics,
     applied: Option<AppliedSender>,
 ) -> EventSink {
-    let (sender, mut receiver) = mpsc::unbounded_channel::<super::Message>();
+    let (sender, mut receiver) = mpsc::unbounded_channel::<Work>();
     let applier = cache.clone();
     tokio::spawn(async move {
-        while let Some(message) = receiver.recv().await {
+        while let Some(work) = receiver.recv().await {
+            let message = match work {
+                Work::Apply(message) => message,
+                Work::Confirm(beat) => {
+                    if let Some(applied) = &applied {
+                        let _ = applied.send(Applied::Beat(beat));
+                    }
+                    continue;
+                }
+            };
             if message.scope == Scope::PurgeAll {
                 // As the admin purge does locally (uncacheable marks included).
                 applier.purge_all().await;
@@ -44,13 +60,18 @@ pub fn apply_to(
             metrics.applied(message.delay(SystemTime::now()));
             if let Some(applied) = &applied {
                 // The bus may be gone while shutting down: nobody is waiting then.
-                let _ = applied.send((message.origin, message.seq));
+                let _ = applied.send(Applied::Message(message.origin, message.seq));
             }
         }
     });
     Arc::new(move |event| match event {
+        BusEvent::Heartbeat(beat) => {
+            // Confirmed once every message before it is applied; if the applier is
+            // gone, never (the replica stays degraded, which is safe).
+            let _ = sender.send(Work::Confirm(beat));
+        }
         BusEvent::Invalidate(message) => {
-            if sender.send(message).is_err() {
+            if sender.send(Work::Apply(message)).is_err() {
                 // The applier is gone (shutting down): dropping everything is the
                 // only safe reading of a message that cannot be applied.
                 cache.flush();

@@ -20,6 +20,17 @@ pub mod defaults {
     /// Bound on every Redis operation. A Redis round trip on a LAN is ~0.2 ms; 50 ms
     /// covers a busy Redis and still costs a miss less than an upstream request does.
     pub const OP_TIMEOUT: Duration = Duration::from_millis(50);
+    /// How long a replica may go unheard before the others take it for gone (and
+    /// flush). Until then they stay degraded: a replica cut off from Redis may still be
+    /// answering writes whose invalidations it cannot deliver, so a short value trades
+    /// correctness for hit ratio. 30 s covers a Redis failover or a network blip; a
+    /// replica that shuts down cleanly says goodbye and costs nothing.
+    pub const PEER_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Bytes the whole namespace's shared entries may take per entry lifetime: far
+    /// below the 200 MB the shipped Redis has, so invalidation writes always find room.
+    pub const SHARED_MAX_BYTES: u64 = 64 * 1024 * 1024;
+    /// The same per tenant partition, so one tenant cannot take the whole budget.
+    pub const SHARED_TENANT_MAX_BYTES: u64 = 8 * 1024 * 1024;
 }
 
 /// Step 1: `[cluster]` as written.
@@ -36,6 +47,12 @@ pub struct RawCluster {
     pub degraded_ttl: Option<String>,
     /// e.g. `"50ms"`.
     pub op_timeout: Option<String>,
+    /// e.g. `"30s"`.
+    pub peer_timeout: Option<String>,
+    /// Bytes, per entry lifetime, for the whole namespace's shared entries.
+    pub shared_max_bytes: Option<u64>,
+    /// Bytes, per entry lifetime, for one tenant's shared entries.
+    pub shared_tenant_max_bytes: Option<u64>,
 }
 
 /// Step 2: `[cluster]` validated.
@@ -47,6 +64,9 @@ pub struct ClusterConfig {
     pub shared_cache: bool,
     pub degraded_ttl: Duration,
     pub op_timeout: Duration,
+    pub peer_timeout: Duration,
+    pub shared_max_bytes: u64,
+    pub shared_tenant_max_bytes: u64,
 }
 
 /// A `[cluster]` problem, naming the key.
@@ -110,12 +130,37 @@ impl TryFrom<RawCluster> for ClusterConfig {
         };
         let degraded_ttl = duration("degraded_ttl", raw.degraded_ttl, defaults::DEGRADED_TTL)?;
         let op_timeout = duration("op_timeout", raw.op_timeout, defaults::OP_TIMEOUT)?;
+        let peer_timeout = duration("peer_timeout", raw.peer_timeout, defaults::PEER_TIMEOUT)?;
+        if peer_timeout < Duration::from_secs(2) {
+            return Err(invalid(
+                "peer_timeout",
+                "must be at least 2s (a few heartbeats; a live replica must not be taken for gone)",
+            ));
+        }
+        let shared_max_bytes = raw.shared_max_bytes.unwrap_or(defaults::SHARED_MAX_BYTES);
+        let shared_tenant_max_bytes = raw
+            .shared_tenant_max_bytes
+            .unwrap_or(defaults::SHARED_TENANT_MAX_BYTES);
+        if shared_max_bytes == 0 || shared_tenant_max_bytes == 0 {
+            let key = if shared_max_bytes == 0 {
+                "shared_max_bytes"
+            } else {
+                "shared_tenant_max_bytes"
+            };
+            return Err(invalid(
+                key,
+                "must be more than 0 (shared_cache = false turns the tier off)",
+            ));
+        }
         Ok(ClusterConfig {
             redis_url,
             namespace,
             shared_cache,
             degraded_ttl,
             op_timeout,
+            peer_timeout,
+            shared_max_bytes,
+            shared_tenant_max_bytes,
         })
     }
 }
@@ -173,6 +218,9 @@ impl std::fmt::Debug for ClusterConfig {
             .field("shared_cache", &self.shared_cache)
             .field("degraded_ttl", &self.degraded_ttl)
             .field("op_timeout", &self.op_timeout)
+            .field("peer_timeout", &self.peer_timeout)
+            .field("shared_max_bytes", &self.shared_max_bytes)
+            .field("shared_tenant_max_bytes", &self.shared_tenant_max_bytes)
             .finish()
     }
 }
@@ -202,6 +250,9 @@ mod tests {
         assert!(!config.shared_cache);
         assert_eq!(config.degraded_ttl, Duration::from_secs(1));
         assert_eq!(config.op_timeout, Duration::from_millis(50));
+        assert_eq!(config.peer_timeout, Duration::from_secs(30));
+        assert_eq!(config.shared_max_bytes, 64 * 1024 * 1024);
+        assert_eq!(config.shared_tenant_max_bytes, 8 * 1024 * 1024);
     }
 
     #[test]
@@ -223,6 +274,12 @@ mod tests {
             (r#"namespace = """#, "cluster.namespace"),
             (r#"degraded_ttl = "soon""#, "cluster.degraded_ttl"),
             (r#"op_timeout = "0ms""#, "cluster.op_timeout"),
+            (r#"peer_timeout = "1s""#, "cluster.peer_timeout"),
+            ("shared_max_bytes = 0", "cluster.shared_max_bytes"),
+            (
+                "shared_tenant_max_bytes = 0",
+                "cluster.shared_tenant_max_bytes",
+            ),
             ("redis = 1", "unknown field"),
         ];
         for (text, expected) in cases {

@@ -131,6 +131,19 @@ impl Names {
         format!("{}ack", self.prefix)
     }
 
+    /// The pub/sub channel of heartbeats ([`liveness`](super::liveness)). A channel of
+    /// its own, so a replica that predates heartbeats never reads one as an unreadable
+    /// invalidation; Redis still delivers it in order with the invalidations, since a
+    /// subscriber gets every channel's messages in the order they were published.
+    pub fn heartbeat_channel(&self) -> String {
+        format!("{}hb", self.prefix)
+    }
+
+    /// `…b:`: the shared tier's byte budgets (`…b:all`, `…b:t:{tenant}`).
+    pub fn budget_prefix(&self) -> String {
+        format!("{}b:", self.prefix)
+    }
+
     /// `…e:{hash}`: a stored entry (a Redis hash).
     pub fn entry(&self, hash: &Hash) -> String {
         format!("{}e:{hash}", self.prefix)

@@ -1,9 +1,14 @@
 //! The fleet lock (fleet contract §3): `SET NX PX` on a cold key, so N replicas cold
 //! on one key send one upstream request; the others wait for the holder's entry in the
 //! shared tier, bounded by the fetch deadline, then fetch themselves. The lock's value
-//! is the replica id and a random token, it is released only by its owner
-//! (compare-and-delete), and it expires after `fetch_window` by itself, so a replica
-//! that dies holding it blocks no one for longer.
+//! is the replica id and a random token (the owner token), it is released only by its
+//! owner (compare-and-delete), and it lives [`lock_ttl`] = 2 × `op_timeout`, renewed
+//! by its holder every third of that while the fetch runs. So:
+//! - a `SET NX` whose reply comes after `op_timeout` (the caller has given up on it)
+//!   is released at once by a compare-and-delete sent behind it, or expires within
+//!   2 × `op_timeout`: no lock is owned by nobody for longer;
+//! - a holder that dies stops renewing: its lock is gone within 2 × `op_timeout`, and
+//!   a waiter, which checks the lock as it polls, fetches itself right after.
 
 use std::future::Future;
 use std::sync::LazyLock;
@@ -21,6 +26,17 @@ use crate::cache::Key;
 const MAX_UNANSWERED: u32 = 3;
 
 static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW));
+
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
+/// How long a fleet lock lives unless renewed: 2 × `op_timeout` (at least 20 ms).
+pub fn lock_ttl(op_timeout: Duration) -> Duration {
+    (op_timeout * 2).max(Duration::from_millis(20))
+}
 
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -37,11 +53,12 @@ pub enum Coalesced<T> {
 }
 
 impl SharedTier {
-    /// Tries to take the fleet lock of `key` for `fetch_window`.
+    /// Tries to take the fleet lock of `key`; held, it is renewed until released.
     pub async fn try_lock(&self, key: &Key) -> LockAttempt {
         let name = self.names.lock(&keys::key_hash(key));
         let token = format!("{}:{}", self.replica, uuid::Uuid::new_v4());
-        let ttl_ms = self.policy.fetch_window.as_millis() as u64;
+        let ttl = lock_ttl(self.conn.op_timeout());
+        let ttl_ms = ttl.as_millis() as u64;
         let (lock_name, value) = (name.clone(), token.clone());
         let reply = self
             .conn
@@ -57,13 +74,21 @@ impl SharedTier {
             })
             .await;
         match reply {
-            Ok(Some(_)) => LockAttempt::Acquired(FleetLock {
-                conn: Some(self.conn.clone()),
-                name,
-                token,
-            }),
+            Ok(Some(_)) => {
+                let renewer =
+                    tokio::spawn(renew(self.conn.clone(), name.clone(), token.clone(), ttl));
+                LockAttempt::Acquired(FleetLock {
+                    conn: Some(self.conn.clone()),
+                    name,
+                    token,
+                    renewer: Some(renewer),
+                })
+            }
             Ok(None) => LockAttempt::Held,
             Err(error) => {
+                // The `SET` may still land after this: release it behind it (same
+                // connection, so in order), else it expires within its short ttl.
+                tokio::spawn(release(self.conn.clone(), name, token));
                 tracing::debug!(%error, "fleet lock unavailable");
                 LockAttempt::Unavailable
             }
@@ -83,13 +108,13 @@ impl SharedTier {
         let mut unanswered = 0;
         loop {
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || !self.may_refill() {
                 self.metrics.lock_wait("fallback");
                 return None;
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(25));
-            if let Ok(Looked::Hit(entry)) = self.lookup_raw(key).await {
+            if let Some(entry) = self.fresh(key).await {
                 self.metrics.lock_wait("filled");
                 return Some(entry);
             }
@@ -116,12 +141,20 @@ impl SharedTier {
                 Err(_) => {}
             }
             // One last look: the holder stores, then releases.
-            if let Ok(Looked::Hit(entry)) = self.lookup_raw(key).await {
+            if let Some(entry) = self.fresh(key).await {
                 self.metrics.lock_wait("filled");
                 return Some(entry);
             }
             self.metrics.lock_wait("fallback");
             return None;
+        }
+    }
+
+    /// The shared entry of `key` if there is one young enough to refill from.
+    async fn fresh(&self, key: &Key) -> Option<SharedEntry> {
+        match self.lookup_raw(key).await {
+            Ok(Looked::Hit(entry)) if entry.age < self.policy.ttl => Some(entry),
+            _ => None,
         }
     }
 
@@ -134,8 +167,17 @@ impl SharedTier {
         F: FnOnce(Option<Generation>) -> Fut,
         Fut: Future<Output = T>,
     {
+        if !self.may_refill() {
+            // Degraded: neither refill from this tier nor coordinate through it; the
+            // local single flight still makes this one fetch per replica.
+            self.metrics.shared("degraded");
+            return Coalesced::Fetched(fetch(None).await);
+        }
         let generation = match self.lookup(key).await {
-            SharedLookup::Hit(entry) => return Coalesced::Shared(entry),
+            // Checked again once the answer is here: a reply that arrives after the
+            // replica became degraded (a Redis that was paused) is not used.
+            SharedLookup::Hit(entry) if self.may_refill() => return Coalesced::Shared(entry),
+            SharedLookup::Hit(_) => return Coalesced::Fetched(fetch(None).await),
             SharedLookup::Miss(generation) => generation,
         };
         if generation.is_none() {
@@ -146,8 +188,10 @@ impl SharedTier {
                 // The previous holder may have stored and released between the lookup
                 // and the lock: look again, or two replicas fetch one cold key.
                 if let SharedLookup::Hit(entry) = self.lookup(key).await {
-                    lock.release().await;
-                    return Coalesced::Shared(entry);
+                    if self.may_refill() {
+                        lock.release().await;
+                        return Coalesced::Shared(entry);
+                    }
                 }
                 let fetched = fetch(generation).await;
                 lock.release().await;
@@ -155,8 +199,8 @@ impl SharedTier {
             }
             LockAttempt::Unavailable => Coalesced::Fetched(fetch(generation).await),
             LockAttempt::Held => match self.wait_for(key, deadline).await {
-                Some(entry) => Coalesced::Shared(entry),
-                None => Coalesced::Fetched(fetch(generation).await),
+                Some(entry) if self.may_refill() => Coalesced::Shared(entry),
+                _ => Coalesced::Fetched(fetch(generation).await),
             },
         }
     }
@@ -179,10 +223,24 @@ pub struct FleetLock {
     conn: Option<Conn>,
     name: String,
     token: String,
+    /// Keeps the lock alive while the fetch runs.
+    renewer: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl FleetLock {
+    /// Stops renewing without releasing, as a holder that crashed leaves its lock
+    /// (tests): it expires within its ttl.
+    pub fn abandon(mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+        self.conn = None;
+    }
+
     pub async fn release(mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
         if let Some(conn) = self.conn.take() {
             release(
                 conn,
@@ -196,6 +254,9 @@ impl FleetLock {
 
 impl Drop for FleetLock {
     fn drop(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
         if let Some(conn) = self.conn.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let (name, token) = (
@@ -220,5 +281,30 @@ async fn release(conn: Conn, name: String, token: String) {
         .await;
     if let Err(error) = released {
         tracing::debug!(%error, "fleet lock not released; it expires by itself");
+    }
+}
+
+/// Renews a held lock every third of its ttl until aborted, or until it is found not
+/// to be this holder's any more.
+async fn renew(conn: Conn, name: String, token: String, ttl: Duration) {
+    let ttl_ms = ttl.as_millis() as u64;
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let (name, token) = (name.clone(), token.clone());
+        let renewed = conn
+            .run(|mut manager| async move {
+                RENEW_SCRIPT
+                    .key(name)
+                    .arg(token)
+                    .arg(ttl_ms)
+                    .invoke_async::<i64>(&mut manager)
+                    .await
+            })
+            .await;
+        match renewed {
+            Ok(0) => return, // expired meanwhile: someone else may hold it now
+            Ok(_) => {}
+            Err(error) => tracing::debug!(%error, "fleet lock not renewed"),
+        }
     }
 }

@@ -130,6 +130,12 @@ pub struct Message {
     pub sent_at_us: u64,
     pub partition: Partition,
     pub scope: Scope,
+    /// The shared tier's step for this message failed (Redis refused the generation
+    /// write): a receiver must not refill from the shared tier until the origin's
+    /// heartbeat says it has caught up. Absent (false) in the usual case, so older
+    /// replicas read the message as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_pending: bool,
 }
 
 /// What a replica made of a payload from the channel.
@@ -306,6 +312,7 @@ mod tests {
                 group_id: Some(Bytes::from_static(&[0xff, 0x41])),
             },
             scope,
+            shared_pending: false,
         }
     }
 

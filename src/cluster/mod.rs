@@ -9,8 +9,10 @@
 //! - [`apply`]: the bus's events applied to the local cache; the hit-path gate.
 //! - [`bus`]: publishing, and the subscriber with degraded mode and flush signals.
 //! - [`ack`]: apply acknowledgements, so a writer answers once the fleet has applied.
-//! - [`outbox`]: this replica's messages on their way out, held and retried while
-//!   Redis does not take them.
+//! - [`liveness`]: heartbeats, and whether this replica can prove it hears every
+//!   invalidation (degraded when not).
+//! - [`outbox`]: this replica's messages and heartbeats on their way out, held and
+//!   retried while Redis does not take them.
 //! - [`shared`]: the shared tier (generations, markers).
 //! - [`lock`]: the fleet lock and cold-miss coalescing across replicas.
 //! - [`purge`]: the admin purges, fleet-wide.
@@ -19,11 +21,12 @@
 //! How the cache uses it (the hit path never touches Redis):
 //! - local miss → [`SharedTier::coalesce`] (lookup; fleet lock; wait or fetch; the
 //!   fetch closure calls [`SharedTier::store`] with the generation it was given);
-//! - local hit → serve only if [`Bus::may_serve`] (an atomic load);
-//! - write's 2xx → [`Bus::publish_invalidation`] (the shared tier's entries made
-//!   unservable, then the message published; held and retried if Redis fails; then
-//!   the other replicas' apply acknowledgements awaited, at most `op_timeout`), then
-//!   the local invalidation, then answer;
+//! - local hit → serve only if [`Bus::may_serve`] (an atomic load and a clock read);
+//! - write's 2xx → [`Bus::announce`] (the message queued: no shared refill here until
+//!   it is delivered), the local invalidation, then [`Bus::delivered`] (the shared
+//!   step and the publish in one script; at most `op_timeout`, then the other
+//!   replicas' apply acknowledgements, at most `op_timeout`; held and retried if
+//!   Redis fails), then answer;
 //! - [`BusEvent::Invalidate`] → apply like a local write, then
 //!   [`ClusterMetrics::applied`] with [`Message::delay`], then an acknowledgement;
 //!   [`BusEvent::Flush`] → drop every local entry;
@@ -36,6 +39,7 @@ pub mod bus;
 pub mod config;
 pub mod conn;
 pub mod keys;
+pub mod liveness;
 pub mod lock;
 pub mod message;
 pub mod metrics;
@@ -45,9 +49,10 @@ pub mod shared;
 
 pub use ack::{applied_channel, AppliedReceiver, AppliedSender};
 pub use apply::apply_to;
-pub use bus::{Bus, BusEvent, BusState, EventSink, FlushReason, PublishError};
+pub use bus::{Announced, Bus, BusEvent, BusState, EventSink, FlushReason, PublishError};
 pub use config::{ClusterConfig, ClusterConfigError, RawCluster};
 pub use conn::{Conn, OpError};
+pub use liveness::{Liveness, LivenessReport, Timing};
 pub use lock::{Coalesced, FleetLock, LockAttempt};
 pub use message::{Message, Partition, ReplicaId, Scope};
 pub use metrics::ClusterMetrics;
@@ -67,6 +72,8 @@ pub struct Cluster {
     pub metrics: ClusterMetrics,
     /// The Redis URL with any password replaced (logs, `/healthz`).
     pub redis: String,
+    /// The command connection (its health for `/healthz`).
+    conn: Conn,
 }
 
 impl Cluster {
@@ -97,18 +104,36 @@ impl Cluster {
             })?;
         let names = Names::new(&config.namespace);
         let id = ReplicaId::random();
+        let liveness = std::sync::Arc::new(Liveness::new(
+            id,
+            Timing::new(config.degraded_ttl, config.peer_timeout),
+        ));
         let conn = Conn::start(client.clone(), config.op_timeout);
-        let shared = config
-            .shared_cache
-            .then(|| SharedTier::new(conn.clone(), names.clone(), policy, id, metrics.clone()));
+        let policy = SharedPolicy {
+            max_bytes: config.shared_max_bytes,
+            tenant_max_bytes: config.shared_tenant_max_bytes,
+            ..policy
+        };
+        let shared = config.shared_cache.then(|| {
+            SharedTier::new(
+                conn.clone(),
+                names.clone(),
+                policy,
+                id,
+                metrics.clone(),
+                std::sync::Arc::clone(&liveness),
+            )
+        });
         let link = bus::Link {
             client,
-            conn,
+            conn: conn.clone(),
             channel: names.channel(),
             ack_channel: names.ack_channel(),
+            heartbeat_channel: names.heartbeat_channel(),
             applied,
             id,
             tier: shared.clone(),
+            liveness,
         };
         let bus = Bus::start(link, config.degraded_ttl, metrics.clone(), on_event);
         tracing::info!(
@@ -122,21 +147,52 @@ impl Cluster {
             shared,
             metrics,
             redis: config::redacted(url),
+            conn,
         }))
     }
 }
 
 impl Cluster {
-    /// What `/healthz` says about the fleet: the redacted URL and the subscription.
+    /// What `/healthz` says about the fleet: whether this replica is degraded and why,
+    /// the subscription, the command connection, undelivered invalidations, the last
+    /// acknowledgement, and the age of the last message from each peer.
     pub fn health(&self) -> serde_json::Value {
         let state = *self.bus.state().borrow();
+        let live = self.bus.liveness().report(std::time::Instant::now());
+        let conn = self.conn.health();
+        let peers: Vec<serde_json::Value> = live
+            .peers
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.id.to_string(),
+                    "last_message_ms": p.last_heard_ms,
+                    "seq": p.seq,
+                    "undelivered": p.pending,
+                })
+            })
+            .collect();
         serde_json::json!({
             "redis": self.redis,
+            "replica": self.bus.id().to_string(),
+            "degraded": live.degraded,
+            "reasons": live.reasons,
             "connected": state.connected,
             "degraded_for_ms": state
                 .degraded_since
                 .map(|since| since.elapsed().as_millis() as u64),
             "subscriptions": state.subscriptions,
+            "own_heartbeat_ms": live.own_heartbeat_ms,
+            "undelivered": live.undelivered,
+            "in_flight": live.in_flight,
+            "last_ack_ms": live.last_ack_ms,
+            "peers": peers,
+            "command_connection": {
+                "made": conn.made,
+                "failures": conn.failures,
+                "last_ok_ms": conn.last_ok.map(|d| d.as_millis() as u64),
+                "connections": conn.connections,
+            },
             "shared_cache": self.shared.is_some(),
         })
     }

@@ -1,65 +1,74 @@
-//! This replica's invalidations on their way out (fleet contract §2): the sequence,
-//! and the messages Redis has not taken yet, in order. Delivering one is two steps,
-//! each retried until done: the shared tier's entries it concerns made unservable,
-//! then the `PUBLISH`.
+//! This replica's invalidations on their way out (fleet contract §2, §3), and its
+//! heartbeats.
 //!
-//! A publish that fails (Redis gone, or just back and this replica's command connection
-//! not yet) must not leave the other replicas stale until this replica's next write: the
-//! message stays held and a republisher task sends it as soon as Redis answers (backoff
-//! from 25 ms to 500 ms, and at once when this replica's own subscription comes back).
-//! Later messages queue behind it, so order is kept. The outbox is bounded: past
-//! [`MAX_PENDING`] messages they collapse into one that invalidates more (the writer's
-//! whole tenant, or everything).
+//! One task, [`deliver_loop`], owns the way out. Whatever is held goes in one pipeline,
+//! in order: for each message, one script that does its shared-tier step (generation
+//! and markers) and then publishes it, whether that step worked or not (a message
+//! whose step failed says so, `shared_pending`, and stays held until the step is
+//! done). So a message never waits on the shared tier, and never on another message
+//! beyond the round trip already under way: messages that arrive meanwhile go in the
+//! next pipeline, and a failed pipeline is retried with everything held, newest
+//! included, after a short backoff (25 ms doubling to one heartbeat interval).
 //!
-//! Locking: a message is queued under `queue`, a `std::sync::Mutex` held for queue
-//! operations only, never across an `.await`, so a write's message is always queued,
-//! however busy Redis is. Delivery takes `delivery`, a `tokio::sync::Mutex`, across the
-//! Redis calls on purpose, so that messages leave in sequence order and receivers see a
-//! gap only when one was lost; every holder is bounded (a writer by
-//! [`Outbox::write_bound`]). Publishing is rare: one per write.
+//! Every heartbeat interval the task also publishes this replica's heartbeat
+//! ([`liveness`](super::liveness)): after everything delivered before it, with the last
+//! delivered sequence number and how many messages are still held.
+//!
+//! A writer waits for its message to be published at most `op_timeout`, then answers
+//! its client anyway: the message stays held (this replica is then degraded, and its
+//! heartbeats say so, which degrades the others until it is delivered).
+//!
+//! The outbox is bounded: past [`MAX_PENDING`] messages they collapse into one that
+//! invalidates more (the writer's whole tenant, or everything).
+//!
+//! Locking: `queue` is a `std::sync::Mutex` held for queue operations only, never
+//! across an `.await`, so a write's message is always queued, however busy Redis is.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Mutex, Notify};
+use redis::Value;
+use tokio::sync::Notify;
 
-use super::bus::BusState;
 use super::conn::{Conn, OpError};
+use super::liveness::{Beat, Liveness};
 use super::message::{now_us, Message, Partition, ReplicaId, Scope, MESSAGE_VERSION};
-use super::metrics::ClusterMetrics;
+use super::metrics::{ClusterMetrics, OpOutcome};
 use super::shared::SharedTier;
-use super::Backoff;
 
 /// Messages a replica holds while Redis does not take them; one per write, so at a
 /// few hundred bytes each this bounds the outbox to well under a MiB. Past it they
-/// collapse into one broader message ([`Outbox::collapse`]).
+/// collapse into one broader message ([`Queue::collapse`]).
 pub const MAX_PENDING: usize = 1024;
 
-/// This replica's messages on their way out: the sequence, and those not yet taken
-/// by Redis, in order. Delivering one is two steps, each retried until done: the shared
-/// tier's entries it concerns made unservable, then the `PUBLISH` (fleet contract §2).
+/// Messages in one pipeline at most (the rest go in the next).
+const BATCH: usize = 256;
+
+/// This replica's messages on their way out.
 pub(super) struct Outbox {
     conn: Conn,
     channel: String,
+    heartbeat_channel: String,
     tier: Option<SharedTier>,
     queue: std::sync::Mutex<Queue>,
-    /// Held by whoever is delivering, so that messages leave in order.
-    delivery: Mutex<()>,
-    /// Signalled when a publish leaves messages behind (a permit is kept if the
-    /// republisher is not waiting yet).
-    failed: Notify,
+    /// Wakes the delivery task: a message was queued.
+    wake: Notify,
+    /// Wakes writers: a pipeline finished.
+    delivered: Notify,
     metrics: ClusterMetrics,
+    liveness: Arc<Liveness>,
+    me: ReplicaId,
 }
 
 #[derive(Default)]
 struct Queue {
     /// The sequence number of the last message made.
     last_seq: u64,
-    /// Counts messages made, never reused (a collapse reuses sequence numbers): a
-    /// writer's message is delivered once `delivered` reaches its ticket.
+    /// The highest sequence number published, for heartbeats.
+    published_seq: u64,
+    /// Counts messages made, never reused (a collapse reuses sequence numbers).
     last_ticket: u64,
-    delivered: u64,
     pending: VecDeque<Held>,
     /// How many subscribers took each recently published message (`PUBLISH`'s reply),
     /// by sequence number: the acknowledgements its writer waits for.
@@ -73,10 +82,14 @@ const RECEIVERS_KEPT: usize = 256;
 #[derive(Debug, Clone)]
 struct Held {
     message: Message,
-    /// Its shared-tier invalidation is done (or there is no shared tier).
+    /// Its shared-tier step is done (or there is no shared tier).
     shared_done: bool,
-    /// The highest ticket it stands for (more than one after a collapse).
-    ticket: u64,
+    /// It is in Redis (its shared step may still be owed).
+    published: bool,
+    /// An attempt to deliver it failed: held, not merely on its way.
+    failed: bool,
+    /// The tickets it stands for (more than one after a collapse).
+    tickets: std::ops::RangeInclusive<u64>,
 }
 
 impl Queue {
@@ -106,19 +119,29 @@ impl Queue {
         } else {
             (Partition::default(), Scope::Everything)
         };
+        let low = self
+            .pending
+            .iter()
+            .map(|held| *held.tickets.start())
+            .min()
+            .unwrap_or(0);
+        let high = self
+            .pending
+            .iter()
+            .map(|held| *held.tickets.end())
+            .max()
+            .unwrap_or(0);
         let collapsed = Held {
             message: Message {
                 partition,
                 scope,
+                shared_pending: false,
                 ..first.message.clone()
             },
             shared_done: self.pending.iter().all(|held| held.shared_done),
-            ticket: self
-                .pending
-                .iter()
-                .map(|held| held.ticket)
-                .max()
-                .unwrap_or(0),
+            published: false,
+            failed: true,
+            tickets: low..=high,
         };
         tracing::warn!(
             held = self.pending.len(),
@@ -129,70 +152,99 @@ impl Queue {
         self.pending.clear();
         self.pending.push_back(collapsed);
     }
+
+    /// (held after a failure or owing its shared step, on its way at all).
+    fn counts(&self) -> (usize, usize) {
+        let held = self
+            .pending
+            .iter()
+            .filter(|h| h.failed || (h.published && !h.shared_done))
+            .count();
+        (held, self.pending.len())
+    }
+
+    /// Whether the message of `ticket` is in Redis.
+    fn is_published(&self, ticket: u64) -> bool {
+        !self
+            .pending
+            .iter()
+            .any(|h| h.tickets.contains(&ticket) && !h.published)
+    }
 }
 
 impl Outbox {
     pub(super) fn new(
         conn: Conn,
-        channel: String,
+        channels: (String, String),
         tier: Option<SharedTier>,
         metrics: ClusterMetrics,
+        liveness: Arc<Liveness>,
+        me: ReplicaId,
     ) -> Outbox {
         Outbox {
             conn,
-            channel,
+            channel: channels.0,
+            heartbeat_channel: channels.1,
             tier,
             queue: std::sync::Mutex::new(Queue::default()),
-            delivery: Mutex::new(()),
-            failed: Notify::new(),
+            wake: Notify::new(),
+            delivered: Notify::new(),
             metrics,
+            liveness,
+            me,
         }
     }
 
-    /// Makes a message from `origin` and delivers it, after any still held, within
-    /// [`Outbox::write_bound`] (waiting for another delivery included). Returns the
-    /// message as made; on an error it stays held and the republisher delivers it.
-    pub(super) async fn send(
-        &self,
-        origin: ReplicaId,
-        partition: Partition,
-        scope: Scope,
-    ) -> (Message, Result<(), OpError>) {
+    /// Makes a message and queues it for the delivery task; returns it with its ticket.
+    /// Synchronous: once this returns, this replica knows it has an invalidation on its
+    /// way (no refill from the shared tier until it is delivered).
+    pub(super) fn queue(&self, partition: Partition, scope: Scope) -> (Message, u64) {
         let (message, ticket) = {
             let mut queue = self.lock_queue();
             queue.last_seq += 1;
             queue.last_ticket += 1;
             let message = Message {
                 v: MESSAGE_VERSION,
-                origin,
+                origin: self.me,
                 seq: queue.last_seq,
                 sent_at_us: now_us(),
                 partition,
                 scope,
+                shared_pending: false,
             };
             let ticket = queue.last_ticket;
             queue.push(Held {
                 message: message.clone(),
                 shared_done: self.tier.is_none(),
-                ticket,
+                published: false,
+                failed: false,
+                tickets: ticket..=ticket,
             });
-            self.metrics.set_pending(queue.pending.len());
+            self.counted(&queue);
             (message, ticket)
         };
-        let mut sent = 0;
-        let result = match tokio::time::timeout(self.write_bound(), self.deliver(&mut sent)).await {
-            Ok(result) => result,
-            Err(_) => Err(OpError::Timeout),
-        };
-        // Another delivery (the republisher's) may have taken it while this one waited.
-        let result = match result {
-            Err(_) if self.lock_queue().delivered >= ticket => Ok(()),
-            other => other,
-        };
-        if result.is_err() {
-            self.failed.notify_one();
+        self.wake.notify_one();
+        (message, ticket)
+    }
+
+    /// Waits until the message of `ticket` is in Redis, at most `bound`.
+    pub(super) async fn published(&self, ticket: u64, bound: Duration) -> Result<(), OpError> {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let notified = self.delivered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock_queue().is_published(ticket) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return if self.lock_queue().is_published(ticket) {
+                    Ok(())
+                } else {
+                    Err(OpError::Timeout)
+                };
+            }
         }
-        (message, result)
     }
 
     /// How many subscribers took message `seq` when it was published, if it was.
@@ -200,7 +252,7 @@ impl Outbox {
         self.lock_queue().receivers.get(&seq).copied()
     }
 
-    /// Messages held (not yet taken by Redis).
+    /// Messages on their way (held or in flight).
     pub(super) fn pending(&self) -> usize {
         self.lock_queue().pending.len()
     }
@@ -209,104 +261,249 @@ impl Outbox {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How long a writer waits for its message to be delivered: one `op_timeout` per
-    /// Redis operation it needs (the shared tier's, then the `PUBLISH`).
-    fn write_bound(&self) -> Duration {
-        let operations = if self.tier.is_some() { 2 } else { 1 };
-        self.conn.op_timeout() * operations
+    fn counted(&self, queue: &Queue) {
+        let (held, in_flight) = queue.counts();
+        self.metrics.set_pending(held);
+        self.liveness.outbox(held, in_flight);
     }
 
-    /// Delivers the held messages in order (shared tier, then `PUBLISH`), removing
-    /// each once Redis took it, until none is left; stops at the first failure.
-    /// Counts the messages it delivered in `sent`. Cancel-safe: a message cancelled
-    /// mid-`PUBLISH` stays held (it may then arrive twice; receivers apply a repeat
-    /// without flushing). A collapse while a message is in flight replaces it by a
-    /// broader one with the same sequence number, which is then delivered too.
-    async fn deliver(&self, sent: &mut u64) -> Result<(), OpError> {
-        let _turn = self.delivery.lock().await;
-        loop {
-            let Some(front) = self.lock_queue().pending.front().cloned() else {
-                return Ok(());
-            };
-            if !front.shared_done {
-                if let Some(tier) = &self.tier {
-                    tier.invalidate(&front.message.partition, &front.message.scope)
-                        .await?;
+    /// One pipeline: every message owing something, in order (shared step and
+    /// publish in one script, or what is left of them). Returns how many were
+    /// published, or the error that failed the whole pipeline.
+    async fn deliver(&self, bound: Duration) -> Result<usize, OpError> {
+        let batch: Vec<Held> = self
+            .lock_queue()
+            .pending
+            .iter()
+            .take(BATCH)
+            .cloned()
+            .collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for held in &batch {
+            let publish = (!held.published).then(|| {
+                let failed = Message {
+                    shared_pending: true,
+                    ..held.message.clone()
+                };
+                (
+                    self.channel.as_str(),
+                    held.message.encode(),
+                    failed.encode(),
+                )
+            });
+            match (&self.tier, held.shared_done) {
+                (Some(tier), false) => {
+                    pipe.add_command(tier.invalidate_cmd(
+                        &held.message.partition,
+                        &held.message.scope,
+                        publish,
+                    ));
                 }
-                let mut queue = self.lock_queue();
-                if let Some(held) = queue.pending.front_mut() {
-                    if held.message == front.message {
-                        held.shared_done = true;
+                _ => {
+                    let (channel, payload, _) = publish.unwrap_or_default();
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload);
+                }
+            }
+        }
+        let replies: Vec<redis::RedisResult<Value>> = self
+            .conn
+            .run_within(bound, |mut manager| async move {
+                pipe.query_async(&mut manager).await
+            })
+            .await
+            .inspect_err(|_| self.failed(&batch))?;
+        let mut published = 0;
+        let mut queue = self.lock_queue();
+        for (held, reply) in batch.iter().zip(replies) {
+            // (shared step done, subscribers that took it), when published now.
+            let outcome = match (&self.tier, held.shared_done, reply) {
+                (_, _, Err(error)) => {
+                    tracing::debug!(%error, seq = held.message.seq, "invalidation step refused");
+                    None
+                }
+                (Some(_), false, Ok(Value::Array(parts))) => {
+                    let int = |i: usize| match parts.get(i) {
+                        Some(Value::Int(n)) => *n,
+                        _ => 0,
+                    };
+                    Some((int(0) == 1, int(1)))
+                }
+                (_, _, Ok(Value::Int(receivers))) => Some((true, receivers)),
+                (_, _, Ok(_)) => None,
+            };
+            let q = &mut *queue;
+            let Some(slot) = q
+                .pending
+                .iter_mut()
+                .find(|h| h.message.seq == held.message.seq && h.tickets == held.tickets)
+            else {
+                continue; // collapsed meanwhile: the broader one is still owed
+            };
+            match outcome {
+                Some((shared_done, receivers)) => {
+                    if !slot.published {
+                        published += 1;
+                        queue_receivers(&mut q.receivers, held.message.seq, receivers);
+                    }
+                    slot.published = true;
+                    slot.shared_done |= shared_done;
+                    if !slot.shared_done {
+                        tracing::warn!(
+                            seq = slot.message.seq,
+                            "shared tier refused an invalidation's generation write; \
+                             the fleet refills nothing from it until it is done"
+                        );
                     }
                 }
-                continue;
+                None => slot.failed = true,
             }
-            let payload = front.message.encode();
-            let channel = self.channel.clone();
-            let receivers = self
-                .conn
-                .run(|mut manager| async move {
-                    redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(payload)
-                        .query_async::<i64>(&mut manager)
-                        .await
-                })
-                .await?;
-            *sent += 1;
-            let mut queue = self.lock_queue();
-            queue.receivers.insert(front.message.seq, receivers);
-            while queue.receivers.len() > RECEIVERS_KEPT {
-                queue.receivers.pop_first();
-            }
-            if queue
-                .pending
-                .front()
-                .is_some_and(|held| held.message == front.message)
-            {
-                queue.pending.pop_front();
-            }
-            queue.delivered = queue.delivered.max(front.ticket);
-            self.metrics.set_pending(queue.pending.len());
         }
+        while queue
+            .pending
+            .front()
+            .is_some_and(|h| h.published && h.shared_done)
+        {
+            let done = queue.pending.pop_front().expect("front exists");
+            queue.published_seq = queue.published_seq.max(done.message.seq);
+        }
+        if let Some(seq) = queue
+            .pending
+            .iter()
+            .take_while(|h| h.published)
+            .map(|h| h.message.seq)
+            .max()
+        {
+            queue.published_seq = queue.published_seq.max(seq);
+        }
+        self.counted(&queue);
+        drop(queue);
+        self.delivered.notify_waiters();
+        Ok(published)
+    }
+
+    /// A whole pipeline failed: its messages are held.
+    fn failed(&self, batch: &[Held]) {
+        let mut queue = self.lock_queue();
+        for held in batch {
+            if let Some(slot) = queue
+                .pending
+                .iter_mut()
+                .find(|h| h.message.seq == held.message.seq && h.tickets == held.tickets)
+            {
+                slot.failed = true;
+            }
+        }
+        self.counted(&queue);
+        drop(queue);
+        self.delivered.notify_waiters();
+    }
+
+    /// Publishes one heartbeat (after everything delivered so far).
+    async fn beat(&self, beat: u64, bound: Duration) -> Result<(), OpError> {
+        let (seq, pending) = {
+            let queue = self.lock_queue();
+            let (held, _) = queue.counts();
+            (queue.published_seq, u32::try_from(held).unwrap_or(u32::MAX))
+        };
+        let payload = Beat::Alive {
+            origin: self.me,
+            beat,
+            seq,
+            pending,
+        }
+        .encode();
+        self.liveness.sent(beat, Instant::now());
+        let channel = self.heartbeat_channel.clone();
+        self.conn
+            .run_within(bound, |mut manager| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async::<i64>(&mut manager)
+                    .await
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Says goodbye (shutdown), so the peers stop waiting for this replica at once.
+    pub(super) async fn leave(&self) {
+        let payload = Beat::Leaving { origin: self.me }.encode();
+        let channel = self.heartbeat_channel.clone();
+        let _ = self
+            .conn
+            .run(|mut manager| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .query_async::<i64>(&mut manager)
+                    .await
+            })
+            .await;
     }
 }
 
-/// Sends what failed publishes left in the outbox, as soon as Redis answers: retries
-/// with backoff (25 ms doubling to 500 ms), and at once when this replica's own
-/// subscription is made again (Redis is back).
-pub(super) async fn republish_loop(outbox: Arc<Outbox>, mut state: watch::Receiver<BusState>) {
+fn queue_receivers(receivers: &mut std::collections::BTreeMap<u64, i64>, seq: u64, n: i64) {
+    receivers.insert(seq, n);
+    while receivers.len() > RECEIVERS_KEPT {
+        receivers.pop_first();
+    }
+}
+
+/// The way out: delivers what is queued (at once, and again after a failure with
+/// backoff from 25 ms to one heartbeat interval), publishes a heartbeat every
+/// interval, and lets the liveness drop peers gone silent. `bound` limits each
+/// round trip (no client waits on this task).
+pub(super) async fn deliver_loop(outbox: Arc<Outbox>, bound: Duration) {
+    let interval = outbox.liveness.timing().interval;
+    let mut next_beat = tokio::time::Instant::now();
+    let mut retry: Option<(tokio::time::Instant, Duration)> = None;
+    let mut beat = 0u64;
     loop {
-        outbox.failed.notified().await;
-        let mut backoff = Backoff::default();
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-                changed = state.wait_for(|s| s.connected) => {
-                    if changed.is_err() {
-                        return;
+        let wake_at = match retry {
+            Some((at, _)) => at.min(next_beat),
+            None => next_beat,
+        };
+        tokio::select! {
+            () = outbox.wake.notified(), if retry.is_none() => {}
+            () = tokio::time::sleep_until(wake_at) => {}
+        }
+        let now = tokio::time::Instant::now();
+        let due = retry.is_none_or(|(at, _)| now >= at);
+        if due && outbox.pending() > 0 {
+            let attempt = outbox.deliver(bound).await;
+            let left = outbox.pending() > 0;
+            match attempt {
+                Ok(published) => {
+                    outbox.metrics.published(OpOutcome::Ok);
+                    if retry.is_some() && published > 0 {
+                        outbox.metrics.republished(published as u64);
+                        tracing::info!(messages = published, "held invalidations published");
                     }
                 }
-            }
-            let mut sent = 0;
-            // No client waits on this: a few operations' worth per attempt.
-            let bound = outbox.write_bound() * 4;
-            let drained = tokio::time::timeout(bound, outbox.deliver(&mut sent)).await;
-            outbox.metrics.republished(sent);
-            if outbox.lock_queue().pending.is_empty() {
-                if sent > 0 {
-                    tracing::info!(messages = sent, "held invalidations republished");
+                Err(ref error) => {
+                    outbox.metrics.published(error.outcome());
+                    tracing::debug!(%error, "invalidations not delivered; held");
                 }
-                break;
             }
-            if let Ok(Err(error)) = drained {
-                tracing::debug!(%error, "republishing held invalidations failed");
+            retry = if left {
+                let delay = retry.map_or(Duration::from_millis(25), |(_, d)| (d * 2).min(interval));
+                Some((tokio::time::Instant::now() + delay, delay))
+            } else {
+                None
+            };
+        }
+        if tokio::time::Instant::now() >= next_beat {
+            beat += 1;
+            next_beat = tokio::time::Instant::now() + interval;
+            if let Err(error) = outbox.beat(beat, bound).await {
+                tracing::debug!(%error, "heartbeat not published");
             }
-            if state.borrow().connected {
-                // Subscribed but the command connection is not: wait for the backoff,
-                // not for a change of subscription state that already happened.
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
+            outbox.liveness.tick(Instant::now());
         }
     }
 }
@@ -327,6 +524,7 @@ mod tests {
                 group_id: None,
             },
             scope,
+            shared_pending: false,
         }
     }
 
@@ -358,7 +556,9 @@ mod tests {
             queue.push(Held {
                 message: message(seq, tenant, scope),
                 shared_done: seq.is_multiple_of(2),
-                ticket: seq,
+                published: false,
+                failed: false,
+                tickets: seq..=seq,
             });
         }
         queue
@@ -412,7 +612,7 @@ mod tests {
             // It takes the first held number and time; the sequence goes on from it.
             assert_eq!((collapsed.seq, collapsed.sent_at_us), (10, 10_000));
             // It stands for the last message it replaced.
-            assert_eq!(queue.pending[0].ticket, 10 + MAX_PENDING as u64);
+            assert_eq!(queue.pending[0].tickets, 10..=10 + MAX_PENDING as u64);
             assert_eq!(queue.last_seq, 10);
         }
     }

@@ -31,6 +31,7 @@ use redis::{Script, Value};
 
 use super::conn::{Conn, OpError};
 use super::keys::{self, Hash, Names};
+use super::liveness::Liveness;
 use super::message::{Partition, ReplicaId, Scope};
 use super::metrics::ClusterMetrics;
 use crate::cache::{Invalidation, Key};
@@ -47,6 +48,15 @@ pub struct SharedPolicy {
     /// to Redis, and one read from Redis over it (written by a replica with a larger
     /// bound) is a miss, counted as `too_large`.
     pub max_entry_bytes: usize,
+    /// `[cache] ttl`: an entry older than this is never used for a refill (it lives
+    /// on only for stale-if-error), so a write that bypasses every replica is seen
+    /// within `ttl` fleet-wide, as on one replica.
+    pub ttl: Duration,
+    /// `[cluster] shared_max_bytes`: bytes the whole namespace may store per
+    /// `entry_ttl` window; past it an entry is not stored (counted `over_budget`).
+    pub max_bytes: u64,
+    /// `[cluster] shared_tenant_max_bytes`: the same, per tenant partition.
+    pub tenant_max_bytes: u64,
 }
 
 impl SharedPolicy {
@@ -66,6 +76,9 @@ pub struct Generation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedEntry {
     pub body: Bytes,
+    /// The generation current when it was read (a refill of an expired entry is
+    /// fetched under it).
+    pub generation: Generation,
     /// Time since the fetch that produced it (the `Age` of a local entry made from it:
     /// store it locally as fetched `age` ago).
     pub age: Duration,
@@ -97,11 +110,12 @@ pub struct SharedTier {
     pub(super) policy: SharedPolicy,
     pub(super) replica: ReplicaId,
     pub(super) metrics: ClusterMetrics,
+    /// Degraded: no refill from this tier ([`Liveness::may_refill`]).
+    pub(super) liveness: std::sync::Arc<Liveness>,
 }
 
 static LOOKUP_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LOOKUP));
 static STORE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(STORE));
-static INVALIDATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(INVALIDATE));
 
 const LOOKUP: &str = r"
 local id = redis.call('GET', KEYS[6])
@@ -124,6 +138,12 @@ return {id, w, e[1], e[2], e[5]}
 
 const STORE: &str = r"
 if redis.call('GET', KEYS[5]) ~= ARGV[1] then return 0 end
+local size = tonumber(ARGV[14])
+local function over(k, max)
+  local used = tonumber(redis.call('GET', k) or '0')
+  return used + size > tonumber(max)
+end
+if over(KEYS[7], ARGV[12]) or over(KEYS[8], ARGV[13]) then return 2 end
 local w0 = tonumber(ARGV[2])
 local function newer(k) local m = redis.call('GET', k); return m and tonumber(m) > w0 end
 if newer(KEYS[2]) or newer(KEYS[3]) or newer(KEYS[4]) then return 0 end
@@ -133,6 +153,9 @@ end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'b', ARGV[3], 'at', ARGV[4], 'w', ARGV[2], 'sh', ARGV[5], 's', ARGV[6], 'id', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
+for _, k in ipairs({KEYS[7], KEYS[8]}) do
+  if redis.call('INCRBY', k, size) == size then redis.call('PEXPIRE', k, ARGV[8]) end
+end
 redis.call('SADD', KEYS[6], ARGV[11])
 redis.call('PEXPIRE', KEYS[6], ARGV[8])
 for h in string.gmatch(ARGV[5], '[^,]+') do
@@ -143,17 +166,30 @@ end
 return 1
 ";
 
+/// The shared-tier step of an invalidation, and its message published right after it
+/// in the same script (so the message never waits for a second round trip): the
+/// step runs under `pcall`, so a Redis that refuses it (out of memory) still publishes
+/// the message, then marked `shared_pending` (ARGV[8]) instead of ARGV[7]. ARGV[6] is
+/// the channel, empty when only the step is owed. Returns {step done, receivers}.
 const INVALIDATE: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[2]) end
-local w = redis.call('INCR', KEYS[1])
-for i = 6, #ARGV do
-  local t = ARGV[i]
-  redis.call('SET', ARGV[3] .. t, w, 'PX', ARGV[1])
-  local idx = ARGV[4] .. t
-  for _, h in ipairs(redis.call('SMEMBERS', idx)) do redis.call('DEL', ARGV[5] .. h) end
-  redis.call('DEL', idx)
+local done = pcall(function()
+  if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('SET', KEYS[2], ARGV[2]) end
+  local w = redis.call('INCR', KEYS[1])
+  for i = 9, #ARGV do
+    local t = ARGV[i]
+    redis.call('SET', ARGV[3] .. t, w, 'PX', ARGV[1])
+    local idx = ARGV[4] .. t
+    for _, h in ipairs(redis.call('SMEMBERS', idx)) do redis.call('DEL', ARGV[5] .. h) end
+    redis.call('DEL', idx)
+  end
+end)
+local n = 0
+if ARGV[6] ~= '' then
+  if done then n = redis.call('PUBLISH', ARGV[6], ARGV[7])
+  else n = redis.call('PUBLISH', ARGV[6], ARGV[8]) end
 end
-return w
+if done then return {1, n} end
+return {0, n}
 ";
 
 /// Where one cache key's things live.
@@ -161,6 +197,7 @@ struct Located {
     entry_hash: Hash,
     entry: String,
     owner: Hash,
+    tenant: Hash,
     owner_marker: String,
     tenant_marker: String,
     all_marker: String,
@@ -173,6 +210,7 @@ impl SharedTier {
         policy: SharedPolicy,
         replica: ReplicaId,
         metrics: ClusterMetrics,
+        liveness: std::sync::Arc<Liveness>,
     ) -> SharedTier {
         SharedTier {
             conn,
@@ -180,7 +218,14 @@ impl SharedTier {
             policy,
             replica,
             metrics,
+            liveness,
         }
+    }
+
+    /// Whether a local miss may be filled from this tier now: not while degraded, nor
+    /// while an invalidation (this replica's or a peer's) may not have reached it.
+    pub fn may_refill(&self) -> bool {
+        self.liveness.may_refill(std::time::Instant::now())
     }
 
     fn locate(&self, key: &Key) -> Located {
@@ -198,15 +243,22 @@ impl SharedTier {
             tenant_marker: format!("{markers}t:{tenant}"),
             all_marker: format!("{markers}all"),
             owner,
+            tenant,
         }
     }
 
     /// After a local miss: the shared entry, or the generation to fetch under.
     pub async fn lookup(&self, key: &Key) -> SharedLookup {
         match self.lookup_raw(key).await {
-            Ok(Looked::Hit(entry)) => {
+            Ok(Looked::Hit(entry)) if entry.age < self.policy.ttl => {
                 self.metrics.shared("hit");
                 SharedLookup::Hit(entry)
+            }
+            Ok(Looked::Hit(entry)) => {
+                // Kept for stale-if-error, never for a refill: a write that bypassed
+                // every replica must show within `ttl`.
+                self.metrics.shared("expired");
+                SharedLookup::Miss(Some(entry.generation))
             }
             Ok(Looked::Miss(generation)) => {
                 self.metrics.shared("miss");
@@ -271,6 +323,7 @@ impl SharedTier {
             .and_then(|ids| serde_json::from_slice(&ids).ok())
             .unwrap_or_default();
         Ok(Looked::Hit(SharedEntry {
+            generation,
             body: Bytes::from(body),
             age: Duration::from_millis(now_ms().saturating_sub(stored_at_ms)),
             service_ids,
@@ -307,6 +360,9 @@ impl SharedTier {
         let ids_json = serde_json::to_vec(service_ids).expect("strings serialise");
         let stored_at_ms = now_ms().saturating_sub(age.as_millis() as u64);
         let owner_index = format!("{}o:{}", self.names.index_prefix(), at.owner);
+        let budget_all = format!("{}all", self.names.budget_prefix());
+        let budget_tenant = format!("{}t:{}", self.names.budget_prefix(), at.tenant);
+        let (max_bytes, tenant_max_bytes) = (self.policy.max_bytes, self.policy.tenant_max_bytes);
         let lifetime = self.names.lifetime();
         let (markers, indexes) = (self.names.marker_prefix(), self.names.index_prefix());
         let entry_ttl_ms = self.policy.entry_ttl.as_millis() as u64;
@@ -322,6 +378,8 @@ impl SharedTier {
                     .key(&at.all_marker)
                     .key(lifetime)
                     .key(owner_index)
+                    .key(budget_all)
+                    .key(budget_tenant)
                     .arg(&generation.lifetime)
                     .arg(generation.counter)
                     .arg(body.as_ref())
@@ -333,17 +391,29 @@ impl SharedTier {
                     .arg(markers)
                     .arg(indexes)
                     .arg(at.entry_hash.as_str())
+                    .arg(max_bytes)
+                    .arg(tenant_max_bytes)
+                    .arg(body.len())
                     .invoke_async(&mut manager)
                     .await
             })
             .await?;
+        if stored == 2 {
+            self.metrics.shared("over_budget");
+        }
         Ok(stored == 1)
     }
 
-    /// Makes everything a write touched unservable fleet-wide and deletes the entries
-    /// it indexes. The writer awaits this before publishing (fleet contract §2).
-    /// Customer ids are not part of any cache key, so they invalidate the whole tenant.
-    pub async fn invalidate(&self, partition: &Partition, scope: &Scope) -> Result<(), OpError> {
+    /// The script that makes everything a write touched unservable fleet-wide and
+    /// deletes the entries it indexes, then (with `publish`: channel, payload, payload
+    /// if the step failed) publishes its message. Customer ids are not part of any
+    /// cache key, so they invalidate the whole tenant.
+    pub(super) fn invalidate_cmd(
+        &self,
+        partition: &Partition,
+        scope: &Scope,
+        publish: Option<(&str, Vec<u8>, Vec<u8>)>,
+    ) -> redis::Cmd {
         let tenant = || {
             format!(
                 "t:{}",
@@ -377,34 +447,41 @@ impl SharedTier {
                 )
                 .collect(),
         };
-        if targets.is_empty() {
-            return Ok(());
+        let (channel, payload, failed) = publish.unwrap_or_default();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(INVALIDATE)
+            .arg(2)
+            .arg(self.names.counter())
+            .arg(self.names.lifetime())
+            .arg(self.policy.marker_ttl().as_millis() as u64)
+            .arg(uuid::Uuid::new_v4().to_string())
+            .arg(self.names.marker_prefix())
+            .arg(self.names.index_prefix())
+            .arg(self.names.entry_prefix())
+            .arg(channel)
+            .arg(payload)
+            .arg(failed);
+        for target in targets {
+            cmd.arg(target);
         }
-        let counter = self.names.counter();
-        let lifetime = self.names.lifetime();
-        let fresh_lifetime = uuid::Uuid::new_v4().to_string();
-        let marker_ttl_ms = self.policy.marker_ttl().as_millis() as u64;
-        let (markers, indexes, entries) = (
-            self.names.marker_prefix(),
-            self.names.index_prefix(),
-            self.names.entry_prefix(),
-        );
-        self.conn
-            .run(|mut manager| async move {
-                let mut call = INVALIDATE_SCRIPT.key(counter);
-                call.key(lifetime)
-                    .arg(marker_ttl_ms)
-                    .arg(fresh_lifetime)
-                    .arg(markers)
-                    .arg(indexes)
-                    .arg(entries);
-                for target in targets {
-                    call.arg(target);
-                }
-                call.invoke_async::<i64>(&mut manager).await
-            })
+        cmd
+    }
+
+    /// The shared-tier step alone (no message), bounded by `op_timeout`.
+    pub async fn invalidate(&self, partition: &Partition, scope: &Scope) -> Result<(), OpError> {
+        let cmd = self.invalidate_cmd(partition, scope, None);
+        let (done, _): (i64, i64) = self
+            .conn
+            .run(|mut manager| async move { cmd.query_async(&mut manager).await })
             .await?;
-        Ok(())
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(OpError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the shared tier refused an invalidation",
+            ))))
+        }
     }
 
     /// Deletes every shared entry of the namespace (the admin's `DELETE /cache`, after

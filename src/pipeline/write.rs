@@ -111,26 +111,36 @@ impl Gateway {
         answer.map(|body| Response::from_parts(head, body))
     }
 
-    /// Applies a successful write: made known fleet-wide (shared keys made
-    /// unservable, the message published), then the local cache. Redis failing costs
-    /// no client an error: the bus holds what it could not deliver and delivers it
-    /// when Redis answers again.
+    /// Applies a successful write, in this order: its message queued for the fleet
+    /// (from then on this replica refills nothing from the shared tier until it is
+    /// delivered), the local cache invalidated, then the delivery awaited (at most
+    /// `op_timeout`, then the other replicas' acknowledgements, at most `op_timeout`).
+    /// It runs on a task of its own, so a client that goes away mid-write cannot cancel
+    /// the local invalidation or the delivery. Redis failing costs no client an error:
+    /// the bus holds what it could not deliver and delivers it when Redis answers.
     pub(super) async fn apply_write(
         &self,
         invalidation: &Invalidation,
         started_service_id: Option<&ServiceId>,
     ) {
-        let Some(cache) = &self.inner.cache else {
+        let Some(cache) = self.inner.cache.clone() else {
             return;
         };
-        if let Some(cluster) = &self.inner.cluster {
-            // Logged by the bus.
-            let _ = cluster
-                .bus
-                .publish_invalidation(invalidation, started_service_id)
-                .await;
-        }
-        cache.invalidate(invalidation, started_service_id).await;
+        let bus = self.inner.cluster.as_ref().map(|c| c.bus.clone());
+        let announced = bus
+            .as_ref()
+            .and_then(|bus| bus.announce(invalidation, started_service_id));
+        let (invalidation, started) = (invalidation.clone(), started_service_id.cloned());
+        let applying = tokio::spawn(async move {
+            cache.invalidate(&invalidation, started.as_ref()).await;
+            if let (Some(bus), Some(announced)) = (bus, announced) {
+                // Logged by the bus.
+                let _ = bus.delivered(announced).await;
+            }
+        });
+        // A panic inside is a bug that the task's own report shows; the write's
+        // answer goes out either way.
+        let _ = applying.await;
     }
 }
 
