@@ -118,6 +118,9 @@ async fn stampede_with_redis_healthy_makes_one_upstream_request() {
         return;
     };
     eprintln!("{}\n{}", Stampede::HEADER, result.markdown());
+    for counters in &result.counters {
+        eprintln!("  {counters}");
+    }
     let violations = result.violations(3);
     assert!(violations.is_empty(), "{}", violations.join("\n"));
 }
@@ -227,6 +230,9 @@ async fn full_matrix() {
             return;
         };
         eprintln!("{}", result.markdown());
+        for counters in &result.counters {
+            eprintln!("  {counters}");
+        }
         for v in result.violations(3) {
             failures.push(format!("{name}: {v}"));
         }
@@ -293,6 +299,10 @@ async fn full_matrix() {
         );
         for s in &stampedes {
             let _ = writeln!(report, "{}", s.markdown());
+        }
+        let _ = writeln!(report, "\nFleet counters after each stampede:\n");
+        for s in &stampedes {
+            let _ = writeln!(report, "- {}: {}", s.under.name(), s.counters.join("; "));
         }
     }
     if !fills.is_empty() {

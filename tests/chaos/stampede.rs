@@ -39,6 +39,9 @@ pub struct Stampede {
     pub error_samples: Vec<String>,
     /// Wall time of each trial.
     pub took: Vec<Duration>,
+    /// Per replica, its `csgate_cluster_shared_requests` and `csgate_cluster_lock_waits`
+    /// counters after the trials (why a trial made more than one request).
+    pub counters: Vec<String>,
 }
 
 /// How long the upstream takes to answer: every lookup of a trial is sent while the
@@ -79,6 +82,7 @@ pub async fn stampede(
         client_errors: 0,
         error_samples: Vec::new(),
         took: Vec::new(),
+        counters: Vec::new(),
     };
     for trial in 0..trials {
         let key = format!("stampede-{}-{trial}", std::process::id());
@@ -117,6 +121,24 @@ pub async fn stampede(
         result.upstream.push(count);
     }
     fleet.hops.iter().for_each(|h| h.heal());
+    let client = Client::new();
+    for (i, replica) in fleet.replicas.iter().enumerate() {
+        let metrics = client
+            .get(&replica.admin_url("/metrics"), &[])
+            .await
+            .map(|a| a.text())
+            .unwrap_or_default();
+        let lines: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("csgate_cluster_shared_requests")
+                    || l.starts_with("csgate_cluster_lock_waits")
+            })
+            .collect();
+        result
+            .counters
+            .push(format!("{}: {}", super::probe::NAMES[i], lines.join(", ")));
+    }
     Some(result)
 }
 
