@@ -325,7 +325,7 @@ async fn probe(test: &str, mut fleet: Fleet, row: &Row) -> Measured {
         .collect();
     let client = Client::new();
     // Every replica caches version 0 of every key (and says so on the second lookup).
-    for i in 0..n {
+    for (i, name) in NAMES.iter().enumerate().take(n) {
         for (key, tenant) in &keys {
             for attempt in 0..2 {
                 let answer = client
@@ -339,8 +339,7 @@ async fn probe(test: &str, mut fleet: Fleet, row: &Row) -> Measured {
                 let status = answer.header("cache-status").unwrap_or_default();
                 assert!(
                     attempt == 0 || status.contains("hit"),
-                    "the lookup is not cached on replica {}: {status}",
-                    NAMES[i]
+                    "the lookup is not cached on replica {name}: {status}"
                 );
             }
         }
