@@ -7,6 +7,7 @@
 //! process (start, PING until it answers, kill) from synchronous code, outside the
 //! gateway's runtime paths, and every wait is bounded.
 #![allow(clippy::disallowed_methods)]
+#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,6 +18,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Extra `--name value` arguments (e.g. `maxmemory`), kept across restarts.
+    options: Vec<(String, String)>,
 }
 
 fn available() -> bool {
@@ -31,6 +34,12 @@ fn available() -> bool {
 impl RedisServer {
     /// Starts one, or `None` (skip the test) when `redis-server` is missing.
     pub fn start(test: &str) -> Option<RedisServer> {
+        RedisServer::start_with(test, &[])
+    }
+
+    /// [`RedisServer::start`] with extra configuration, e.g.
+    /// `[("maxmemory", "32mb"), ("maxmemory-policy", "noeviction")]`.
+    pub fn start_with(test: &str, options: &[(&str, &str)]) -> Option<RedisServer> {
         if !available() {
             assert!(
                 std::env::var("CSGATE_REQUIRE_REDIS").as_deref() != Ok("1"),
@@ -51,6 +60,10 @@ impl RedisServer {
                 child: None,
                 port,
                 dir: tempfile::tempdir().expect("tempdir"),
+                options: options
+                    .iter()
+                    .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                    .collect(),
             };
             if server.spawn() {
                 return Some(server);
@@ -70,6 +83,11 @@ impl RedisServer {
             .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(
+                self.options
+                    .iter()
+                    .flat_map(|(name, value)| [format!("--{name}"), value.clone()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -114,9 +132,53 @@ impl RedisServer {
     /// SIGKILL: connections drop as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A paused process dies of SIGKILL too; CONT is harmless either way.
+            let _ = Command::new("kill")
+                .args(["-CONT".to_owned(), child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGSTOP: the process freezes; connections stay open, nothing is answered.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        let status = Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// One command's raw RESP answer (up to 64 KiB), e.g. `INFO memory`; `None` when
+    /// Redis does not answer within a second.
+    pub fn command(&self, command: &str) -> Option<String> {
+        let mut stream =
+            TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+        let mut answer = vec![0u8; 64 * 1024];
+        let n = stream.read(&mut answer).ok()?;
+        Some(String::from_utf8_lossy(&answer[..n]).into_owned())
+    }
+
+    /// `used_memory` from `INFO memory`, in bytes.
+    pub fn used_memory(&self) -> Option<u64> {
+        let info = self.command("INFO memory")?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// Starts it again on the same port (empty: no persistence).

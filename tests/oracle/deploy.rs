@@ -7,13 +7,16 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use csgate::query::TypeMap;
 use csgate::store::StoreConfig;
 
 use crate::common::store::TestStore;
-use crate::common::{start_gateway, TestGateway};
+use crate::common::{start_gateway, try_get, TestGateway};
+use crate::hop::Hop;
+use crate::redis_harness::RedisServer;
 
 /// A boxed future, as the trait objects here hand them out.
 pub type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -95,6 +98,90 @@ impl Deploy for SingleGateway {
 
     fn describe(&self) -> String {
         "one in-process gateway (cache on, ttl 300s) in front of the in-process SQLite store".into()
+    }
+}
+
+/// A fleet (issue 21): three in-process replicas (cache on, long TTL, `[cluster]`) on
+/// one `redis-server`, each reaching it through its own [`Hop`] that adds a small
+/// latency each way (a LAN, not loopback), in front of the in-process store. The Redis
+/// outlives the cases; each case has its own `namespace`, so cases never share keys.
+pub struct Fleet {
+    redis: RedisServer,
+    latency: Duration,
+    cases: AtomicU64,
+}
+
+/// Replicas in a [`Fleet`] deployment.
+pub const FLEET_REPLICAS: usize = 3;
+
+impl Fleet {
+    /// `None` (the test is skipped) when `redis-server` is missing.
+    pub fn start(test: &str, latency: Duration) -> Option<Fleet> {
+        Some(Fleet {
+            redis: RedisServer::start(test)?,
+            latency,
+            cases: AtomicU64::new(0),
+        })
+    }
+}
+
+impl Deploy for Fleet {
+    fn deploy(&self) -> Boxed<'_, Deployment> {
+        Box::pin(async move {
+            let case = self.cases.fetch_add(1, Ordering::Relaxed);
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = TestStore::serve(store_config(dir.path())).await;
+            let mut hops = Vec::new();
+            let mut gateways = Vec::new();
+            for _ in 0..FLEET_REPLICAS {
+                let hop = Hop::start(self.redis.addr()).await;
+                hop.latency(self.latency);
+                let toml = format!(
+                    "{}[cluster]\nredis_url = \"{}\"\nnamespace = \"oracle-{}-{case}\"\n",
+                    gateway_toml(),
+                    hop.url(),
+                    std::process::id()
+                );
+                gateways.push(start_gateway(&toml, &[store.url()]).await);
+                hops.push(hop);
+            }
+            // Every replica subscribed before the case's first operation (bounded).
+            for gateway in &gateways {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    let health = try_get(&gateway.admin_url("/healthz")).await;
+                    if health.is_some_and(|h| h.json()["cluster"]["connected"] == true) {
+                        break;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "a replica never connected to Redis"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            let urls = gateways
+                .iter()
+                .map(|g| format!("http://{}", g.addr))
+                .collect();
+            let store_url = store.url();
+            let stop: Stop = Box::new(move || {
+                Box::pin(async move {
+                    stop_all(gateways, store, dir).await;
+                    drop(hops);
+                })
+            });
+            Deployment::new(urls, store_url, stop)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{FLEET_REPLICAS} in-process replicas (cache on, ttl 300s, [cluster] defaults) on one \
+             redis-server through hops adding {:?} each way, in front of the in-process SQLite \
+             store",
+            self.latency
+        )
     }
 }
 

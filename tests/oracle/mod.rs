@@ -32,5 +32,5 @@ pub mod request;
 pub mod run;
 pub mod search;
 
-pub use deploy::{Deploy, Deployment, SingleGateway};
+pub use deploy::{Deploy, Deployment, Fleet, SingleGateway};
 pub use search::{explore, Report, Settings};
