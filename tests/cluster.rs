@@ -600,8 +600,9 @@ async fn n_cold_replicas_send_one_fetch_and_a_dead_holder_blocks_no_one() {
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
     assert_eq!(shared, 8);
 
-    // A holder that dies stops renewing: its lock is gone within 2 × op_timeout
-    // (100 ms here), and waiters then fetch.
+    // A holder that dies stops renewing: its lock is gone within the lock ttl
+    // (250 ms here), and waiters then fetch.
+
     let mut dying = Replica::start_with(&redis.url(), policy(), "50ms");
     dying.subscribed().await;
     let cold = key("t1", "410");

@@ -2,13 +2,13 @@
 //! on one key send one upstream request; the others wait for the holder's entry in the
 //! shared tier, bounded by the fetch deadline, then fetch themselves. The lock's value
 //! is the replica id and a random token (the owner token), it is released only by its
-//! owner (compare-and-delete), and it lives [`lock_ttl`] = 2 × `op_timeout`, renewed
-//! by its holder every third of that while the fetch runs. So:
+//! owner (compare-and-delete), and it lives [`lock_ttl`] (2 × `op_timeout`, at least
+//! 250 ms), renewed by its holder every third of that while the fetch runs. So:
 //! - a `SET NX` whose reply comes after `op_timeout` (the caller has given up on it)
-//!   is released at once by a compare-and-delete sent behind it, or expires within
-//!   2 × `op_timeout`: no lock is owned by nobody for longer;
-//! - a holder that dies stops renewing: its lock is gone within 2 × `op_timeout`, and
-//!   a waiter, which checks the lock as it polls, fetches itself right after.
+//!   is released by a compare-and-delete sent right behind it on the same connection
+//!   (Redis runs it right after the `SET`): no lock is owned by nobody;
+//! - a holder that dies stops renewing: its lock is gone within the lock ttl, and a
+//!   waiter, which checks the lock as it polls, fetches itself right after.
 
 use std::future::Future;
 use std::sync::LazyLock;
@@ -33,9 +33,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 ";
 
-/// How long a fleet lock lives unless renewed: 2 × `op_timeout` (at least 20 ms).
+/// How long a fleet lock lives unless renewed: 2 × `op_timeout`, at least 250 ms (its
+/// holder renews it every third of that, and a busy process must not miss a renewal
+/// and let a second replica fetch). A `SET` whose reply came late is released sooner,
+/// by the compare-and-delete sent right behind it.
 pub fn lock_ttl(op_timeout: Duration) -> Duration {
-    (op_timeout * 2).max(Duration::from_millis(20))
+    (op_timeout * 2).max(Duration::from_millis(250))
 }
 
 const RELEASE: &str = r"

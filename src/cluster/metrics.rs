@@ -50,6 +50,8 @@ impl OpOutcome {
 #[derive(Clone, Debug)]
 pub struct ClusterMetrics {
     connected: Gauge,
+    degraded: Gauge,
+    peers: Gauge,
     published: Family<OutcomeLabel, Counter>,
     received: Counter,
     applied: Counter,
@@ -66,6 +68,8 @@ impl Default for ClusterMetrics {
     fn default() -> Self {
         ClusterMetrics {
             connected: Gauge::default(),
+            degraded: Gauge::default(),
+            peers: Gauge::default(),
             published: Family::default(),
             received: Counter::default(),
             applied: Counter::default(),
@@ -86,6 +90,16 @@ impl ClusterMetrics {
             "csgate_cluster_connected",
             "1 while the invalidation subscription is up, 0 while degraded",
             self.connected.clone(),
+        );
+        registry.register(
+            "csgate_cluster_degraded",
+            "1 while this replica cannot prove it hears every invalidation (subscription down, a heartbeat missing for 1 s, invalidations undelivered here or at a peer): local entries live degraded_ttl, no shared-tier refill",
+            self.degraded.clone(),
+        );
+        registry.register(
+            "csgate_cluster_peers",
+            "Other replicas heard from within peer_timeout",
+            self.peers.clone(),
         );
         registry.register(
             "csgate_cluster_invalidations_published",
@@ -141,6 +155,11 @@ impl ClusterMetrics {
 
     pub(crate) fn set_connected(&self, up: bool) {
         self.connected.set(i64::from(up));
+    }
+
+    pub(crate) fn set_liveness(&self, degraded: bool, peers: usize) {
+        self.degraded.set(i64::from(degraded));
+        self.peers.set(i64::try_from(peers).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn published(&self, outcome: OpOutcome) {
@@ -236,12 +255,15 @@ mod tests {
         metrics.shared("hit");
         metrics.lock_wait("filled");
         metrics.apply_wait("applied");
+        metrics.set_liveness(true, 2);
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
         for name in [
             "csgate_cluster_connected 1",
+            "csgate_cluster_degraded 1",
+            "csgate_cluster_peers 2",
             "csgate_cluster_invalidations_published_total{outcome=\"ok\"} 1",
             "csgate_cluster_invalidations_received_total 0",
             "csgate_cluster_invalidations_applied_total 1",

@@ -503,7 +503,12 @@ pub(super) async fn deliver_loop(outbox: Arc<Outbox>, bound: Duration) {
             if let Err(error) = outbox.beat(beat, bound).await {
                 tracing::debug!(%error, "heartbeat not published");
             }
-            outbox.liveness.tick(Instant::now());
+            let now = Instant::now();
+            outbox.liveness.tick(now);
+            let report = outbox.liveness.report(now);
+            outbox
+                .metrics
+                .set_liveness(report.degraded, report.peers.len());
         }
     }
 }

@@ -116,7 +116,7 @@ impl Fleet {
                 let health = client.get(&url, &[]).await;
                 if health
                     .as_ref()
-                    .is_ok_and(|h| h.json()["cluster"]["connected"] == true)
+                    .is_ok_and(|h| h.json()["cluster"]["connected"] == true && !degraded(&h.json()))
                 {
                     break;
                 }

@@ -143,7 +143,9 @@ impl Fill {
         for (i, seen) in self.seen_after.iter().enumerate() {
             let name = ["B", "C"][i];
             match seen {
-                Some(after) if *after <= BUS_DELAY => {}
+                // Invalidation working: the write arrives within the contract's bound
+                // (degraded_ttl + 100 ms), not only when Redis has room.
+                Some(after) if *after <= BUS_DELAY.max(Duration::from_millis(1100)) => {}
                 Some(after) => out.push(format!(
                     "after the Redis fill, {name} answered the pre-write version for {after:?} \
                      after the write's 2xx"
