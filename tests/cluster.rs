@@ -2,6 +2,8 @@
 //! `cluster/redis.rs`): the bus between replicas, reconnection after Redis dies, the
 //! shared tier, `op_timeout` under a slow Redis, and the fleet lock.
 
+#[path = "cluster/hop.rs"]
+mod hop;
 #[path = "cluster/proxy.rs"]
 mod proxy;
 #[path = "cluster/redis.rs"]
@@ -772,19 +774,20 @@ async fn a_failed_publish_is_republished_when_redis_answers_again() {
     assert_eq!(b.next_event().await, BusEvent::Invalidate(next));
 }
 
-/// Writes that come while Redis is slow are all queued (none waits its turn and is
-/// lost), held when their delivery times out, and delivered in order once Redis answers:
-/// the receiver sees every sequence number, perhaps one twice (a `PUBLISH` that timed
-/// out at the writer may still have run), and never a gap.
+/// Writes that come while the writer's link to Redis is stalled are all queued (none
+/// waits its turn and is lost), held when their delivery times out, and delivered in
+/// order once Redis answers: the receiver sees every sequence number, perhaps one twice
+/// (a `PUBLISH` that timed out at the writer may still have run), and never a gap.
 #[tokio::test]
 async fn concurrent_writes_during_a_slow_redis_are_all_delivered_in_order() {
     let redis = redis_or_skip!("concurrent_writes_during_a_slow_redis_are_all_delivered_in_order");
-    let mut a = Replica::start_with(&redis.url(), policy(), "50ms");
+    let link = hop::Hop::start(redis.addr()).await;
+    let mut a = Replica::start_with(&link.url(), policy(), "50ms");
     let mut b = Replica::start(&redis.url(), policy());
     a.subscribed().await;
     b.subscribed().await;
-    // Shorter than the subscriber's 500 ms link timeout: B stays subscribed.
-    let _asleep = redis.send_and_forget("DEBUG SLEEP 0.3");
+    // Bytes held, not dropped: A's publishes wait in the hop and time out at A.
+    link.stall();
     let publish = |contact_key: &'static str| {
         let bus = a.cluster.bus.clone();
         async move {
@@ -798,11 +801,17 @@ async fn concurrent_writes_during_a_slow_redis_are_all_delivered_in_order() {
     let (one, two, three) = tokio::join!(publish("1"), publish("2"), publish("3"));
     assert!(one.is_err() && two.is_err() && three.is_err());
     assert_eq!(a.cluster.bus.pending(), 3);
+    link.unstall();
     let mut seqs = Vec::new();
     while seqs.last() != Some(&3) {
         match b.next_event().await {
             BusEvent::Invalidate(message) => seqs.push(message.seq),
-            flush => panic!("B flushed ({flush:?}); received {seqs:?}"),
+            // A went silent while stalled: B may have dropped nothing, but a flush
+            // is never a gap here.
+            BusEvent::Flush(FlushReason::SequenceGap { .. }) => {
+                panic!("B saw a gap; received {seqs:?}")
+            }
+            _ => {}
         }
     }
     eprintln!("received {seqs:?}");

@@ -137,6 +137,8 @@ pub struct Link {
     pub ack_channel: String,
     /// The namespace's heartbeat channel.
     pub heartbeat_channel: String,
+    /// The namespace's member list.
+    pub members: String,
     /// What the applier has applied: messages to acknowledge, heartbeats to confirm.
     /// `None`: the subscriber confirms heartbeats as it hands them over (a replica
     /// whose sink applies synchronously, as some tests' do) and acknowledges nothing.
@@ -205,7 +207,11 @@ impl Bus {
         });
         let outbox = Arc::new(Outbox::new(
             link.conn,
-            (link.channel.clone(), link.heartbeat_channel.clone()),
+            (
+                link.channel.clone(),
+                link.heartbeat_channel.clone(),
+                link.members,
+            ),
             link.tier,
             shared.metrics.clone(),
             link.liveness,

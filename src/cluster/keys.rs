@@ -139,6 +139,12 @@ impl Names {
         format!("{}hb", self.prefix)
     }
 
+    /// `…m`: the fleet's members (a sorted set: replica id, wall-clock ms of its last
+    /// heartbeat).
+    pub fn members(&self) -> String {
+        format!("{}m", self.prefix)
+    }
+
     /// `…b:`: the shared tier's byte budgets (`…b:all`, `…b:t:{tenant}`).
     pub fn budget_prefix(&self) -> String {
         format!("{}b:", self.prefix)

@@ -43,18 +43,24 @@ pub struct Timing {
     pub window: Duration,
     /// A peer not heard for this long is taken for gone.
     pub peer_timeout: Duration,
+    /// `op_timeout`: how long a writer waits for its message to be applied. An own
+    /// heartbeat that takes longer than this from publish to applied, three times in a
+    /// row, shows a bus slower than writers wait for: degraded.
+    pub slow_bus: Duration,
 }
 
 impl Timing {
-    /// The window is 1 s (the contract's "missing for longer than about 1 s"), or
-    /// `degraded_ttl` when that is shorter, so that a pre-write answer is never served
-    /// longer than `degraded_ttl` after the write's 2xx; four heartbeats per window.
-    pub fn new(degraded_ttl: Duration, peer_timeout: Duration) -> Timing {
-        let window = degraded_ttl.min(Duration::from_secs(1));
+    /// The window is 800 ms (the contract's "missing for longer than about 1 s", with
+    /// room for the time it takes to notice), or `degraded_ttl` when that is shorter,
+    /// so that a pre-write answer is never served longer than `degraded_ttl` after the
+    /// write's 2xx; four heartbeats per window.
+    pub fn new(degraded_ttl: Duration, peer_timeout: Duration, op_timeout: Duration) -> Timing {
+        let window = degraded_ttl.min(Duration::from_millis(800));
         Timing {
             interval: window / 4,
             window,
             peer_timeout,
+            slow_bus: op_timeout,
         }
     }
 }
@@ -134,6 +140,8 @@ struct State {
     sent: VecDeque<(u64, Instant)>,
     /// When the last own heartbeat heard back (and applied) was sent.
     own: Option<Instant>,
+    /// The last own heartbeats' publish-to-applied times, newest last.
+    round_trips: VecDeque<Duration>,
     /// Own invalidations held after a failure, or whose shared step failed.
     held: usize,
     /// Own invalidations on their way (first attempt included).
@@ -144,6 +152,9 @@ struct State {
     /// Peers taken for gone while silent: what they may have published unheard is
     /// unknown, so the local cache must be flushed before this replica is confirmed.
     flush_owed: Vec<ReplicaId>,
+    /// Peers taken for gone or that said goodbye: the member list does not bring them
+    /// back (a heartbeat does).
+    gone: std::collections::HashSet<ReplicaId>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -155,6 +166,15 @@ struct Peer {
 
 /// Own heartbeats remembered while waiting to hear them back.
 const SENT_KEPT: usize = 64;
+/// Own heartbeats in a row slower than `slow_bus` that make the bus count as slow.
+const SLOW_IN_A_ROW: usize = 3;
+
+impl State {
+    /// The last [`SLOW_IN_A_ROW`] own heartbeats all took longer than `slow_bus`.
+    fn bus_slow(&self, slow_bus: Duration) -> bool {
+        self.round_trips.len() == SLOW_IN_A_ROW && self.round_trips.iter().all(|rt| *rt > slow_bus)
+    }
+}
 
 impl Liveness {
     pub fn new(me: ReplicaId, timing: Timing) -> Liveness {
@@ -198,6 +218,7 @@ impl Liveness {
         state.subscribed = up;
         state.own = None;
         state.sent.clear();
+        state.round_trips.clear();
         self.recompute(&mut state, Instant::now());
     }
 
@@ -232,6 +253,12 @@ impl Liveness {
                     let sent = state.sent[at].1;
                     state.sent.drain(..=at);
                     state.own = Some(sent);
+                    state
+                        .round_trips
+                        .push_back(now.saturating_duration_since(sent));
+                    while state.round_trips.len() > SLOW_IN_A_ROW {
+                        state.round_trips.pop_front();
+                    }
                 }
             }
             Beat::Alive {
@@ -240,6 +267,7 @@ impl Liveness {
                 pending,
                 ..
             } => {
+                state.gone.remove(&origin);
                 let known = state.peers.insert(
                     origin,
                     Peer {
@@ -253,12 +281,43 @@ impl Liveness {
                 }
             }
             Beat::Leaving { origin } => {
+                state.gone.insert(origin);
                 if state.peers.remove(&origin).is_some() {
                     tracing::info!(peer = %origin, "cluster: a replica left");
                 }
             }
         }
         self.recompute(&mut state, now);
+    }
+
+    /// The fleet's member list (each replica's last heartbeat, as Redis keeps it):
+    /// members not heard yet are counted as peers from the time of their last
+    /// heartbeat, so a replica that starts while another is cut off from Redis (and may
+    /// hold undelivered invalidations) is degraded until it hears from it, or until
+    /// `peer_timeout` after its last heartbeat.
+    pub fn members(&self, members: &[(ReplicaId, Duration)], now: Instant) {
+        let mut state = self.lock();
+        let mut added = false;
+        for (id, age) in members {
+            if *id == self.me || state.gone.contains(id) || state.peers.contains_key(id) {
+                continue;
+            }
+            let Some(heard) = now.checked_sub(*age) else {
+                continue;
+            };
+            state.peers.insert(
+                *id,
+                Peer {
+                    heard,
+                    seq: 0,
+                    pending: 0,
+                },
+            );
+            added = true;
+        }
+        if added {
+            self.recompute(&mut state, now);
+        }
     }
 
     /// A peer's invalidation arrived whose shared-tier step failed: no refill from the
@@ -313,11 +372,15 @@ impl Liveness {
             }
             alive
         });
+        state.gone.extend(gone.iter().copied());
         state.flush_owed.extend(gone);
         let peers_pending = state.peers.values().any(|p| p.pending > 0);
         let until = match (state.subscribed, state.own) {
             (true, Some(own))
-                if state.held == 0 && !peers_pending && state.flush_owed.is_empty() =>
+                if state.held == 0
+                    && !peers_pending
+                    && state.flush_owed.is_empty()
+                    && !state.bus_slow(timing.slow_bus) =>
             {
                 state
                     .peers
@@ -361,6 +424,12 @@ impl Liveness {
         }
         if state.held > 0 {
             reasons.push(format!("{} invalidations undelivered", state.held));
+        }
+        if state.bus_slow(self.timing.slow_bus) {
+            reasons.push(format!(
+                "own heartbeats take {} ms from publish to applied, more than op_timeout",
+                state.round_trips.back().map_or(0, |rt| rt.as_millis())
+            ));
         }
         for peer in &state.flush_owed {
             reasons.push(format!("peer {peer} gone: local cache to flush"));
@@ -429,7 +498,14 @@ mod tests {
     use super::*;
 
     fn timing() -> Timing {
-        Timing::new(Duration::from_secs(1), Duration::from_secs(30))
+        let mut timing = Timing::new(
+            Duration::from_secs(1),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+        );
+        // The tests below reason in whole seconds.
+        timing.window = Duration::from_secs(1);
+        timing
     }
 
     #[test]
@@ -557,5 +633,50 @@ mod tests {
         );
         live.outbox(0, 0);
         assert!(live.confirmed(soon) && live.may_refill(soon));
+    }
+}
+
+#[cfg(test)]
+mod slow_bus_tests {
+    use super::*;
+
+    #[test]
+    fn three_slow_heartbeats_in_a_row_degrade_and_one_fast_one_ends_it() {
+        let me = ReplicaId::random();
+        let live = Liveness::new(
+            me,
+            Timing::new(
+                Duration::from_secs(1),
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+            ),
+        );
+        let t0 = Instant::now();
+        live.subscribed(true);
+        let beat = |n: u64, sent: Duration, took: Duration| {
+            live.sent(n, t0 + sent);
+            live.heard(
+                Beat::Alive {
+                    origin: me,
+                    beat: n,
+                    seq: 0,
+                    pending: 0,
+                },
+                t0 + sent + took,
+            );
+        };
+        let slow = Duration::from_millis(80);
+        beat(1, Duration::ZERO, slow);
+        beat(2, Duration::from_millis(200), slow);
+        assert!(
+            live.confirmed(t0 + Duration::from_millis(300)),
+            "two are a blip"
+        );
+        beat(3, Duration::from_millis(400), slow);
+        let at = t0 + Duration::from_millis(500);
+        assert!(!live.confirmed(at));
+        assert!(live.report(at).reasons[0].contains("more than op_timeout"));
+        beat(4, Duration::from_millis(600), Duration::from_millis(5));
+        assert!(live.confirmed(t0 + Duration::from_millis(700)));
     }
 }

@@ -106,7 +106,7 @@ impl Cluster {
         let id = ReplicaId::random();
         let liveness = std::sync::Arc::new(Liveness::new(
             id,
-            Timing::new(config.degraded_ttl, config.peer_timeout),
+            Timing::new(config.degraded_ttl, config.peer_timeout, config.op_timeout),
         ));
         let conn = Conn::start(client.clone(), config.op_timeout);
         let policy = SharedPolicy {
@@ -130,6 +130,7 @@ impl Cluster {
             channel: names.channel(),
             ack_channel: names.ack_channel(),
             heartbeat_channel: names.heartbeat_channel(),
+            members: names.members(),
             applied,
             id,
             tier: shared.clone(),

@@ -50,6 +50,8 @@ pub(super) struct Outbox {
     conn: Conn,
     channel: String,
     heartbeat_channel: String,
+    /// The fleet's member list ([`Names::members`](super::keys::Names::members)).
+    members: String,
     tier: Option<SharedTier>,
     queue: std::sync::Mutex<Queue>,
     /// Wakes the delivery task: a message was queued.
@@ -175,7 +177,7 @@ impl Queue {
 impl Outbox {
     pub(super) fn new(
         conn: Conn,
-        channels: (String, String),
+        channels: (String, String, String),
         tier: Option<SharedTier>,
         metrics: ClusterMetrics,
         liveness: Arc<Liveness>,
@@ -185,6 +187,7 @@ impl Outbox {
             conn,
             channel: channels.0,
             heartbeat_channel: channels.1,
+            members: channels.2,
             tier,
             queue: std::sync::Mutex::new(Queue::default()),
             wake: Notify::new(),
@@ -269,8 +272,9 @@ impl Outbox {
 
     /// One pipeline: every message owing something, in order (shared step and
     /// publish in one script, or what is left of them). Returns how many were
-    /// published, or the error that failed the whole pipeline.
-    async fn deliver(&self, bound: Duration) -> Result<usize, OpError> {
+    /// published and whether any still owes something it was sent for, or the error
+    /// that failed the whole pipeline.
+    async fn deliver(&self, bound: Duration) -> Result<(usize, bool), OpError> {
         let batch: Vec<Held> = self
             .lock_queue()
             .pending
@@ -279,7 +283,7 @@ impl Outbox {
             .cloned()
             .collect();
         if batch.is_empty() {
-            return Ok(0);
+            return Ok((0, false));
         }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -317,6 +321,7 @@ impl Outbox {
             .await
             .inspect_err(|_| self.failed(&batch))?;
         let mut published = 0;
+        let mut refused = false;
         let mut queue = self.lock_queue();
         for (held, reply) in batch.iter().zip(replies) {
             // (shared step done, subscribers that took it), when published now.
@@ -352,6 +357,7 @@ impl Outbox {
                     slot.published = true;
                     slot.shared_done |= shared_done;
                     if !slot.shared_done {
+                        refused = true;
                         tracing::warn!(
                             seq = slot.message.seq,
                             "shared tier refused an invalidation's generation write; \
@@ -359,7 +365,10 @@ impl Outbox {
                         );
                     }
                 }
-                None => slot.failed = true,
+                None => {
+                    slot.failed = true;
+                    refused = true;
+                }
             }
         }
         while queue
@@ -382,7 +391,7 @@ impl Outbox {
         self.counted(&queue);
         drop(queue);
         self.delivered.notify_waiters();
-        Ok(published)
+        Ok((published, refused))
     }
 
     /// A whole pipeline failed: its messages are held.
@@ -417,32 +426,67 @@ impl Outbox {
         }
         .encode();
         self.liveness.sent(beat, Instant::now());
-        let channel = self.heartbeat_channel.clone();
-        self.conn
+        // With the heartbeat, this replica's entry in the member list, and the list
+        // read back (members silent for peer_timeout dropped first).
+        let now_ms = super::message::now_us() / 1000;
+        let timeout_ms = self.liveness.timing().peer_timeout.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBLISH")
+            .arg(&self.heartbeat_channel)
+            .arg(payload)
+            .ignore()
+            .cmd("ZADD")
+            .arg(&self.members)
+            .arg(now_ms)
+            .arg(self.me.to_string())
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&self.members)
+            .arg("-inf")
+            .arg(format!("({}", now_ms.saturating_sub(timeout_ms)))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&self.members)
+            .arg(timeout_ms * 2)
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(&self.members)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES");
+        let (listed,): (Vec<(String, f64)>,) = self
+            .conn
             .run_within(bound, |mut manager| async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(payload)
-                    .query_async::<i64>(&mut manager)
-                    .await
+                pipe.query_async(&mut manager).await
             })
-            .await
-            .map(drop)
+            .await?;
+        let members: Vec<(ReplicaId, Duration)> = listed
+            .into_iter()
+            .filter_map(|(id, at_ms)| {
+                let id = ReplicaId(uuid::Uuid::parse_str(&id).ok()?);
+                let age = now_ms.saturating_sub(at_ms.max(0.0) as u64);
+                Some((id, Duration::from_millis(age)))
+            })
+            .collect();
+        self.liveness.members(&members, Instant::now());
+        Ok(())
     }
 
     /// Says goodbye (shutdown), so the peers stop waiting for this replica at once.
     pub(super) async fn leave(&self) {
         let payload = Beat::Leaving { origin: self.me }.encode();
-        let channel = self.heartbeat_channel.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREM")
+            .arg(&self.members)
+            .arg(self.me.to_string())
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(&self.heartbeat_channel)
+            .arg(payload)
+            .ignore();
         let _ = self
             .conn
-            .run(|mut manager| async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(payload)
-                    .query_async::<i64>(&mut manager)
-                    .await
-            })
+            .run(|mut manager| async move { pipe.query_async::<()>(&mut manager).await })
             .await;
     }
 }
@@ -476,21 +520,24 @@ pub(super) async fn deliver_loop(outbox: Arc<Outbox>, bound: Duration) {
         let due = retry.is_none_or(|(at, _)| now >= at);
         if due && outbox.pending() > 0 {
             let attempt = outbox.deliver(bound).await;
-            let left = outbox.pending() > 0;
-            match attempt {
-                Ok(published) => {
+            let failed = match attempt {
+                Ok((published, refused)) => {
                     outbox.metrics.published(OpOutcome::Ok);
                     if retry.is_some() && published > 0 {
                         outbox.metrics.republished(published as u64);
                         tracing::info!(messages = published, "held invalidations published");
                     }
+                    refused
                 }
                 Err(ref error) => {
                     outbox.metrics.published(error.outcome());
                     tracing::debug!(%error, "invalidations not delivered; held");
+                    true
                 }
-            }
-            retry = if left {
+            };
+            // After a failure, again with everything held after a backoff; messages
+            // queued meanwhile after a success go at once (their wake-up is pending).
+            retry = if failed && outbox.pending() > 0 {
                 let delay = retry.map_or(Duration::from_millis(25), |(_, d)| (d * 2).min(interval));
                 Some((tokio::time::Instant::now() + delay, delay))
             } else {
