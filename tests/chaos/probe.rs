@@ -242,6 +242,7 @@ struct Lookup {
     replica: usize,
     key: usize,
     sent: Instant,
+    took: Duration,
     outcome: Outcome,
 }
 
@@ -301,6 +302,8 @@ pub struct Measured {
     /// `/healthz` before the lookup said it was not degraded (a "green" health while
     /// serving pre-write answers). Reported, not asserted.
     pub stale_while_ok: usize,
+    /// The slowest lookup (answered or not) and the replica it went to.
+    pub slowest: (Duration, usize),
     pub must_degrade: Vec<usize>,
     /// The worst stale lookups: (replica, staleness, sent after fault start (ms, may be
     /// negative), answered version, missed version).
@@ -581,6 +584,7 @@ async fn reader(
             replica,
             key: k,
             sent,
+            took: sent.elapsed(),
             outcome,
         });
         tokio::time::sleep(pause).await;
@@ -641,6 +645,7 @@ fn analyse(
         healthz: vec![None; n],
         healthz_before: vec![false; n],
         stale_while_ok: 0,
+        slowest: (Duration::ZERO, 0),
         must_degrade: row.fault.must_degrade(n),
         worst_samples: Vec::new(),
     };
@@ -654,6 +659,9 @@ fn analyse(
     }
     let mut stale: Vec<(Duration, String)> = Vec::new();
     for lookup in &record.lookups {
+        if lookup.took > measured.slowest.0 && !matches!(lookup.outcome, Outcome::KilledReplica) {
+            measured.slowest = (lookup.took, lookup.replica);
+        }
         let version = match &lookup.outcome {
             Outcome::Answered { version, hit } => {
                 measured.lookups += 1;
@@ -776,7 +784,7 @@ impl Measured {
     pub const HEADER: &'static str = "| fault | lookups | stale | worst staleness | \
         stale > bound (degraded_ttl+100ms; bypass: ttl+100ms) | stale > 1 s after fault end | \
         client errors | /healthz degraded after | stale (> bus delay) while /healthz ok | writes | \
-        cache hits |\n|---|---|---|---|---|---|---|---|---|---|---|";
+        cache hits | slowest lookup |\n|---|---|---|---|---|---|---|---|---|---|---|---|";
 
     pub fn markdown(&self) -> String {
         let healthz: Vec<String> = (0..self.healthz.len())
@@ -806,7 +814,7 @@ impl Measured {
             }
         };
         format!(
-            "| {} | {} | {} | {:.3} s | {} | {} | {} | {} | {} | {} | {:.0} % |",
+            "| {} | {} | {} | {:.3} s | {} | {} | {} | {} | {} | {} | {:.0} % | {:.3} s ({}) |",
             self.name,
             self.lookups,
             self.stale,
@@ -817,7 +825,9 @@ impl Measured {
             healthz.join(", "),
             self.stale_while_ok,
             self.writes,
-            100.0 * self.hits as f64 / self.lookups.max(1) as f64
+            100.0 * self.hits as f64 / self.lookups.max(1) as f64,
+            self.slowest.0.as_secs_f64(),
+            NAMES[self.slowest.1]
         )
     }
 }
