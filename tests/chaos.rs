@@ -6,10 +6,10 @@
 //! when `/healthz` showed the degradation (tests/chaos/probe.rs).
 //!
 //! `cargo test --test chaos` runs a bounded subset (≤ 2 min): no fault, +20 ms each
-//! way, a blackholed writer, a short Redis SIGSTOP, a stampede with Redis healthy and
-//! a Redis fill, and a self-test of the hop. `full_matrix` (ignored) runs every row of the issue and writes a
-//! markdown report to `CHAOS_REPORT`; `bench/chaos.sh` drives it. Skipped with
-//! "skipped: redis-server not found" unless `CSGATE_REQUIRE_REDIS=1`.
+//! way, a blackholed writer, a short Redis SIGSTOP, a stampede with Redis healthy, a
+//! Redis fill, and a self-test of the hop. `full_matrix` (ignored) runs every row of
+//! the issue and writes a markdown report to `CHAOS_REPORT`; `bench/chaos.sh` drives
+//! it. Skipped with "skipped: redis-server not found" unless `CSGATE_REQUIRE_REDIS=1`.
 //!
 //! The bounds asserted are the issue's contract: 0 client errors (except on a killed
 //! replica's own connections); no lookup stale more than `degraded_ttl` + 100 ms after
