@@ -186,7 +186,14 @@ async fn full_matrix() {
             writer_only: true,
             lasting: S(10),
         },
-        Fault::Reset,
+        Fault::Reset {
+            times: 1,
+            every: S(0),
+        },
+        Fault::Reset {
+            times: 5,
+            every: S(2),
+        },
         Fault::ReplicaPause {
             replica: 1,
             lasting: S(5),
