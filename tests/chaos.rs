@@ -6,10 +6,10 @@
 //! when `/healthz` showed the degradation (tests/chaos/probe.rs).
 //!
 //! `cargo test --test chaos` runs a bounded subset (≤ 2 min): no fault, +20 ms each
-//! way, a blackholed writer, a short Redis SIGSTOP, a stampede with Redis healthy and
-//! a Redis fill. `full_matrix` (ignored) runs every row of the issue and writes a
-//! markdown report to `CHAOS_REPORT`; `bench/chaos.sh` drives it. Skipped with
-//! "skipped: redis-server not found" unless `CSGATE_REQUIRE_REDIS=1`.
+//! way, a blackholed writer, a short Redis SIGSTOP, a stampede with Redis healthy, a
+//! Redis fill, and a self-test of the hop. `full_matrix` (ignored) runs every row of
+//! the issue and writes a markdown report to `CHAOS_REPORT`; `bench/chaos.sh` drives
+//! it. Skipped with "skipped: redis-server not found" unless `CSGATE_REQUIRE_REDIS=1`.
 //!
 //! The bounds asserted are the issue's contract: 0 client errors (except on a killed
 //! replica's own connections); no lookup stale more than `degraded_ttl` + 100 ms after
@@ -186,7 +186,14 @@ async fn full_matrix() {
             writer_only: true,
             lasting: S(10),
         },
-        Fault::Reset,
+        Fault::Reset {
+            times: 1,
+            every: S(0),
+        },
+        Fault::Reset {
+            times: 5,
+            every: S(2),
+        },
         Fault::ReplicaPause {
             replica: 1,
             lasting: S(5),
@@ -336,4 +343,81 @@ async fn full_matrix() {
 /// Now, as `YYYY-MM-DD HH:MM:SS` (UTC), from the chrono the crate already uses.
 fn utc_now() -> String {
     chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// The instrument itself: through a hop in front of an echo server, latency delays each
+/// way, a stall holds bytes until unstalled, a blackhole swallows bytes without
+/// answering or closing (and stays dead after heal, while new connections work), and a
+/// reset closes with RST.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hop_injects_what_it_is_told() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::time::{timeout, Instant};
+
+    let echo = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let target = echo.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let hop = hop::Hop::start(target).await;
+    async fn round_trip(stream: &mut TcpStream, bound: Duration) -> Option<Duration> {
+        let started = Instant::now();
+        stream.write_all(b"ping").await.ok()?;
+        let mut answer = [0u8; 4];
+        timeout(bound, stream.read_exact(&mut answer))
+            .await
+            .ok()?
+            .ok()?;
+        assert_eq!(&answer, b"ping");
+        Some(started.elapsed())
+    }
+    let mut old = TcpStream::connect(hop.addr()).await.expect("connect");
+    assert!(round_trip(&mut old, S(5)).await.is_some());
+
+    hop.latency(MS(100));
+    let took = round_trip(&mut old, S(5)).await.expect("answered");
+    assert!(took >= MS(200), "100 ms each way took {took:?}");
+    hop.heal();
+
+    hop.stall();
+    assert_eq!(round_trip(&mut old, MS(300)).await, None, "stalled");
+    hop.unstall();
+    let mut held = [0u8; 4];
+    timeout(S(5), old.read_exact(&mut held))
+        .await
+        .expect("delivered when unstalled")
+        .expect("read");
+    assert_eq!(&held, b"ping");
+
+    hop.blackhole();
+    assert_eq!(round_trip(&mut old, MS(300)).await, None, "blackholed");
+    let mut new = TcpStream::connect(hop.addr()).await.expect("accepted");
+    assert_eq!(round_trip(&mut new, MS(300)).await, None, "new ones too");
+    hop.heal();
+    assert_eq!(round_trip(&mut old, MS(300)).await, None, "stays dead");
+    let mut fresh = TcpStream::connect(hop.addr()).await.expect("connect");
+    assert!(
+        round_trip(&mut fresh, S(5)).await.is_some(),
+        "new ones work"
+    );
+
+    hop.reset();
+    let mut byte = [0u8; 1];
+    let read = timeout(S(5), fresh.read(&mut byte)).await.expect("closed");
+    assert_eq!(
+        read.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "closed with RST"
+    );
+    let mut after = TcpStream::connect(hop.addr()).await.expect("connect");
+    assert!(
+        round_trip(&mut after, S(5)).await.is_some(),
+        "new ones work"
+    );
 }

@@ -70,8 +70,12 @@ pub enum Fault {
         writer_only: bool,
         lasting: Duration,
     },
-    /// Every Redis connection of every replica closed with RST, once.
-    Reset,
+    /// Every Redis connection of every replica closed with RST, `times` times,
+    /// `every` apart (writes keep going meanwhile).
+    Reset {
+        times: u32,
+        every: Duration,
+    },
     /// Replica `replica` SIGSTOPped for `lasting`, then SIGCONT.
     ReplicaPause {
         replica: usize,
@@ -124,7 +128,11 @@ impl Fault {
                 },
                 s(lasting)
             ),
-            Fault::Reset => "RST of every Redis connection".into(),
+            Fault::Reset { times: 1, .. } => "RST of every Redis connection".into(),
+            Fault::Reset { times, every } => format!(
+                "RST of every Redis connection, {times} times {} apart",
+                s(every)
+            ),
             Fault::ReplicaPause { replica, lasting } => {
                 format!("replica {} SIGSTOP {}", NAMES[*replica], s(lasting))
             }
@@ -160,7 +168,7 @@ impl Fault {
             } => vec![0],
             // A reset is over at once (reconnection is immediate); a replica's pause or
             // kill, a bypass and no fault say nothing required of /healthz.
-            Fault::Reset
+            Fault::Reset { .. }
             | Fault::ReplicaPause { .. }
             | Fault::ReplicaKill { .. }
             | Fault::Bypass { .. }
@@ -242,6 +250,7 @@ struct Lookup {
     replica: usize,
     key: usize,
     sent: Instant,
+    took: Duration,
     outcome: Outcome,
 }
 
@@ -301,6 +310,11 @@ pub struct Measured {
     /// `/healthz` before the lookup said it was not degraded (a "green" health while
     /// serving pre-write answers). Reported, not asserted.
     pub stale_while_ok: usize,
+    /// The slowest lookup (answered or not) and the replica it went to.
+    pub slowest: (Duration, usize),
+    /// Per replica, the Redis connections it opened through its hop from the fault's
+    /// start to the row's end (reconnections: proof a fault was felt).
+    pub redis_connections: Vec<usize>,
     pub must_degrade: Vec<usize>,
     /// The worst stale lookups: (replica, staleness, sent after fault start (ms, may be
     /// negative), answered version, missed version).
@@ -374,6 +388,7 @@ async fn probe(test: &str, mut fleet: Fleet, row: &Row) -> Measured {
     }
 
     tokio::time::sleep(row.warmup).await;
+    let accepted: Vec<usize> = fleet.hops.iter().map(|h| h.accepted()).collect();
     let started = Instant::now();
     let ended = inject(&mut fleet, &shared, &row.fault).await;
     tokio::time::sleep(row.after).await;
@@ -383,8 +398,16 @@ async fn probe(test: &str, mut fleet: Fleet, row: &Row) -> Measured {
     }
     let record = std::mem::take(&mut *shared.record());
     let degraded_ttl = fleet.options.degraded_ttl.unwrap_or(DEGRADED_TTL);
+    let opened = fleet
+        .hops
+        .iter()
+        .zip(accepted)
+        .map(|(h, before)| h.accepted() - before)
+        .collect();
     drop(fleet);
-    analyse(row, &record, n, started, ended, degraded_ttl)
+    let mut measured = analyse(row, &record, n, started, ended, degraded_ttl);
+    measured.redis_connections = opened;
+    measured
 }
 
 /// Applies the fault, waits its duration, undoes it; returns when it ended (`None`:
@@ -437,9 +460,14 @@ async fn inject(fleet: &mut Fleet, shared: &Shared, fault: &Fault) -> Option<Ins
                 fleet.hops[i].heal();
             }
         }
-        Fault::Reset => {
-            for hop in &fleet.hops {
-                hop.reset();
+        Fault::Reset { times, every } => {
+            for time in 0..*times {
+                if time > 0 {
+                    tokio::time::sleep(*every).await;
+                }
+                for hop in &fleet.hops {
+                    hop.reset();
+                }
             }
         }
         Fault::ReplicaPause { replica, lasting } => {
@@ -581,6 +609,7 @@ async fn reader(
             replica,
             key: k,
             sent,
+            took: sent.elapsed(),
             outcome,
         });
         tokio::time::sleep(pause).await;
@@ -641,6 +670,8 @@ fn analyse(
         healthz: vec![None; n],
         healthz_before: vec![false; n],
         stale_while_ok: 0,
+        slowest: (Duration::ZERO, 0),
+        redis_connections: Vec::new(),
         must_degrade: row.fault.must_degrade(n),
         worst_samples: Vec::new(),
     };
@@ -654,6 +685,9 @@ fn analyse(
     }
     let mut stale: Vec<(Duration, String)> = Vec::new();
     for lookup in &record.lookups {
+        if lookup.took > measured.slowest.0 && !matches!(lookup.outcome, Outcome::KilledReplica) {
+            measured.slowest = (lookup.took, lookup.replica);
+        }
         let version = match &lookup.outcome {
             Outcome::Answered { version, hit } => {
                 measured.lookups += 1;
@@ -776,7 +810,8 @@ impl Measured {
     pub const HEADER: &'static str = "| fault | lookups | stale | worst staleness | \
         stale > bound (degraded_ttl+100ms; bypass: ttl+100ms) | stale > 1 s after fault end | \
         client errors | /healthz degraded after | stale (> bus delay) while /healthz ok | writes | \
-        cache hits |\n|---|---|---|---|---|---|---|---|---|---|---|";
+        cache hits | slowest lookup | Redis connections opened (A, B, C) |\n\
+        |---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
     pub fn markdown(&self) -> String {
         let healthz: Vec<String> = (0..self.healthz.len())
@@ -806,7 +841,7 @@ impl Measured {
             }
         };
         format!(
-            "| {} | {} | {} | {:.3} s | {} | {} | {} | {} | {} | {} | {:.0} % |",
+            "| {} | {} | {} | {:.3} s | {} | {} | {} | {} | {} | {} | {:.0} % | {:.3} s ({}) | {} |",
             self.name,
             self.lookups,
             self.stale,
@@ -817,7 +852,14 @@ impl Measured {
             healthz.join(", "),
             self.stale_while_ok,
             self.writes,
-            100.0 * self.hits as f64 / self.lookups.max(1) as f64
+            100.0 * self.hits as f64 / self.lookups.max(1) as f64,
+            self.slowest.0.as_secs_f64(),
+            NAMES[self.slowest.1],
+            self.redis_connections
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 }
