@@ -183,19 +183,24 @@ impl SharedTier {
             SharedLookup::Hit(_) => return Coalesced::Fetched(fetch(None).await),
             SharedLookup::Miss(generation) => generation,
         };
-        if generation.is_none() {
-            return Coalesced::Fetched(fetch(None).await);
-        }
+        // A lookup that went unanswered (one slow reply on a busy replica) still tries
+        // the lock: giving up on coordination at once would send this replica's fetch
+        // beside the holder's. A Redis that is really away does not answer the lock
+        // either, and a degraded replica never got here.
         match self.try_lock(key).await {
             LockAttempt::Acquired(lock) => {
                 // The previous holder may have stored and released between the lookup
-                // and the lock: look again, or two replicas fetch one cold key.
-                if let SharedLookup::Hit(entry) = self.lookup(key).await {
-                    if self.may_refill() {
+                // and the lock: look again, or two replicas fetch one cold key. This
+                // look also gives the generation to store under when the first one
+                // went unanswered.
+                let generation = match self.lookup(key).await {
+                    SharedLookup::Hit(entry) if self.may_refill() => {
                         lock.release().await;
                         return Coalesced::Shared(entry);
                     }
-                }
+                    SharedLookup::Hit(_) => None,
+                    SharedLookup::Miss(again) => again.or(generation),
+                };
                 let fetched = fetch(generation).await;
                 lock.release().await;
                 Coalesced::Fetched(fetched)
