@@ -1,0 +1,256 @@
+//! The exporter: a bounded queue of finished spans and one task that sends them in
+//! batches to the OTLP/HTTP endpoint (`POST`, `application/x-protobuf`).
+//!
+//! A request never waits on it: a span is queued with an atomic counter check and an
+//! unbounded channel send; past `max_queue` spans waiting it is dropped and counted
+//! (`csgate_trace_spans_dropped_total{reason="queue_full"}`). A batch the collector
+//! refuses, or that times out, is dropped and counted too (`reason="export_failed"`):
+//! spans are telemetry, not worth retrying at the cost of memory.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::{Method, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
+use prost::Message;
+use tokio::sync::mpsc;
+
+use super::proto;
+use super::{SpanData, TracingConfig, Value};
+
+/// The exporter's metrics, shared with [`crate::metrics::Metrics`].
+#[derive(Clone, Debug, Default)]
+pub struct TraceCounters {
+    /// Spans the collector accepted.
+    pub exported: Counter,
+    /// Spans dropped because `max_queue` were already waiting.
+    pub dropped_queue_full: Counter,
+    /// Spans in a batch the collector refused or did not answer in time.
+    pub dropped_export_failed: Counter,
+}
+
+/// The sending side, held by the [`super::Tracer`].
+pub(super) struct Queue {
+    tx: mpsc::UnboundedSender<Box<SpanData>>,
+    /// Spans sent and not yet taken by the exporter: the queue's bound is on this.
+    waiting: Arc<AtomicUsize>,
+    max: usize,
+    counters: TraceCounters,
+}
+
+impl Queue {
+    /// Queues a finished span, or drops and counts it. Never waits.
+    pub(super) fn push(&self, span: Box<SpanData>) {
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.counters.dropped_queue_full.inc();
+            return;
+        }
+        if self.tx.send(span).is_err() {
+            // The exporter is gone (the runtime is shutting down).
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.counters.dropped_queue_full.inc();
+        }
+    }
+}
+
+/// Starts the export task on the current runtime.
+pub(super) fn start(config: &TracingConfig, counters: TraceCounters) -> Queue {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let exporter = Exporter {
+        rx,
+        waiting: waiting.clone(),
+        counters: counters.clone(),
+        client: client(config.export_timeout),
+        endpoint: config
+            .endpoint
+            .as_str()
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("http://127.0.0.1:4318/v1/traces")),
+        headers: config.headers.clone(),
+        resource: resource(&config.service_name),
+        batch: config.batch,
+        interval: config.export_interval,
+        timeout: config.export_timeout,
+    };
+    tokio::spawn(exporter.run());
+    Queue {
+        tx,
+        waiting,
+        max: config.max_queue,
+        counters,
+    }
+}
+
+struct Exporter {
+    rx: mpsc::UnboundedReceiver<Box<SpanData>>,
+    waiting: Arc<AtomicUsize>,
+    counters: TraceCounters,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    endpoint: Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    resource: proto::Resource,
+    batch: usize,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl Exporter {
+    /// Collects up to `batch` spans, or what came within `interval` of the first, sends
+    /// them, repeats; ends when every sender is gone.
+    async fn run(mut self) {
+        let mut spans = Vec::with_capacity(self.batch);
+        loop {
+            if self.rx.recv_many(&mut spans, self.batch).await == 0 {
+                return;
+            }
+            let due = tokio::time::Instant::now() + self.interval;
+            while spans.len() < self.batch {
+                let more = self.batch - spans.len();
+                match tokio::time::timeout_at(due, self.rx.recv_many(&mut spans, more)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            self.waiting.fetch_sub(spans.len(), Ordering::AcqRel);
+            let count = spans.len() as u64;
+            let body = encode(&self.resource, spans.drain(..));
+            match tokio::time::timeout(self.timeout, self.send(body)).await {
+                Ok(Ok(())) => {
+                    self.counters.exported.inc_by(count);
+                }
+                Ok(Err(cause)) => {
+                    self.counters.dropped_export_failed.inc_by(count);
+                    tracing::debug!(%cause, spans = count, "trace export failed");
+                }
+                Err(_) => {
+                    self.counters.dropped_export_failed.inc_by(count);
+                    tracing::debug!(spans = count, "trace export timed out");
+                }
+            }
+        }
+    }
+
+    async fn send(&self, body: Bytes) -> Result<(), String> {
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.endpoint.clone();
+        let headers = request.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        for (name, value) in &self.headers {
+            headers.insert(name, value.clone());
+        }
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        // Read the answer to its end, so the connection goes back to the pool.
+        let _ = response.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("collector answered {status}"))
+        }
+    }
+}
+
+/// A pooled client for the collector: plain HTTP, or HTTPS with the platform's trust
+/// store.
+fn client(timeout: Duration) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(timeout));
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A certificate the platform ships that rustls cannot read is skipped.
+        let _ = roots.add(cert);
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+fn resource(service_name: &str) -> proto::Resource {
+    proto::Resource {
+        attributes: vec![
+            key_value("service.name", &Value::Str(service_name.to_owned().into())),
+            key_value("service.version", &Value::from(env!("CARGO_PKG_VERSION"))),
+            key_value("telemetry.sdk.name", &Value::from("csgate")),
+            key_value("telemetry.sdk.language", &Value::from("rust")),
+        ],
+    }
+}
+
+fn key_value(key: &str, value: &Value) -> proto::KeyValue {
+    use proto::any_value::Value as V;
+    let value = match value {
+        Value::Str(s) => V::StringValue(s.to_string()),
+        Value::Int(n) => V::IntValue(*n),
+        Value::Bool(b) => V::BoolValue(*b),
+    };
+    proto::KeyValue {
+        key: key.to_owned(),
+        value: Some(proto::AnyValue { value: Some(value) }),
+    }
+}
+
+/// One `ExportTraceServiceRequest` holding `spans`, protobuf-encoded.
+pub fn encode(resource: &proto::Resource, spans: impl Iterator<Item = Box<SpanData>>) -> Bytes {
+    let spans = spans
+        .map(|span| proto::Span {
+            trace_id: span.context.trace_id.to_vec(),
+            span_id: span.context.span_id.to_vec(),
+            parent_span_id: span.parent.map(|p| p.to_vec()).unwrap_or_default(),
+            name: span.name.to_string(),
+            kind: span.kind as i32,
+            start_time_unix_nano: span.start_unix_nanos,
+            end_time_unix_nano: span.end_unix_nanos,
+            attributes: span
+                .attributes
+                .iter()
+                .map(|(key, value)| key_value(key, value))
+                .collect(),
+            status: span.error.as_ref().map(|message| proto::Status {
+                message: message.to_string(),
+                code: 2,
+            }),
+            flags: u32::from(span.context.sampled),
+        })
+        .collect();
+    let request = proto::ExportTraceServiceRequest {
+        resource_spans: vec![proto::ResourceSpans {
+            resource: Some(resource.clone()),
+            scope_spans: vec![proto::ScopeSpans {
+                scope: Some(proto::InstrumentationScope {
+                    name: "csgate".to_owned(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                }),
+                spans,
+            }],
+        }],
+    };
+    Bytes::from(request.encode_to_vec())
+}
