@@ -463,3 +463,24 @@ async fn with_tracing_off_the_callers_traceparent_goes_upstream_unchanged() {
     );
     gw.stop().await;
 }
+
+/// A collector that refuses connections: the batch is dropped and counted as
+/// `export_failed`, and the request was answered as usual.
+#[tokio::test]
+async fn a_refused_export_is_dropped_and_counted() {
+    let upstream = FakeUpstream::start(Reply::json(200, SERVICES)).await;
+    let collector = refused_url().await;
+    let toml = tracing_toml(&format!("{collector}/v1/traces"), "");
+    let gw = start_gateway(&toml, &[upstream.url()]).await;
+    let url = gw.url(&format!("/genesys/1/cs/services/anonymous/{KEY}"));
+    let answer = send(Method::GET, &url, &[("ContactCenterId", "t")], "").await;
+    assert_eq!(answer.status, 200);
+    let trace = gw.gateway.metrics().trace().clone();
+    wait_until("a failed export counted", || {
+        trace.dropped_export_failed.get() >= 3
+    })
+    .await;
+    assert_eq!(trace.exported.get(), 0);
+    assert_eq!(trace.dropped_queue_full.get(), 0);
+    gw.stop().await;
+}

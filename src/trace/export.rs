@@ -109,6 +109,9 @@ impl Exporter {
     /// them, repeats; ends when every sender is gone.
     async fn run(mut self) {
         let mut spans = Vec::with_capacity(self.batch);
+        // Logged when exports start failing and when they work again, not per batch: a
+        // collector that is away would otherwise write a line every `export_interval`.
+        let mut failing = false;
         loop {
             if self.rx.recv_many(&mut spans, self.batch).await == 0 {
                 return;
@@ -124,17 +127,27 @@ impl Exporter {
             self.waiting.fetch_sub(spans.len(), Ordering::AcqRel);
             let count = spans.len() as u64;
             let body = encode(&self.resource, spans.drain(..));
-            match tokio::time::timeout(self.timeout, self.send(body)).await {
-                Ok(Ok(())) => {
+            let sent = match tokio::time::timeout(self.timeout, self.send(body)).await {
+                Ok(sent) => sent,
+                Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            };
+            match sent {
+                Ok(()) => {
                     self.counters.exported.inc_by(count);
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(endpoint = %self.endpoint, "trace export works again");
+                    }
                 }
-                Ok(Err(cause)) => {
+                Err(cause) => {
                     self.counters.dropped_export_failed.inc_by(count);
-                    tracing::debug!(%cause, spans = count, "trace export failed");
-                }
-                Err(_) => {
-                    self.counters.dropped_export_failed.inc_by(count);
-                    tracing::debug!(spans = count, "trace export timed out");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(
+                            endpoint = %self.endpoint,
+                            %cause,
+                            "trace export failed; spans are dropped (counted in \
+                             csgate_trace_spans_dropped_total) until it works again"
+                        );
+                    }
                 }
             }
         }
