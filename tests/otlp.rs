@@ -3,6 +3,10 @@
 //! project's own generated types (`opentelemetry-proto`, not csgate's), and the span tree
 //! of a miss with one retry is checked and printed.
 mod common;
+// Only `start` and `url` are used here.
+#[allow(dead_code)]
+#[path = "cluster/redis.rs"]
+mod redis_harness;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -482,5 +486,65 @@ async fn a_refused_export_is_dropped_and_counted() {
     .await;
     assert_eq!(trace.exported.get(), 0);
     assert_eq!(trace.dropped_queue_full.get(), 0);
+    gw.stop().await;
+}
+
+/// In a fleet, a miss's Redis work is in the tree: a `fleet` span (the shared tier's
+/// entry, lock and wait) under the cache span, and `redis store` under it once the
+/// upstream answered. Skipped without `redis-server` (CI requires it).
+#[tokio::test]
+async fn a_fleet_miss_shows_its_redis_work() {
+    let Some(redis) = redis_harness::RedisServer::start("a_fleet_miss_shows_its_redis_work") else {
+        return;
+    };
+    let receiver = Receiver::start().await;
+    let upstream = FakeUpstream::start(Reply::json(200, SERVICES)).await;
+    let toml = format!(
+        "{}[cluster]\nredis_url = \"{}\"\nop_timeout = \"2s\"\n",
+        tracing_toml(&receiver.url, ""),
+        redis.url()
+    );
+    let gw = start_gateway(&toml, &[upstream.url()]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&gw.admin_url("/healthz")).await.json()["cluster"]["connected"] != true {
+        assert!(Instant::now() < deadline, "the replica never subscribed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let fleet_trace = "33333333333333333333333333333333";
+    let answer = send(
+        Method::GET,
+        &gw.url(&format!("/genesys/1/cs/services/anonymous/{KEY}")),
+        &[
+            (
+                "traceparent",
+                &format!("00-{fleet_trace}-4444444444444444-01"),
+            ),
+            ("ContactCenterId", "tenant-1"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let spans = receiver.wait_for(fleet_trace, 6).await;
+    let mut tree = String::new();
+    render(&spans, &hex_decode("4444444444444444"), 0, &mut tree);
+    println!("span tree of a fleet miss:\n{tree}");
+    let named = |name: &str| -> &Span {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name} span in\n{tree}"))
+    };
+    let cache = named("cache miss");
+    let fleet = named("fleet");
+    let store = named("redis store");
+    assert_eq!(fleet.parent_span_id, cache.span_id, "{tree}");
+    assert_eq!(store.parent_span_id, fleet.span_id, "{tree}");
+    assert_eq!(attr(fleet, "db.system.name").as_deref(), Some("redis"));
+    assert_eq!(
+        attr(fleet, "csgate.fleet.result").as_deref(),
+        Some("fetched")
+    );
+    assert_eq!(named("GET").parent_span_id, cache.span_id, "{tree}");
     gw.stop().await;
 }
