@@ -347,6 +347,9 @@ pub async fn run(
     if let Some(embedded) = embedded {
         let _ = embedded.task.await;
     }
+    if let Some(tracer) = control.gateway().tracer() {
+        tracer.flush(TRACE_FLUSH_ON_SHUTDOWN).await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }
@@ -618,6 +621,11 @@ fn gateway(
     let upstreams = Upstreams::new(&config.upstream, urls, Some(observer));
     Gateway::in_fleet(config, upstreams, cache, cluster, tracer, metrics)
 }
+
+/// The longest shutdown waits for the last spans to reach the collector: after the
+/// drain (`shutdown_grace`, 25 s by default) and within Kubernetes' 30 s termination
+/// grace; a collector slower than that loses them (counted as `export_failed`).
+const TRACE_FLUSH_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often certificate files are looked at for a change (length, modification time).
 const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(2);

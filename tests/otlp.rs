@@ -548,3 +548,34 @@ async fn a_fleet_miss_shows_its_redis_work() {
     assert_eq!(named("GET").parent_span_id, cache.span_id, "{tree}");
     gw.stop().await;
 }
+
+/// Spans still waiting for their batch when the gateway stops are sent before it exits.
+#[tokio::test]
+async fn shutdown_sends_the_spans_still_queued() {
+    let receiver = Receiver::start().await;
+    let upstream = FakeUpstream::start(Reply::json(200, SERVICES)).await;
+    let toml = format!(
+        "[tracing]\nenabled = true\nendpoint = \"{}\"\nexport_interval = \"1h\"\n",
+        receiver.url
+    );
+    let gw = start_gateway(&toml, &[upstream.url()]).await;
+    let shutdown_trace = "55555555555555555555555555555555";
+    let answer = send(
+        Method::GET,
+        &gw.url(&format!("/genesys/1/cs/services/anonymous/{KEY}")),
+        &[
+            (
+                "traceparent",
+                &format!("00-{shutdown_trace}-6666666666666666-01"),
+            ),
+            ("ContactCenterId", "t"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert!(receiver.spans.lock().expect("spans").is_empty());
+    gw.stop().await;
+    let spans = receiver.wait_for(shutdown_trace, 4).await;
+    assert!(spans.iter().any(|s| s.kind == 2));
+}

@@ -21,7 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use prometheus_client::metrics::counter::Counter;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::proto;
 use super::{SpanData, TracingConfig, Value};
@@ -44,9 +44,19 @@ pub(super) struct Queue {
     waiting: Arc<AtomicUsize>,
     max: usize,
     counters: TraceCounters,
+    flushes: mpsc::UnboundedSender<oneshot::Sender<()>>,
 }
 
 impl Queue {
+    /// Sends every span queued so far; resolves when that is done (or the exporter is
+    /// gone).
+    pub(super) async fn flush(&self) {
+        let (done, sent) = oneshot::channel();
+        if self.flushes.send(done).is_ok() {
+            let _ = sent.await;
+        }
+    }
+
     /// Queues a finished span, or drops and counts it. Never waits.
     pub(super) fn push(&self, span: Box<SpanData>) {
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max {
@@ -65,6 +75,7 @@ impl Queue {
 /// Starts the export task on the current runtime.
 pub(super) fn start(config: &TracingConfig, counters: TraceCounters) -> Queue {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (flush_tx, flushes) = mpsc::unbounded_channel();
     let waiting = Arc::new(AtomicUsize::new(0));
     let exporter = Exporter {
         rx,
@@ -81,6 +92,8 @@ pub(super) fn start(config: &TracingConfig, counters: TraceCounters) -> Queue {
         batch: config.batch,
         interval: config.export_interval,
         timeout: config.export_timeout,
+        flushes,
+        failing: false,
     };
     tokio::spawn(exporter.run());
     Queue {
@@ -88,6 +101,7 @@ pub(super) fn start(config: &TracingConfig, counters: TraceCounters) -> Queue {
         waiting,
         max: config.max_queue,
         counters,
+        flushes: flush_tx,
     }
 }
 
@@ -102,52 +116,87 @@ struct Exporter {
     batch: usize,
     interval: Duration,
     timeout: Duration,
+    /// Flush requests ([`Queue::flush`]), each answered once what was queued is sent.
+    flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+    /// Logged when exports start failing and when they work again, not per batch: a
+    /// collector that is away would otherwise write a line every `export_interval`.
+    failing: bool,
 }
 
 impl Exporter {
     /// Collects up to `batch` spans, or what came within `interval` of the first, sends
-    /// them, repeats; ends when every sender is gone.
+    /// them, repeats; ends when every sender is gone. A flush request cuts the wait
+    /// short, sends everything queued, and is answered.
     async fn run(mut self) {
         let mut spans = Vec::with_capacity(self.batch);
-        // Logged when exports start failing and when they work again, not per batch: a
-        // collector that is away would otherwise write a line every `export_interval`.
-        let mut failing = false;
         loop {
-            if self.rx.recv_many(&mut spans, self.batch).await == 0 {
-                return;
+            let mut flush = None;
+            tokio::select! {
+                received = self.rx.recv_many(&mut spans, self.batch) => {
+                    if received == 0 {
+                        return;
+                    }
+                }
+                Some(done) = self.flushes.recv() => flush = Some(done),
             }
             let due = tokio::time::Instant::now() + self.interval;
-            while spans.len() < self.batch {
+            while flush.is_none() && spans.len() < self.batch {
                 let more = self.batch - spans.len();
-                match tokio::time::timeout_at(due, self.rx.recv_many(&mut spans, more)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                tokio::select! {
+                    received = tokio::time::timeout_at(due, self.rx.recv_many(&mut spans, more)) => {
+                        if !matches!(received, Ok(n) if n > 0) {
+                            break;
+                        }
+                    }
+                    Some(done) = self.flushes.recv() => flush = Some(done),
                 }
             }
-            self.waiting.fetch_sub(spans.len(), Ordering::AcqRel);
-            let count = spans.len() as u64;
-            let body = encode(&self.resource, spans.drain(..));
-            let sent = match tokio::time::timeout(self.timeout, self.send(body)).await {
-                Ok(sent) => sent,
-                Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-            };
-            match sent {
-                Ok(()) => {
-                    self.counters.exported.inc_by(count);
-                    if std::mem::take(&mut failing) {
-                        tracing::info!(endpoint = %self.endpoint, "trace export works again");
+            self.export(&mut spans).await;
+            if let Some(done) = flush {
+                // Everything queued before the request, in batches.
+                while let Ok(span) = self.rx.try_recv() {
+                    spans.push(span);
+                    if spans.len() == self.batch {
+                        self.export(&mut spans).await;
                     }
                 }
-                Err(cause) => {
-                    self.counters.dropped_export_failed.inc_by(count);
-                    if !std::mem::replace(&mut failing, true) {
-                        tracing::warn!(
-                            endpoint = %self.endpoint,
-                            %cause,
-                            "trace export failed; spans are dropped (counted in \
-                             csgate_trace_spans_dropped_total) until it works again"
-                        );
-                    }
+                self.export(&mut spans).await;
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Sends `spans` (emptying it) as one request, and counts the outcome.
+    // The spans come boxed through the channel (a pointer per send); unboxing them here
+    // would only copy each once more.
+    #[allow(clippy::vec_box)]
+    async fn export(&mut self, spans: &mut Vec<Box<SpanData>>) {
+        if spans.is_empty() {
+            return;
+        }
+        self.waiting.fetch_sub(spans.len(), Ordering::AcqRel);
+        let count = spans.len() as u64;
+        let body = encode(&self.resource, spans.drain(..));
+        let sent = match tokio::time::timeout(self.timeout, self.send(body)).await {
+            Ok(sent) => sent,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        };
+        match sent {
+            Ok(()) => {
+                self.counters.exported.inc_by(count);
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!(endpoint = %self.endpoint, "trace export works again");
+                }
+            }
+            Err(cause) => {
+                self.counters.dropped_export_failed.inc_by(count);
+                if !std::mem::replace(&mut self.failing, true) {
+                    tracing::warn!(
+                        endpoint = %self.endpoint,
+                        %cause,
+                        "trace export failed; spans are dropped (counted in \
+                         csgate_trace_spans_dropped_total) until it works again"
+                    );
                 }
             }
         }

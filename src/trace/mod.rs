@@ -195,6 +195,12 @@ impl Tracer {
         })
     }
 
+    /// Sends every span ended so far, waiting at most `within` (shutdown: the spans of
+    /// the last requests would otherwise wait for the next batch that never comes).
+    pub async fn flush(&self, within: std::time::Duration) {
+        let _ = tokio::time::timeout(within, self.inner.queue.flush()).await;
+    }
+
     fn random_u64(&self) -> u64 {
         let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
         // Never zero: an all-zero id is invalid.
