@@ -8,6 +8,9 @@
 # run.sh (1,000 keys × 6 variants), zeroes the counters, sends SWEEPS × 6,000 hits, and
 # prints user-space instructions per hit plus the top inclusive functions. Kernel time
 # (socket I/O) is not counted. Writes the callgrind output to bench/results/callgrind/.
+#
+# CSGATE_TRACING=1 turns `[tracing]` on, every request sampled, exporting to the bench
+# upstream (which answers any POST with 200), for the cost of tracing on.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -49,6 +52,15 @@ ttl = "1h"
 [log]
 level = "warn"
 EOF
+if [[ ${CSGATE_TRACING:-0} == 1 ]]; then
+    cat >>"$TMP/csgate.toml" <<EOF
+[tracing]
+enabled = true
+endpoint = "http://127.0.0.1:$UP/v1/traces"
+sampler = "always_on"
+export_interval = "100ms"
+EOF
+fi
 valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out" \
     "$CSGATE" --config "$TMP/csgate.toml" >"$TMP/valgrind.log" 2>&1 &
 VG=$!

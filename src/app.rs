@@ -25,6 +25,7 @@ use crate::pipeline::Gateway;
 use crate::server::{self, Plain, ServeOptions};
 use crate::store::{self, Store, StoreConfig};
 use crate::tls::Tls;
+use crate::trace::Tracer;
 use crate::upstream::{AttemptObserver, Upstreams};
 
 /// The listeners [`run`] serves on, bound by the caller (tests bind `127.0.0.1:0`).
@@ -351,6 +352,9 @@ pub async fn run(
     if let Some(embedded) = embedded {
         let _ = embedded.task.await;
     }
+    if let Some(tracer) = control.gateway().tracer() {
+        tracer.flush(TRACE_FLUSH_ON_SHUTDOWN).await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }
@@ -446,8 +450,19 @@ impl Control {
             )
         });
         let cluster = join_fleet(config, cache.as_ref(), &metrics)?;
+        // One exporter for the process: `[tracing]` needs a restart, like `[cluster]`.
+        let tracer = Tracer::start(&config.tracing, metrics.trace().clone());
+        if tracer.is_some() {
+            tracing::info!(
+                endpoint = %config.tracing.endpoint,
+                sampler = ?config.tracing.sampler,
+                "exporting OpenTelemetry traces"
+            );
+        }
         let control = Control {
-            current: Arc::new(RwLock::new(gateway(config, urls, cache, cluster, metrics))),
+            current: Arc::new(RwLock::new(gateway(
+                config, urls, cache, cluster, tracer, metrics,
+            ))),
             log_level,
             probe: Arc::default(),
             embedded,
@@ -485,7 +500,8 @@ impl Control {
         }
         // `[cluster]` needs a restart: the fleet membership carries over.
         let cluster = old.cluster().cloned();
-        let new = gateway(config, &urls, cache, cluster, metrics);
+        let tracer = old.tracer().cloned();
+        let new = gateway(config, &urls, cache, cluster, tracer, metrics);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
         self.watch_identity(config);
         self.start_probe();
@@ -597,13 +613,14 @@ fn join_fleet(
     Ok(cluster)
 }
 
-/// A gateway over `urls` that shares `cache`, `cluster` and `metrics` with its
-/// predecessor.
+/// A gateway over `urls` that shares `cache`, `cluster`, `tracer` and `metrics` with
+/// its predecessor.
 fn gateway(
     config: &Config,
     urls: &[Url],
     cache: Option<Cache>,
     cluster: Option<Cluster>,
+    tracer: Option<Tracer>,
     metrics: Metrics,
 ) -> Gateway {
     let observer_metrics = metrics.clone();
@@ -611,8 +628,13 @@ fn gateway(
         observer_metrics.observe_upstream(target, outcome.label(), elapsed);
     });
     let upstreams = Upstreams::new(&config.upstream, urls, Some(observer));
-    Gateway::in_fleet(config, upstreams, cache, cluster, metrics)
+    Gateway::in_fleet(config, upstreams, cache, cluster, tracer, metrics)
 }
+
+/// The longest shutdown waits for the last spans to reach the collector: after the
+/// drain (`shutdown_grace`, 25 s by default) and within Kubernetes' 30 s termination
+/// grace; a collector slower than that loses them (counted as `export_failed`).
+const TRACE_FLUSH_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often certificate files are looked at for a change (length, modification time).
 const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -623,7 +645,7 @@ const CERT_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
     let differs =
         |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    let checks: [(&'static str, bool); 9] = [
+    let checks: [(&'static str, bool); 10] = [
         ("server.listen", running.server.listen != new.server.listen),
         ("server.tls", differs(&running.server.tls, &new.server.tls)),
         ("admin", differs(&running.admin, &new.admin)),
@@ -639,6 +661,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
         ("store", differs(&running.store, &new.store)),
         ("cluster", differs(&running.cluster, &new.cluster)),
         ("log.format", differs(&running.log.format, &new.log.format)),
+        ("tracing", running.tracing != new.tracing),
     ];
     checks
         .into_iter()

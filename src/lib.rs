@@ -20,6 +20,7 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: gateway-made errors and the one place they become responses.
 //! - [`logging`]: tracing set-up and redaction of personal data.
+//! - [`trace`]: OpenTelemetry spans of the pipeline, exported over OTLP/HTTP.
 //! - [`httputil`]: body constructors, hop-by-hop headers, request ids.
 //! - [`identity`]: the typed tenant, contact key and service id.
 //! - [`tls`]: rustls on the public listener.
@@ -57,4 +58,5 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod upstream;

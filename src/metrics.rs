@@ -200,6 +200,16 @@ struct Inner {
     /// `csgate_cluster_*`: registered always (zero without a fleet), so dashboards
     /// need no second shape.
     cluster: crate::cluster::ClusterMetrics,
+    /// `csgate_trace_spans_*`: registered always (zero with tracing off).
+    trace: crate::trace::TraceCounters,
+}
+
+/// The label of `csgate_trace_spans_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropReason {
+    /// `queue_full` (`[tracing] max_queue` spans were waiting) or `export_failed`
+    /// (the collector refused the batch or did not answer in time).
+    reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -294,9 +304,32 @@ impl Metrics {
             }),
         );
         registry.register_collector(Box::new(process::ProcessCollector));
+        let dropped = Family::<DropReason, Counter>::default();
+        // Clones of the family's own counters: the exporter increments what is exposed.
+        let trace = crate::trace::TraceCounters {
+            exported: Counter::default(),
+            dropped_queue_full: dropped.get_or_create_owned(&DropReason {
+                reason: "queue_full",
+            }),
+            dropped_export_failed: dropped.get_or_create_owned(&DropReason {
+                reason: "export_failed",
+            }),
+        };
+        registry.register(
+            "csgate_trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            trace.exported.clone(),
+        );
+        registry.register(
+            "csgate_trace_spans_dropped",
+            "Spans not exported: the queue was full, or the collector refused the batch or \
+             did not answer in time",
+            dropped,
+        );
         Metrics {
             inner: Arc::new(Inner {
                 cluster,
+                trace,
                 registry,
                 requests,
                 request_duration,
@@ -418,6 +451,11 @@ impl Metrics {
     /// The fleet's metrics (`csgate_cluster_*`).
     pub fn cluster(&self) -> &crate::cluster::ClusterMetrics {
         &self.inner.cluster
+    }
+
+    /// The trace exporter's counters.
+    pub fn trace(&self) -> &crate::trace::TraceCounters {
+        &self.inner.trace
     }
 
     pub fn inflight_guard(&self) -> InflightGuard {

@@ -60,6 +60,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// `[cluster]`: a fleet on one Redis; no `redis_url` runs alone.
     pub cluster: ClusterConfig,
+    /// `[tracing]`: OpenTelemetry spans over OTLP, with the `OTEL_*` variables applied.
+    pub tracing: crate::trace::TracingConfig,
     /// `[business_attributes.<attribute>]` name = id maps; `service_type` drives
     /// `service_types` validation and matching.
     pub business_attributes: BTreeMap<String, TypeMap>,
@@ -78,15 +80,21 @@ pub struct Overrides {
     pub log_format: Option<String>,
     /// Replaces `[cluster] redis_url`.
     pub redis_url: Option<String>,
+    /// The standard `OTEL_*` variables, over `[tracing]` (no flag sets them).
+    pub otel: crate::trace::OtelEnv,
 }
 
 impl Overrides {
     /// Reads `CSGATE_LISTEN`, `CSGATE_ADMIN_LISTEN`, `CSGATE_ADMIN_TOKEN_FILE`,
     /// `CSGATE_UPSTREAMS` (comma-separated),
     /// `CSGATE_LOG_LEVEL`, `CSGATE_LOG_FORMAT`, `CSGATE_REDIS_URL` from `vars` (pass
-    /// `std::env::vars()`).
+    /// `std::env::vars()`), and the `OTEL_*` ones [`crate::trace::OtelEnv`] names.
     pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Overrides {
-        let mut out = Overrides::default();
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut out = Overrides {
+            otel: crate::trace::OtelEnv::from_env(vars.iter().cloned()),
+            ..Overrides::default()
+        };
         for (name, value) in vars {
             match name.as_str() {
                 "CSGATE_LISTEN" => out.listen = Some(value),
@@ -125,6 +133,7 @@ impl Overrides {
             log_level: self.log_level.or(env.log_level),
             log_format: self.log_format.or(env.log_format),
             redis_url: self.redis_url.or(env.redis_url),
+            otel: env.otel,
         }
     }
 }
@@ -152,7 +161,7 @@ impl Config {
             path: origin.to_owned(),
             message: e.to_string(),
         })?;
-        raw.apply(overrides);
+        raw.apply(overrides)?;
         raw.validate()
     }
 
@@ -174,7 +183,7 @@ impl Default for Config {
 }
 
 impl RawConfig {
-    fn apply(&mut self, o: &Overrides) {
+    fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
         if let Some(listen) = &o.listen {
             self.server.listen = Some(listen.clone());
         }
@@ -196,6 +205,7 @@ impl RawConfig {
         if let Some(url) = &o.redis_url {
             self.cluster.redis_url = Some(url.clone());
         }
+        self.tracing.apply(&o.otel)
     }
 
     /// Validates each section by its `TryFrom`, then what spans sections: admin and
@@ -218,6 +228,7 @@ impl RawConfig {
             store: StoreSettings::try_from(self.store)?,
             cluster: ClusterConfig::try_from(self.cluster)
                 .map_err(|e| invalid(&format!("cluster.{}", e.key), e.message))?,
+            tracing: crate::trace::TracingConfig::try_from(self.tracing)?,
             business_attributes: sections::business_attributes(self.business_attributes)?,
         };
         if config.upstream.urls().is_empty() {

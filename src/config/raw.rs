@@ -16,6 +16,7 @@ pub(super) struct RawConfig {
     pub log: RawLog,
     pub store: RawStore,
     pub cluster: crate::cluster::RawCluster,
+    pub tracing: crate::trace::RawTracing,
     pub business_attributes: BTreeMap<String, BTreeMap<String, i64>>,
 }
 

@@ -12,6 +12,7 @@ use super::{Exchange, Gateway};
 use crate::error::GatewayError;
 use crate::httputil::{self, StackText};
 use crate::identity::Tenant;
+use crate::trace::{Parent, Span};
 use crate::upstream::{ClientBody, Fetched, Streamed, Upstreams};
 
 /// Request headers forwarded on Query Services routes (the contract's list; the
@@ -44,10 +45,11 @@ impl Gateway {
         headers: &HeaderMap,
         exchange: &mut Exchange,
     ) -> Result<Fetched, GatewayError> {
+        let trace = exchange.span.as_ref().map(Span::parent);
         let result = self
             .inner
             .upstreams
-            .fetch(Method::GET, path_and_query, headers)
+            .fetch(Method::GET, path_and_query, headers, trace.as_ref())
             .await;
         if let Ok(fetched) = &result {
             exchange.upstream = Some(fetched.target.clone());
@@ -68,11 +70,17 @@ impl Gateway {
         exchange: &mut Exchange,
     ) -> Result<Streamed, GatewayError> {
         let upstreams = &self.inner.upstreams;
+        let trace = exchange.span.as_ref().map(Span::parent);
+        let trace = trace.as_ref();
         let streamed = match body {
-            None => upstreams.stream_read(method, path_and_query, headers).await,
+            None => {
+                upstreams
+                    .stream_read(method, path_and_query, headers, trace)
+                    .await
+            }
             Some(body) => {
                 upstreams
-                    .stream(method, path_and_query, headers, body)
+                    .stream(method, path_and_query, headers, body, trace)
                     .await
             }
         }
@@ -296,14 +304,16 @@ fn ip_text(ip: IpAddr) -> StackText {
 
 /// GETs a broad query for the cache. Owned, so the cache can run it as its own task
 /// (a client that disconnects cancels nothing); the exchange of the request that
-/// started it is filled in from the entry instead.
+/// started it is filled in from the entry instead. `trace`: the cache span the
+/// attempts' spans go under.
 pub(super) async fn forward_detached(
     upstreams: Upstreams,
     path_and_query: String,
     headers: HeaderMap,
+    trace: Option<Parent>,
 ) -> Result<Fetched, GatewayError> {
     upstreams
-        .fetch(Method::GET, &path_and_query, &headers)
+        .fetch(Method::GET, &path_and_query, &headers, trace.as_ref())
         .await
         .map_err(|e| {
             let id = headers.get(&httputil::X_REQUEST_ID).cloned();

@@ -19,6 +19,7 @@ use crate::cache::{self, Cache, CacheOutcome, CacheOwner, FetchError, Fill, Foun
 use crate::error::GatewayError;
 use crate::identity::{ContactKey, Tenant};
 use crate::server::Body;
+use crate::trace::{self, Kind, Span};
 use crate::upstream::Fetched;
 
 /// Why the broad fetch has no answer to store; shared with the requests waiting on it.
@@ -154,8 +155,11 @@ impl Gateway {
         let query = &validated.query;
         let owner = CacheOwner::new(tenant.clone(), ContactKey::new(&validated.owner_id));
         let key = cache.key(headers, owner, &query.extensions);
+        let mut span = trace::child(exchange.span.as_ref(), "cache", Kind::Internal);
         // Runs only when the lookup fetches (a miss or a refresh): a hit clones nothing.
         let fetch = |key: &cache::Key| {
+            // The fill's spans go under this request's cache span.
+            let trace = span.as_ref().map(Span::parent);
             let shared = self.shared_tier().map(|tier| (tier, key.clone()));
             let path_and_query = format!(
                 "{}?{}",
@@ -170,16 +174,30 @@ impl Gateway {
                 self.inner.upstreams.clone(),
                 path_and_query,
                 forward_headers,
+                trace.clone(),
             ));
             let wait = self.inner.settings.fleet_wait;
             async move {
                 match shared {
-                    Some((tier, key)) => fleet_fill(Some(tier), key, wait, upstream).await,
+                    Some((tier, key)) => fleet_fill(Some(tier), key, wait, upstream, trace).await,
                     None => upstream.await,
                 }
             }
         };
         let found = cache.get_or_fetch(key, no_cache, fetch).await;
+        if let Some(span) = &mut span {
+            let outcome = match &found {
+                Ok(found) => found.outcome.label(),
+                Err(NoEntry::Uncacheable) => "uncacheable",
+                Err(NoEntry::Failed { outcome, .. }) => {
+                    span.set_error("cache fill failed");
+                    outcome.label()
+                }
+            };
+            span.set_name(format!("cache {outcome}"));
+            span.set("csgate.cache.result", outcome);
+        }
+        drop(span);
         let Found {
             entry,
             outcome,

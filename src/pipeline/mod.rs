@@ -47,6 +47,7 @@ use crate::query::params::{self, Limits};
 use crate::query::{Lifecycle, TypeMap};
 use crate::routes::{self, PathOwner, Route};
 use crate::server::Body;
+use crate::trace::{self, Span, Tracer};
 use crate::upstream::Upstreams;
 
 /// The gateway. Cheap to clone; every clone shares the same state.
@@ -61,6 +62,8 @@ struct Inner {
     cache: Option<Cache>,
     /// The fleet this replica is in (`[cluster]`); `None` runs alone.
     cluster: Option<Cluster>,
+    /// `[tracing]`; `None` (off) makes no span, and every span site is one test of it.
+    tracer: Option<Tracer>,
     metrics: Metrics,
     inflight: Arc<Semaphore>,
     /// Scheme clients reached us by, for `X-Forwarded-Proto`.
@@ -146,6 +149,8 @@ struct Exchange {
     bytes_in: Option<u64>,
     /// The error kind of a failed request (the CS `exception`), for the access line.
     cause: Option<&'static str>,
+    /// The request's server span, when tracing is on and the request sampled.
+    span: Option<Span>,
 }
 
 impl Exchange {
@@ -163,6 +168,7 @@ impl Exchange {
             client: None,
             bytes_in: None,
             cause: None,
+            span: None,
         }
     }
 }
@@ -174,15 +180,17 @@ impl Gateway {
         cache: Option<Cache>,
         metrics: Metrics,
     ) -> Gateway {
-        Gateway::in_fleet(config, upstreams, cache, None, metrics)
+        Gateway::in_fleet(config, upstreams, cache, None, None, metrics)
     }
 
-    /// [`Gateway::new`] in a fleet: `cluster` is consulted on misses and writes.
+    /// [`Gateway::new`] in a fleet: `cluster` is consulted on misses and writes; with a
+    /// `tracer`, requests make spans.
     pub fn in_fleet(
         config: &Config,
         upstreams: Upstreams,
         cache: Option<Cache>,
         cluster: Option<Cluster>,
+        tracer: Option<Tracer>,
         metrics: Metrics,
     ) -> Gateway {
         Gateway {
@@ -191,6 +199,7 @@ impl Gateway {
                 upstreams,
                 cache,
                 cluster,
+                tracer,
                 metrics,
                 inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
                 scheme: if config.server.tls.is_some() {
@@ -218,11 +227,19 @@ impl Gateway {
         &self.inner.metrics
     }
 
+    /// The span exporter, when `[tracing]` is on.
+    pub fn tracer(&self) -> Option<&Tracer> {
+        self.inner.tracer.as_ref()
+    }
+
     /// Serves one request. Never fails: every error becomes a response.
     pub async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
         let (mut parts, body) = request.into_parts();
         httputil::host_from_authority(&mut parts);
         let mut exchange = Exchange::new(&parts.headers, parts.method.clone());
+        if let Some(tracer) = &self.inner.tracer {
+            exchange.span = tracer.server_span(&parts.headers, "request");
+        }
         exchange.version = parts.version;
         exchange.client = Some(self.client_address(&parts.headers, peer));
         exchange.bytes_in = parts
@@ -243,6 +260,9 @@ impl Gateway {
         }
         let response = self.respond(result, &exchange);
         self.log(&exchange, &response);
+        if let Some(span) = exchange.span.take() {
+            end_server_span(span, &exchange, &response, self.inner.scheme);
+        }
         response
     }
 
@@ -303,6 +323,7 @@ impl Gateway {
         if !fetched.status.is_success() {
             return Ok(respond::upstream_error(&parts.method, fetched));
         }
+        let _span = trace::child(exchange.span.as_ref(), "post_filter", trace::Kind::Internal);
         let broad = post_filter::parse(fetched.body)?;
         let body = self.post_filter(&broad, &validated.query, exchange);
         Ok(respond_json(&parts.method, body, None))
@@ -325,8 +346,47 @@ impl Gateway {
         if !fetched.status.is_success() {
             return Ok(respond::upstream_error(&parts.method, fetched));
         }
+        let _span = trace::child(exchange.span.as_ref(), "post_filter", trace::Kind::Internal);
         let body = post_filter::trim_one(&fetched.body, include)?;
         Ok(respond_json(&parts.method, body, None))
+    }
+}
+
+/// The server span's name and attributes (HTTP semantic conventions), set once the
+/// answer is known. No `url.path` or `url.query`: they hold contact keys and customer
+/// ids; `http.route` is the route's name.
+fn end_server_span(
+    mut span: Span,
+    exchange: &Exchange,
+    response: &Response<Body>,
+    scheme: &'static str,
+) {
+    let method = exchange.method.as_str();
+    span.set_name(format!("{method} {}", exchange.route));
+    span.set("http.request.method", method.to_owned());
+    span.set("http.route", exchange.route);
+    span.set("url.scheme", scheme);
+    span.set(
+        "network.protocol.version",
+        match exchange.version {
+            Version::HTTP_10 => "1.0",
+            Version::HTTP_2 => "2",
+            _ => "1.1",
+        },
+    );
+    let status = response.status().as_u16();
+    span.set("http.response.status_code", i64::from(status));
+    if let Ok(id) = exchange.id.to_str() {
+        span.set("csgate.request_id", id.to_owned());
+    }
+    if let Some(cache) = &exchange.cache {
+        span.set("csgate.cache.result", cache.label());
+    }
+    if let Some(cause) = exchange.cause {
+        span.set("error.type", cause);
+        if status >= 500 {
+            span.set_error(cause);
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use crate::cache::{Cache, Entry, Memo};
 use crate::error::GatewayError;
 use crate::query::raw::{self, Broad, ScanError};
 use crate::query::{Include, Lifecycle, ServiceQuery};
+use crate::trace::{self, Kind};
 
 impl Gateway {
     /// Filters and renders `broad` for `query`. The one place the timestamp warning
@@ -49,10 +50,14 @@ impl Gateway {
         memoise: bool,
         exchange: &Exchange,
     ) -> Result<Bytes, GatewayError> {
+        let mut span = trace::child(exchange.span.as_ref(), "post_filter", Kind::Internal);
         let variant = VariantKey::new(query.lifecycle, raw_query);
         if memoise {
             if let Some(memo) = cache.memo(entry, variant.hash).await {
                 if variant.matches(&memo.tag) {
+                    if let Some(span) = &mut span {
+                        span.set("csgate.post_filter.memoised", true);
+                    }
                     return Ok(memo.body.clone());
                 }
             }

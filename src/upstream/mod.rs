@@ -42,6 +42,7 @@ use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::httputil::{self, empty};
 use crate::server::Body;
+use crate::trace::{Kind, Parent, Span};
 
 /// Why no usable answer came back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -313,15 +314,20 @@ impl Upstreams {
 
     /// GET/HEAD with retries; reads the whole answer (bounded by `max_response_bytes`).
     /// `path_and_query` is relative to the API prefix (`/services/...?...`).
+    /// With `trace`, each attempt is a client span under it, and carries that span's
+    /// `traceparent`.
     pub async fn fetch(
         &self,
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
+        trace: Option<&Parent>,
     ) -> Result<Fetched, UpstreamError> {
         let started = Instant::now();
         let max = self.inner.config.max_response_bytes;
-        let head = self.send_read(&method, path_and_query, headers).await?;
+        let head = self
+            .send_read(&method, path_and_query, headers, trace)
+            .await?;
         let (parts, incoming) = head.response.into_parts();
         let body = UpstreamBody::new(incoming, self.clone(), head.index, head.body_deadline, None);
         let body = match Limited::new(body, max).collect().await {
@@ -352,9 +358,12 @@ impl Upstreams {
         method: Method,
         path_and_query: &str,
         headers: &HeaderMap,
+        trace: Option<&Parent>,
     ) -> Result<Streamed, UpstreamError> {
         let started = Instant::now();
-        let head = self.send_read(&method, path_and_query, headers).await?;
+        let head = self
+            .send_read(&method, path_and_query, headers, trace)
+            .await?;
         Ok(self.streamed(head, headers, started))
     }
 
@@ -368,13 +377,15 @@ impl Upstreams {
         path_and_query: &str,
         headers: &HeaderMap,
         body: ClientBody,
+        trace: Option<&Parent>,
     ) -> Result<Streamed, UpstreamError> {
         let started = Instant::now();
         self.inner.budget.deposit();
         let pick = self.pick(&[]).ok_or(UpstreamError::NoHealthy)?;
         let clock = body.clock();
         let target = &self.inner.targets[pick.index];
-        let request = self.build(target, &method, path_and_query, headers, body.boxed());
+        let mut request = self.build(target, &method, path_and_query, headers, body.boxed());
+        let mut span = attempt_span(trace, target, &method, 0, &mut request);
         let timeout = self.inner.config.request_timeout;
         // The upstream's own time: elapsed minus what the client's body kept us waiting.
         let upstream_deadline = || {
@@ -400,6 +411,8 @@ impl Upstreams {
             () = timer => Err(UpstreamError::Timeout),
         };
         let outcome = outcome_of(&result);
+        end_attempt_span(span.as_mut(), outcome);
+        drop(span);
         self.record(pick.index, outcome, started.elapsed());
         let response = result?;
         let head = Head {
@@ -438,6 +451,7 @@ impl Upstreams {
         method: &Method,
         path_and_query: &str,
         headers: &HeaderMap,
+        trace: Option<&Parent>,
     ) -> Result<Head, UpstreamError> {
         let config = &self.inner.config;
         let deadline = later(Instant::now(), config.deadline);
@@ -447,13 +461,9 @@ impl Upstreams {
         loop {
             let index = pick.index;
             tried.push(index);
-            let request = self.build(
-                &self.inner.targets[index],
-                method,
-                path_and_query,
-                headers,
-                empty(),
-            );
+            let target = &self.inner.targets[index];
+            let mut request = self.build(target, method, path_and_query, headers, empty());
+            let mut span = attempt_span(trace, target, method, tried.len() - 1, &mut request);
             let attempt_started = Instant::now();
             let attempt_deadline = later(attempt_started, config.request_timeout).min(deadline);
             let sent = tokio::time::timeout_at(
@@ -467,6 +477,8 @@ impl Upstreams {
                 Ok(Ok(response)) => usable_head(response),
             };
             let outcome = outcome_of(&result);
+            end_attempt_span(span.as_mut(), outcome);
+            drop(span);
             self.record(index, outcome, attempt_started.elapsed());
             drop(pick);
             if config.retry_on.allows_retry(outcome)
@@ -669,6 +681,63 @@ fn usable_head(mut response: Response<Incoming>) -> Result<Response<Incoming>, U
         headers.remove(http::header::CONTENT_LENGTH);
     }
     Ok(response)
+}
+
+/// The client span of one attempt (HTTP semantic conventions: `http.request.method`,
+/// `server.address`, `server.port`, `http.request.resend_count` from the first retry),
+/// whose `traceparent` replaces the one the request would otherwise carry. No
+/// `url.full`: the path holds contact keys and customer ids.
+fn attempt_span(
+    trace: Option<&Parent>,
+    target: &Target,
+    method: &Method,
+    resend: usize,
+    request: &mut Request<Body>,
+) -> Option<Span> {
+    let mut span = trace?.child("HTTP", Kind::Client);
+    span.set_name(method.as_str().to_owned());
+    span.set("http.request.method", method.as_str().to_owned());
+    if let Some((scheme, authority)) = &target.origin {
+        span.set("url.scheme", scheme.as_str().to_owned());
+        span.set("server.address", authority.host().to_owned());
+        if let Some(port) = authority.port_u16() {
+            span.set("server.port", i64::from(port));
+        }
+    }
+    if resend > 0 {
+        span.set(
+            "http.request.resend_count",
+            i64::try_from(resend).unwrap_or(i64::MAX),
+        );
+    }
+    request
+        .headers_mut()
+        .insert(&httputil::TRACEPARENT, span.traceparent());
+    Some(span)
+}
+
+/// What an attempt came to, on its span: the status, or `error.type` (the outcome's
+/// metric label, e.g. `connect_error`).
+fn end_attempt_span(span: Option<&mut Span>, outcome: Outcome) {
+    let Some(span) = span else { return };
+    span.set("csgate.upstream.outcome", outcome.label());
+    match outcome {
+        Outcome::Answered(status) => {
+            span.set("http.response.status_code", i64::from(status.as_u16()));
+            if status.is_server_error() {
+                span.set("error.type", status.as_str().to_owned());
+                span.set_error("upstream answered 5xx");
+            }
+        }
+        Outcome::ConnectFailure
+        | Outcome::Reset { .. }
+        | Outcome::Timeout { .. }
+        | Outcome::InvalidResponse
+        | Outcome::ClientBody => {
+            span.set("error.type", outcome.label());
+            span.set_error(outcome.label());
+        }
+    }
 }
 
 fn outcome_of(result: &Result<Response<Incoming>, UpstreamError>) -> Outcome {
