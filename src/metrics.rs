@@ -200,6 +200,8 @@ struct Inner {
     /// `csgate_cluster_*`: registered always (zero without a fleet), so dashboards
     /// need no second shape.
     cluster: crate::cluster::ClusterMetrics,
+    /// `csgate_limit_*`, `csgate_backend_*`.
+    limits: crate::limits::LimitMetrics,
 }
 
 impl Default for Metrics {
@@ -285,6 +287,8 @@ impl Metrics {
         );
         let cluster = crate::cluster::ClusterMetrics::default();
         cluster.register(&mut registry);
+        let limits = crate::limits::LimitMetrics::default();
+        limits.register(&mut registry);
         registry.register(
             "csgate_build",
             "The csgate build: version and git commit",
@@ -297,6 +301,7 @@ impl Metrics {
         Metrics {
             inner: Arc::new(Inner {
                 cluster,
+                limits,
                 registry,
                 requests,
                 request_duration,
@@ -418,6 +423,11 @@ impl Metrics {
     /// The fleet's metrics (`csgate_cluster_*`).
     pub fn cluster(&self) -> &crate::cluster::ClusterMetrics {
         &self.inner.cluster
+    }
+
+    /// The limits' metrics (`csgate_limit_*`, `csgate_backend_*`).
+    pub fn limits(&self) -> &crate::limits::LimitMetrics {
+        &self.inner.limits
     }
 
     pub fn inflight_guard(&self) -> InflightGuard {

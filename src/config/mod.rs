@@ -60,6 +60,8 @@ pub struct Config {
     pub store: StoreSettings,
     /// `[cluster]`: a fleet on one Redis; no `redis_url` runs alone.
     pub cluster: ClusterConfig,
+    /// `[limits]`: rate limits, the backend's fair share, connection limits.
+    pub limits: crate::limits::LimitsConfig,
     /// `[business_attributes.<attribute>]` name = id maps; `service_type` drives
     /// `service_types` validation and matching.
     pub business_attributes: BTreeMap<String, TypeMap>,
@@ -218,6 +220,8 @@ impl RawConfig {
             store: StoreSettings::try_from(self.store)?,
             cluster: ClusterConfig::try_from(self.cluster)
                 .map_err(|e| invalid(&format!("cluster.{}", e.key), e.message))?,
+            limits: crate::limits::LimitsConfig::try_from(self.limits)
+                .map_err(|e| invalid(&e.key, e.message))?,
             business_attributes: sections::business_attributes(self.business_attributes)?,
         };
         if config.upstream.urls().is_empty() {

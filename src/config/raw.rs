@@ -16,6 +16,7 @@ pub(super) struct RawConfig {
     pub log: RawLog,
     pub store: RawStore,
     pub cluster: crate::cluster::RawCluster,
+    pub limits: crate::limits::RawLimits,
     pub business_attributes: BTreeMap<String, BTreeMap<String, i64>>,
 }
 

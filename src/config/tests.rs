@@ -199,6 +199,7 @@ fn section(config: &Config, table: &str) -> String {
         "log" => format!("{:?}", config.log),
         "store" => format!("{:?}", config.store),
         "cluster" => format!("{:?}", config.cluster),
+        "limits" => format!("{:?}", config.limits),
         other => panic!("config/csgate.toml documents a default in unknown table [{other}]"),
     }
 }

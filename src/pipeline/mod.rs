@@ -41,6 +41,7 @@ use crate::config::{Cidr, Config};
 use crate::error::GatewayError;
 use crate::httputil;
 use crate::identity::Tenant;
+use crate::limits::{BackendPass, StreamBudget, Ticket};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
 use crate::query::params::{self, Limits};
@@ -62,6 +63,8 @@ struct Inner {
     /// The fleet this replica is in (`[cluster]`); `None` runs alone.
     cluster: Option<Cluster>,
     metrics: Metrics,
+    /// Rates, the backend's fair share, streams per connection (`[limits]`).
+    limits: crate::limits::Limits,
     inflight: Arc<Semaphore>,
     /// Scheme clients reached us by, for `X-Forwarded-Proto`.
     scheme: &'static str,
@@ -146,6 +149,8 @@ struct Exchange {
     bytes_in: Option<u64>,
     /// The error kind of a failed request (the CS `exception`), for the access line.
     cause: Option<&'static str>,
+    /// Who the request is for the limits, once `admit` has read its tenant.
+    ticket: Option<Ticket>,
 }
 
 impl Exchange {
@@ -163,6 +168,7 @@ impl Exchange {
             client: None,
             bytes_in: None,
             cause: None,
+            ticket: None,
         }
     }
 }
@@ -191,6 +197,11 @@ impl Gateway {
                 upstreams,
                 cache,
                 cluster,
+                limits: crate::limits::Limits::new(
+                    &config.limits,
+                    &config.cluster,
+                    metrics.limits().clone(),
+                ),
                 metrics,
                 inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
                 scheme: if config.server.tls.is_some() {
@@ -216,6 +227,20 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The limits (`[limits]`): rates, the backend's fair share.
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.inner.limits
+    }
+
+    /// What a request needs before it reaches the backend (see [`crate::limits::Limits::backend`]);
+    /// `None` for a request the limits do not know (the lookup stage driven alone).
+    async fn backend_pass(&self, exchange: &Exchange) -> Result<Option<BackendPass>, GatewayError> {
+        match &exchange.ticket {
+            Some(ticket) => self.inner.limits.backend(ticket).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Serves one request. Never fails: every error becomes a response.
@@ -254,6 +279,16 @@ impl Gateway {
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, GatewayError> {
         let tenant = self.admit(&parts)?;
+        let limits = &self.inner.limits;
+        let ticket = limits.ticket(
+            &tenant,
+            parts.headers.get(http::header::AUTHORIZATION),
+            parts.extensions.get::<StreamBudget>().cloned(),
+        );
+        if limits.count_hits() {
+            limits.check_rates(&ticket).await?;
+        }
+        exchange.ticket = Some(ticket);
         // The `Uri` shares its bytes: the clone lets the route borrow the path while
         // the proxy takes the request's parts.
         let uri = parts.uri.clone();
