@@ -93,9 +93,16 @@ struct Spend {
 }
 
 impl Limits {
-    /// The limits of `config`; fleet-wide when `cluster` has a Redis and a rate is set.
-    /// Must run inside a runtime when `cluster` is on.
-    pub fn new(config: &LimitsConfig, cluster: &ClusterConfig, metrics: LimitMetrics) -> Limits {
+    /// The limits of `config` in front of `upstreams` targets (the backend bound is
+    /// per target: the pool's is `max_concurrent` × targets, which round robin spreads
+    /// evenly); fleet-wide when `cluster` has a Redis and a rate is set. Must run inside
+    /// a runtime when `cluster` is on.
+    pub fn new(
+        config: &LimitsConfig,
+        upstreams: usize,
+        cluster: &ClusterConfig,
+        metrics: LimitMetrics,
+    ) -> Limits {
         let rates = [config.tenant, config.credential]
             .into_iter()
             .flatten()
@@ -112,7 +119,16 @@ impl Limits {
                 config: config.clone(),
                 local: LocalBuckets::new(longest_refill),
                 fleet,
-                fair: FairShare::new(config.backend.clone(), metrics.clone()),
+                fair: FairShare::new(
+                    config::BackendLimits {
+                        max_concurrent: config
+                            .backend
+                            .max_concurrent
+                            .saturating_mul(upstreams.max(1)),
+                        ..config.backend.clone()
+                    },
+                    metrics.clone(),
+                ),
                 metrics,
                 hasher: foldhash::fast::RandomState::default(),
             }),

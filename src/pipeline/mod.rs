@@ -191,17 +191,19 @@ impl Gateway {
         cluster: Option<Cluster>,
         metrics: Metrics,
     ) -> Gateway {
+        let limits = crate::limits::Limits::new(
+            &config.limits,
+            upstreams.targets().len(),
+            &config.cluster,
+            metrics.limits().clone(),
+        );
         Gateway {
             inner: Arc::new(Inner {
                 settings: Settings::from_config(config),
                 upstreams,
                 cache,
                 cluster,
-                limits: crate::limits::Limits::new(
-                    &config.limits,
-                    &config.cluster,
-                    metrics.limits().clone(),
-                ),
+                limits,
                 metrics,
                 inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
                 scheme: if config.server.tls.is_some() {
