@@ -326,6 +326,16 @@ where
 
 /// An HTTP/2 (prior knowledge) connection to the gateway.
 async fn h2_connection(gw: &TestGateway) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    h2_connection_and_driver(gw).await.0
+}
+
+/// An HTTP/2 connection and the task driving it, which ends when the server closes it.
+async fn h2_connection_and_driver(
+    gw: &TestGateway,
+) -> (
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
     let stream = tokio::net::TcpStream::connect(gw.addr)
         .await
         .expect("connect");
@@ -335,8 +345,10 @@ async fn h2_connection(gw: &TestGateway) -> hyper::client::conn::http2::SendRequ
     )
     .await
     .expect("h2 handshake");
-    tokio::spawn(connection);
-    sender
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (sender, driver)
 }
 
 fn h2_get(gw: &TestGateway, path: &str) -> http::Request<Empty<Bytes>> {
@@ -412,7 +424,7 @@ async fn an_h2_connection_past_the_client_limit_gets_refused_stream() {
         .await
         .expect("answered");
     assert_eq!(answer.status(), 200);
-    let mut second = h2_connection(&gw).await;
+    let (mut second, driver) = h2_connection_and_driver(&gw).await;
     let refused = second
         .send_request(h2_get(&gw, MISS))
         .await
@@ -422,6 +434,12 @@ async fn an_h2_connection_past_the_client_limit_gets_refused_stream() {
         Some(h2::Reason::REFUSED_STREAM),
         "{refused:?}"
     );
+    // Then the server closes it (GOAWAY), well before the header read timeout (10 s)
+    // would have: the socket is not held.
+    tokio::time::timeout(Duration::from_secs(5), driver)
+        .await
+        .expect("the refused connection is closed at once")
+        .expect("driver");
     assert_eq!(upstream.count(), 1);
     gw.stop().await;
 }

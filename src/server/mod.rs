@@ -220,12 +220,18 @@ pub async fn serve<A, H, F>(
             }
         }
         let streams = options.limits.as_ref().map(|l| l.h2_streams);
+        // A refused connection closes once its first answer is out (GOAWAY on h2): its
+        // own close signal, sent by the refusal, stands in for the listener's.
+        let (refusal_sent, refusal) = watch::channel(false);
+        let close = if refused { refusal } else { close_rx.clone() };
         let service = {
             let handler = handler.clone();
             let activity = activity.clone();
             let draining = draining_rx.clone();
             let budget = streams.map(StreamBudget::new);
+            let refusal_sent = Arc::new(refusal_sent);
             service_fn(move |mut request: Request<Incoming>| {
+                let refusal_sent = refusal_sent.clone();
                 let handler = handler.clone();
                 let activity = activity.clone();
                 let draining = draining.clone();
@@ -236,6 +242,7 @@ pub async fn serve<A, H, F>(
                 async move {
                     let _running = activity.request();
                     let mut response = if refused {
+                        refusal_sent.send_replace(true);
                         GatewayError::TooManyConnections.into_response()
                     } else {
                         handler(request, peer).await
@@ -256,14 +263,7 @@ pub async fn serve<A, H, F>(
         };
         let acceptor = acceptor.clone();
         let builder = builder.clone();
-        let close = close_rx.clone();
         let options = options.clone();
-        // A refused connection is closed as soon as its first answer is out.
-        let idle_timeout = if refused {
-            Duration::ZERO
-        } else {
-            options.idle_timeout
-        };
         tokio::spawn(async move {
             let _permit = permit;
             let _counted = counted;
@@ -293,7 +293,7 @@ pub async fn serve<A, H, F>(
                     |connection: std::pin::Pin<&mut _>| connection.graceful_shutdown(),
                     &activity,
                     first_request_by,
-                    idle_timeout,
+                    options.idle_timeout,
                     close,
                 )
                 .await
@@ -306,7 +306,7 @@ pub async fn serve<A, H, F>(
                     |connection: std::pin::Pin<&mut _>| connection.graceful_shutdown(),
                     &activity,
                     first_request_by,
-                    idle_timeout,
+                    options.idle_timeout,
                     close,
                 )
                 .await
