@@ -8,6 +8,13 @@
 # most requests the backend held at once.
 #
 #   bench/fair.sh                  # DURATION=8 seconds per phase
+#   SERVICE_MS=200 DURATION=20 bench/fair.sh   # the same ratios at a tenth of the rate
+#
+# The limits scale with the backend: a tenant may have twice its throughput (so that
+# A's flood reaches the backend queue too), with a burst of a fifth of a second of it;
+# the queue deadline is five service times. At SERVICE_MS=20, A's 10,000 requests/s
+# take more CPU than a small shared machine has (see the report): SERVICE_MS=200 keeps
+# every ratio of the issue's case at a load such a machine can generate and serve.
 #
 # Writes bench/results/fair-<UTC>.md and raw-fair-<UTC>.json.
 set -euo pipefail
@@ -19,10 +26,13 @@ source "$HERE/lib.sh"
 
 DURATION=${DURATION:-8}
 SLOTS=20
-SERVICE_MS=20
+SERVICE_MS=${SERVICE_MS:-20}
 CAPACITY=$((SLOTS * 1000 / SERVICE_MS))
 A_RPS=$((CAPACITY * 10))
 B_RPS=$((CAPACITY / 10))
+TENANT_RATE=$((CAPACITY * 2))
+TENANT_BURST=$(((CAPACITY / 5) > 0 ? CAPACITY / 5 : 1))
+QUEUE_DEADLINE_MS=$((SERVICE_MS * 5))
 
 bench_build fairload
 bench_temp
@@ -36,16 +46,14 @@ BACKEND=$(free_port)
 PIDS+=($!)
 wait_http "http://127.0.0.1:$BACKEND/__stats"
 
-# The tenant rate lets a tenant have twice the backend, so that A's flood reaches the
-# backend queue too (the fair queue, not only the rate, is what keeps B's latency).
 # The load generator is one client address for both tenants: per_client is lifted.
-LIMITS_ON='[limits]
-tenant = { rate = 2000, burst = 200 }
+LIMITS_ON="[limits]
+tenant = { rate = $TENANT_RATE, burst = $TENANT_BURST }
 [limits.backend]
-max_concurrent = 20
-queue_deadline = "100ms"
+max_concurrent = $SLOTS
+queue_deadline = \"${QUEUE_DEADLINE_MS}ms\"
 [limits.connections]
-per_client = 20000'
+per_client = 20000"
 LIMITS_OFF='[limits.backend]
 max_concurrent = 100000
 max_queue = 100000
@@ -96,9 +104,12 @@ phase() { # label tenant-args... → prints {"label":..,"load":..,"backend":..}
     done
 } >"$RAW"
 
-python3 - "$RAW" "$REPORT" "$STAMP" "$DURATION" <<'PY'
+python3 - "$RAW" "$REPORT" "$STAMP" "$DURATION" "$SERVICE_MS" "$LIMITS_ON" "$(uptime)" <<'PY'
 import json, subprocess, sys
-raw, report, stamp, duration = sys.argv[1:5]
+raw, report, stamp, duration, service_ms, limits_on, uptime = sys.argv[1:8]
+service_ms = int(service_ms)
+capacity = 20 * 1000 // service_ms
+limits_on = "; ".join(l for l in limits_on.splitlines() if "per_client" not in l and not l.startswith("[limits.connections"))
 phases = [json.loads(l) for l in open(raw) if l.strip()]
 def tenant(p, name):
     return next(t for t in p["load"]["tenants"] if t["tenant"] == name)
@@ -129,11 +140,10 @@ with open(report, "w") as f:
     f.write(f"""# Noisy neighbour: fair share (issue 25), {stamp}
 
 bench/fair.sh, commit {commit}, {duration} s per phase, open loop. The backend (bench/tools
-`fairload backend`) serves 20 requests at once, 20 ms each (1,000/s), and queues the rest
-inside itself, like GMS. Tenant A sends customer-route misses at 10,000/s (10× the
-backend), tenant B at 100/s (10 %). With limits: `tenant = {{ rate = 2000, burst = 200 }}`,
-`[limits.backend] max_concurrent = 20, queue_deadline = "100ms"`. Without: no rates and
-the backend bound lifted (csgate as before issue 25). Latency is from the intended send
+`fairload backend`) serves 20 requests at once, {service_ms} ms each ({capacity:,}/s), and queues
+the rest inside itself, like GMS. Tenant A sends customer-route misses at {capacity * 10:,}/s (10×
+the backend), tenant B at {capacity // 10:,}/s (10 %). With limits: `{limits_on}`.
+Without: no rates and the backend bound lifted (csgate as before issue 25). Latency is from the intended send
 time to the whole answer, 200s only. "Backend max" is the most requests the backend held
 at once (served or queued inside it), B alone / A and B.
 
@@ -141,7 +151,8 @@ at once (served or queued inside it), B alone / A and B.
 |---|---|---|---|---|---|---|---|---|---|---|
 """ + "\n".join(rows) + "\n\nWith limits:\n\n" +
         "\n".join(f"- {'PASS' if ok else 'FAIL'}: {what}" for what, ok in verdicts) +
-        f"\n\nRaw results: `{raw.split('/bench/')[-1]}`. Machine: shared, 2 CPUs (other builds "
-        "ran at the same time); the load generator, the backend and csgate share them.\n")
+        f"\n\nRaw results: `{raw.split('/bench/')[-1]}`. Machine: shared, 2 CPUs; the load "
+        f"generator, the backend and csgate share them, and other builds ran at the same time "
+        f"(at the end: `{uptime.strip()}`).\n")
 print(open(report).read())
 PY

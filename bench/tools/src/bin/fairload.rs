@@ -158,7 +158,9 @@ async fn tenants(args: &Args) -> serde_json::Value {
                             *tally.statuses.entry(status).or_default() += 1;
                             if status == 200 {
                                 let us = intended.elapsed().as_micros();
-                                tally.ok_latency_us.push(u32::try_from(us).unwrap_or(u32::MAX));
+                                tally
+                                    .ok_latency_us
+                                    .push(u32::try_from(us).unwrap_or(u32::MAX));
                             } else if matches!(status, 429 | 503) && !retry_after {
                                 tally.refused_without_retry_after += 1;
                             }
