@@ -23,9 +23,12 @@ pub mod defaults {
     /// before its deadline anyway, so it is refused at once.
     pub const BACKEND_MAX_QUEUE: usize = 1000;
     /// Connections one client address may hold open: a browser opens 6, a pooled
-    /// service client a few dozen; 256 leaves room for NAT while a client that keeps
-    /// reopening idle sockets can no longer take the instance's descriptors.
-    pub const PER_CLIENT_CONNECTIONS: usize = 256;
+    /// service client a few dozen, a load balancer or a NAT gateway in front of many
+    /// clients hundreds (the fleet tests send 1,000 concurrent requests from one
+    /// address over three replicas). 1024 keeps those while one address can no longer
+    /// take an instance's whole default connection budget (a third of the open-file
+    /// limit); an instance with a small descriptor budget sets it lower.
+    pub const PER_CLIENT_CONNECTIONS: usize = 1024;
     /// Backend-bound streams one HTTP/2 connection may hold: the backend's own pool
     /// size, so that one connection never holds more of the backend than it has (hyper
     /// lets a peer open 200 streams). Beyond it the stream is refused (`REFUSED_STREAM`,
@@ -311,7 +314,7 @@ mod tests {
         assert!(!config.count_hits);
         assert_eq!(config.backend.max_concurrent, 20);
         assert_eq!(config.backend.queue_deadline, Duration::from_secs(2));
-        assert_eq!(config.connections.per_client, 256);
+        assert_eq!(config.connections.per_client, 1024);
         assert_eq!(config.connections.h2_streams_per_connection, 20);
     }
 
