@@ -293,7 +293,15 @@ pub async fn run(
             async move { gateway.handle(request, peer).await }
         }
     };
-    let options = config.server.serve_options();
+    let options = ServeOptions {
+        limits: Some(server::ConnectionLimits {
+            per_client: config.limits.connections.per_client,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            h2_streams: config.limits.connections.h2_streams_per_connection,
+            metrics: control.gateway().metrics().limits().clone(),
+        }),
+        ..config.server.serve_options()
+    };
     let public = async {
         let stop = stopped(public_stopped);
         match tls {

@@ -10,6 +10,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::httputil::{full, json_content_type, no_store};
+use crate::limits::Rejection;
 use crate::server::Body;
 
 /// Something the gateway answers without a usable upstream answer.
@@ -60,6 +61,23 @@ pub enum GatewayError {
     UpstreamBodyTooLarge { max: usize },
     #[error("the gateway is overloaded; retry later")]
     Overloaded,
+    /// A tenant or credential spent its rate (`[limits] tenant`, `credential`, an
+    /// override); a token is back after `retry_after`.
+    #[error("the {} rate limit is exceeded; retry later", rejection.name())]
+    RateLimited {
+        rejection: Rejection,
+        retry_after: std::time::Duration,
+    },
+    /// No backend slot within `[limits.backend] queue_deadline`, or the queue is full.
+    #[error("the Context Services backend is busy; retry later")]
+    BackendBusy { rejection: Rejection },
+    /// The HTTP/2 connection holds `h2_streams_per_connection` backend-bound streams
+    /// already; answered `REFUSED_STREAM` on HTTP/2.
+    #[error("too many requests in flight on this connection; retry on another")]
+    StreamRefused,
+    /// The client address holds `[limits.connections] per_client` connections already.
+    #[error("too many connections from this client; retry later")]
+    TooManyConnections,
     /// Our own bug. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -96,6 +114,10 @@ impl GatewayError {
                 (StatusCode::BAD_GATEWAY, "UpstreamInvalidResponse")
             }
             GatewayError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
+            GatewayError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+            GatewayError::BackendBusy { .. }
+            | GatewayError::StreamRefused
+            | GatewayError::TooManyConnections => (StatusCode::SERVICE_UNAVAILABLE, "Overloaded"),
             GatewayError::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             GatewayError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal"),
         }
@@ -120,7 +142,11 @@ impl GatewayError {
             | GatewayError::UpstreamTimeout
             | GatewayError::UpstreamInvalidResponse(_)
             | GatewayError::UpstreamBodyTooLarge { .. } => Blame::Upstream,
-            GatewayError::Overloaded => Blame::Overload,
+            GatewayError::Overloaded
+            | GatewayError::RateLimited { .. }
+            | GatewayError::BackendBusy { .. }
+            | GatewayError::StreamRefused
+            | GatewayError::TooManyConnections => Blame::Overload,
             GatewayError::Internal(_) => Blame::Internal,
         }
     }
@@ -137,14 +163,36 @@ impl GatewayError {
         if let GatewayError::MethodNotAllowed { allow, .. } = &self {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
-        if matches!(
-            self,
-            GatewayError::Overloaded | GatewayError::NoHealthyUpstream
-        ) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match &self {
+            GatewayError::Overloaded
+            | GatewayError::NoHealthyUpstream
+            | GatewayError::BackendBusy { .. }
+            | GatewayError::StreamRefused => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            GatewayError::TooManyConnections => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            GatewayError::RateLimited { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, retry_after_seconds(*retry_after));
+            }
+            _ => {}
+        }
+        if self == GatewayError::StreamRefused {
+            response
+                .extensions_mut()
+                .insert(crate::server::RefuseStream);
         }
         response
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up (at least 1: `0` would invite an
+/// immediate retry that is refused again).
+fn retry_after_seconds(after: std::time::Duration) -> HeaderValue {
+    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    HeaderValue::from(seconds.max(1))
 }
 
 /// Who caused an error.
@@ -278,6 +326,31 @@ mod tests {
                 json!({"message": "the gateway is overloaded; retry later", "exception": "Overloaded"}),
             ),
             (
+                GatewayError::RateLimited {
+                    rejection: Rejection::Tenant,
+                    retry_after: std::time::Duration::from_millis(1500),
+                },
+                429,
+                json!({"message": "the tenant rate limit is exceeded; retry later", "exception": "TooManyRequests"}),
+            ),
+            (
+                GatewayError::BackendBusy {
+                    rejection: Rejection::QueueDeadline,
+                },
+                503,
+                json!({"message": "the Context Services backend is busy; retry later", "exception": "Overloaded"}),
+            ),
+            (
+                GatewayError::StreamRefused,
+                503,
+                json!({"message": "too many requests in flight on this connection; retry on another", "exception": "Overloaded"}),
+            ),
+            (
+                GatewayError::TooManyConnections,
+                503,
+                json!({"message": "too many connections from this client; retry later", "exception": "Overloaded"}),
+            ),
+            (
                 GatewayError::Internal("secret detail 10.0.0.7".into()),
                 500,
                 json!({"message": "internal error", "exception": "Internal"}),
@@ -292,6 +365,31 @@ mod tests {
         })
         .await;
         assert_eq!((status, allow.as_deref()), (405, Some("GET, HEAD")));
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        use std::time::Duration;
+        for (after, header) in [
+            (Duration::ZERO, "1"),
+            (Duration::from_millis(1), "1"),
+            (Duration::from_secs(1), "1"),
+            (Duration::from_millis(1001), "2"),
+            (Duration::from_secs(30), "30"),
+        ] {
+            let response = GatewayError::RateLimited {
+                rejection: Rejection::Tenant,
+                retry_after: after,
+            }
+            .into_response();
+            assert_eq!(response.headers()[header::RETRY_AFTER], header, "{after:?}");
+        }
+        let refused = GatewayError::StreamRefused.into_response();
+        assert!(refused
+            .extensions()
+            .get::<crate::server::RefuseStream>()
+            .is_some());
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]
@@ -338,6 +436,21 @@ mod tests {
                 Blame::Upstream,
             ),
             (GatewayError::Overloaded, Blame::Overload),
+            (
+                GatewayError::RateLimited {
+                    rejection: Rejection::Credential,
+                    retry_after: Duration::ZERO,
+                },
+                Blame::Overload,
+            ),
+            (
+                GatewayError::BackendBusy {
+                    rejection: Rejection::QueueFull,
+                },
+                Blame::Overload,
+            ),
+            (GatewayError::StreamRefused, Blame::Overload),
+            (GatewayError::TooManyConnections, Blame::Overload),
             (GatewayError::Internal(String::new()), Blame::Internal),
         ];
         for (error, blame) in cases {

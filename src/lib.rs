@@ -16,6 +16,8 @@
 //! - [`cache`]: the anonymous-lookup cache, a single-flight store on moka (`get_or_fetch`
 //!   runs the pipeline's fetch): keys, freshness, invalidation, the variant memo store.
 //! - [`cluster`]: a fleet on one Redis: invalidation bus, shared tier, fleet lock.
+//! - [`limits`]: fair share: rate limits (local and fleet-wide), the backend's bound
+//!   with per-tenant queues, the connection and stream limits' settings.
 //! - [`admin`]: health, readiness, metrics, cache administration on the admin listener.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`error`]: gateway-made errors and the one place they become responses.
@@ -50,6 +52,7 @@ pub mod config;
 pub mod error;
 pub mod httputil;
 pub mod identity;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod pipeline;

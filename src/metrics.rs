@@ -202,6 +202,8 @@ struct Inner {
     cluster: crate::cluster::ClusterMetrics,
     /// `csgate_trace_spans_*`: registered always (zero with tracing off).
     trace: crate::trace::TraceCounters,
+    /// `csgate_limit_*`, `csgate_backend_*`.
+    limits: crate::limits::LimitMetrics,
 }
 
 /// The label of `csgate_trace_spans_dropped_total`.
@@ -295,6 +297,8 @@ impl Metrics {
         );
         let cluster = crate::cluster::ClusterMetrics::default();
         cluster.register(&mut registry);
+        let limits = crate::limits::LimitMetrics::default();
+        limits.register(&mut registry);
         registry.register(
             "csgate_build",
             "The csgate build: version and git commit",
@@ -330,6 +334,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 cluster,
                 trace,
+                limits,
                 registry,
                 requests,
                 request_duration,
@@ -456,6 +461,11 @@ impl Metrics {
     /// The trace exporter's counters.
     pub fn trace(&self) -> &crate::trace::TraceCounters {
         &self.inner.trace
+    }
+
+    /// The limits' metrics (`csgate_limit_*`, `csgate_backend_*`).
+    pub fn limits(&self) -> &crate::limits::LimitMetrics {
+        &self.inner.limits
     }
 
     pub fn inflight_guard(&self) -> InflightGuard {

@@ -373,11 +373,14 @@ fn collect_keys(table: &toml_edit::Table, path: &str, out: &mut Vec<KeyLine>) {
             collect_keys(inner, &name, out);
             continue;
         }
-        let prefix = table
-            .key(key)
-            .and_then(|k| k.leaf_decor().prefix())
-            .and_then(|p| p.as_str())
-            .unwrap_or_default();
+        // An array of tables (`[[limits.override]]`) is documented above its first
+        // header.
+        let prefix = match item.as_array_of_tables() {
+            Some(array) => array.iter().next().and_then(|t| t.decor().prefix()),
+            None => table.key(key).and_then(|k| k.leaf_decor().prefix()),
+        }
+        .and_then(|p| p.as_str())
+        .unwrap_or_default();
         let mut comments: Vec<String> = prefix
             .lines()
             .rev()
@@ -408,10 +411,12 @@ fn shipped_config_documents_every_key_at_its_default() {
     let mut code: Vec<(String, String)> = Vec::new();
     for table in &tables {
         for key in accepted_keys(Some(table)) {
-            if key == "tls" {
-                let tls_table = format!("{table}.tls");
-                for tls_key in accepted_keys(Some(&tls_table)) {
-                    code.push((tls_table.clone(), tls_key));
+            if key == "tls"
+                || (table == "limits" && matches!(key.as_str(), "backend" | "connections"))
+            {
+                let sub_table = format!("{table}.{key}");
+                for sub_key in accepted_keys(Some(&sub_table)) {
+                    code.push((sub_table.clone(), sub_key));
                 }
             } else {
                 code.push((table.clone(), key));

@@ -3,8 +3,6 @@
 //! project's own generated types (`opentelemetry-proto`, not csgate's), and the span tree
 //! of a miss with one retry is checked and printed.
 mod common;
-// Only `start` and `url` are used here.
-#[allow(dead_code)]
 #[path = "cluster/redis.rs"]
 mod redis_harness;
 

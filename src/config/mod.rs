@@ -62,6 +62,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// `[tracing]`: OpenTelemetry spans over OTLP, with the `OTEL_*` variables applied.
     pub tracing: crate::trace::TracingConfig,
+    /// `[limits]`: rate limits, the backend's fair share, connection limits.
+    pub limits: crate::limits::LimitsConfig,
     /// `[business_attributes.<attribute>]` name = id maps; `service_type` drives
     /// `service_types` validation and matching.
     pub business_attributes: BTreeMap<String, TypeMap>,
@@ -229,6 +231,8 @@ impl RawConfig {
             cluster: ClusterConfig::try_from(self.cluster)
                 .map_err(|e| invalid(&format!("cluster.{}", e.key), e.message))?,
             tracing: crate::trace::TracingConfig::try_from(self.tracing)?,
+            limits: crate::limits::LimitsConfig::try_from(self.limits)
+                .map_err(|e| invalid(&e.key, e.message))?,
             business_attributes: sections::business_attributes(self.business_attributes)?,
         };
         if config.upstream.urls().is_empty() {

@@ -17,6 +17,7 @@ pub(super) struct RawConfig {
     pub store: RawStore,
     pub cluster: crate::cluster::RawCluster,
     pub tracing: crate::trace::RawTracing,
+    pub limits: crate::limits::RawLimits,
     pub business_attributes: BTreeMap<String, BTreeMap<String, i64>>,
 }
 

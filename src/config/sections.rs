@@ -188,6 +188,8 @@ impl ServerConfig {
             max_buf_size: ((self.max_header_bytes + self.max_query_bytes) * 4)
                 .max(defaults::PUBLIC_MAX_BUF_FLOOR),
             shutdown_grace: self.shutdown_grace,
+            // Set from `[limits.connections]` where the listener is started.
+            limits: None,
         }
     }
 

@@ -200,6 +200,7 @@ fn section(config: &Config, table: &str) -> String {
         "store" => format!("{:?}", config.store),
         "cluster" => format!("{:?}", config.cluster),
         "tracing" => format!("{:?}", config.tracing),
+        "limits" => format!("{:?}", config.limits),
         other => panic!("config/csgate.toml documents a default in unknown table [{other}]"),
     }
 }

@@ -12,6 +12,7 @@ use super::{Exchange, Gateway};
 use crate::error::GatewayError;
 use crate::httputil::{self, StackText};
 use crate::identity::Tenant;
+use crate::limits::BackendPass;
 use crate::trace::{Parent, Span};
 use crate::upstream::{ClientBody, Fetched, Streamed, Upstreams};
 
@@ -46,6 +47,7 @@ impl Gateway {
         exchange: &mut Exchange,
     ) -> Result<Fetched, GatewayError> {
         let trace = exchange.span.as_ref().map(Span::parent);
+        let _pass = self.backend_pass(exchange).await?;
         let result = self
             .inner
             .upstreams
@@ -60,7 +62,8 @@ impl Gateway {
 
     /// Sends a proxied request. A bodiless read (`body` is `None`) may be retried at
     /// another upstream; anything else is sent once. A failing client body is the
-    /// client's error (413/400/408), never counted against the upstream.
+    /// client's error (413/400/408), never counted against the upstream. The pass is
+    /// the backend slot, for the caller to hold until the answer's body has ended.
     pub(super) async fn forward_stream(
         &self,
         method: Method,
@@ -68,7 +71,8 @@ impl Gateway {
         headers: &HeaderMap,
         body: Option<ClientBody>,
         exchange: &mut Exchange,
-    ) -> Result<Streamed, GatewayError> {
+    ) -> Result<(Streamed, Option<BackendPass>), GatewayError> {
+        let pass = self.backend_pass(exchange).await?;
         let upstreams = &self.inner.upstreams;
         let trace = exchange.span.as_ref().map(Span::parent);
         let trace = trace.as_ref();
@@ -87,7 +91,7 @@ impl Gateway {
         .map_err(|e| failed(e, &exchange.id))?;
         exchange.upstream = Some(streamed.target.clone());
         exchange.upstream_time = Some(streamed.elapsed);
-        Ok(streamed)
+        Ok((streamed, pass))
     }
 
     /// The whitelisted request headers of a Query Services request, plus request id

@@ -125,6 +125,11 @@ impl Gateway {
         let mut exchange = Exchange::new(headers, Method::GET);
         let result = match Tenant::from_headers(headers, self.inner.settings.max_tenant_bytes) {
             Ok(tenant) => {
+                exchange.ticket = Some(self.inner.limits.ticket(
+                    &tenant,
+                    headers.get(http::header::AUTHORIZATION),
+                    None,
+                ));
                 self.cached(
                     cache,
                     headers,
@@ -170,12 +175,19 @@ impl Gateway {
             // everyone who shares the key, so the client that happens to fill it
             // decides nothing else about it.
             let forward_headers = self.fill_headers(tenant, headers, exchange);
-            let upstream = broad_fill(forward_detached(
-                self.inner.upstreams.clone(),
-                path_and_query,
-                forward_headers,
-                trace.clone(),
-            ));
+            // The fill reaches the backend for the tenant whose request started it:
+            // it spends that tenant's rate and waits in that tenant's queue.
+            let ticket = exchange.ticket.clone();
+            let limits = self.inner.limits.clone();
+            let upstreams = self.inner.upstreams.clone();
+            let fill_trace = trace.clone();
+            let upstream = broad_fill(async move {
+                let _pass = match &ticket {
+                    Some(ticket) => Some(limits.backend(ticket).await?),
+                    None => None,
+                };
+                forward_detached(upstreams, path_and_query, forward_headers, fill_trace).await
+            });
             let wait = self.inner.settings.fleet_wait;
             async move {
                 match shared {

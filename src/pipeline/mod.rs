@@ -41,6 +41,7 @@ use crate::config::{Cidr, Config};
 use crate::error::GatewayError;
 use crate::httputil;
 use crate::identity::Tenant;
+use crate::limits::{BackendPass, StreamBudget, Ticket};
 use crate::logging::Redactor;
 use crate::metrics::Metrics;
 use crate::query::params::{self, Limits};
@@ -65,6 +66,8 @@ struct Inner {
     /// `[tracing]`; `None` (off) makes no span, and every span site is one test of it.
     tracer: Option<Tracer>,
     metrics: Metrics,
+    /// Rates, the backend's fair share, streams per connection (`[limits]`).
+    limits: crate::limits::Limits,
     inflight: Arc<Semaphore>,
     /// Scheme clients reached us by, for `X-Forwarded-Proto`.
     scheme: &'static str,
@@ -151,6 +154,8 @@ struct Exchange {
     cause: Option<&'static str>,
     /// The request's server span, when tracing is on and the request sampled.
     span: Option<Span>,
+    /// Who the request is for the limits, once `admit` has read its tenant.
+    ticket: Option<Ticket>,
 }
 
 impl Exchange {
@@ -169,6 +174,7 @@ impl Exchange {
             bytes_in: None,
             cause: None,
             span: None,
+            ticket: None,
         }
     }
 }
@@ -193,6 +199,12 @@ impl Gateway {
         tracer: Option<Tracer>,
         metrics: Metrics,
     ) -> Gateway {
+        let limits = crate::limits::Limits::new(
+            &config.limits,
+            upstreams.targets().len(),
+            &config.cluster,
+            metrics.limits().clone(),
+        );
         Gateway {
             inner: Arc::new(Inner {
                 settings: Settings::from_config(config),
@@ -200,6 +212,7 @@ impl Gateway {
                 cache,
                 cluster,
                 tracer,
+                limits,
                 metrics,
                 inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
                 scheme: if config.server.tls.is_some() {
@@ -230,6 +243,20 @@ impl Gateway {
     /// The span exporter, when `[tracing]` is on.
     pub fn tracer(&self) -> Option<&Tracer> {
         self.inner.tracer.as_ref()
+    }
+
+    /// The limits (`[limits]`): rates, the backend's fair share.
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.inner.limits
+    }
+
+    /// What a request needs before it reaches the backend (see [`crate::limits::Limits::backend`]);
+    /// `None` for a request the limits do not know (the lookup stage driven alone).
+    async fn backend_pass(&self, exchange: &Exchange) -> Result<Option<BackendPass>, GatewayError> {
+        match &exchange.ticket {
+            Some(ticket) => self.inner.limits.backend(ticket).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Serves one request. Never fails: every error becomes a response.
@@ -274,6 +301,16 @@ impl Gateway {
         exchange: &mut Exchange,
     ) -> Result<Response<Body>, GatewayError> {
         let tenant = self.admit(&parts)?;
+        let limits = &self.inner.limits;
+        let ticket = limits.ticket(
+            &tenant,
+            parts.headers.get(http::header::AUTHORIZATION),
+            parts.extensions.get::<StreamBudget>().cloned(),
+        );
+        if limits.count_hits() {
+            limits.check_rates(&ticket).await?;
+        }
+        exchange.ticket = Some(ticket);
         // The `Uri` shares its bytes: the clone lets the route borrow the path while
         // the proxy takes the request's parts.
         let uri = parts.uri.clone();

@@ -20,6 +20,7 @@ use super::{with_query, Exchange, Gateway};
 use crate::error::GatewayError;
 use crate::httputil;
 use crate::identity::Tenant;
+use crate::limits::BackendPass;
 use crate::routes::Write;
 use crate::server::Body;
 use crate::upstream::ClientBody;
@@ -73,7 +74,7 @@ impl Gateway {
             other => (body, other),
         };
         let upstream_body = (!is_bodiless_read(&parts)).then_some(upstream_body);
-        let streamed = self
+        let (streamed, pass) = self
             .forward_stream(
                 parts.method.clone(),
                 &path_and_query,
@@ -87,11 +88,13 @@ impl Gateway {
         httputil::strip_hop_by_hop(&mut head.headers);
         match pending {
             Some(pending) if head.status.is_success() => {
-                self.complete_write(pending, head, incoming, max).await
+                let response = self.complete_write(pending, head, incoming, max).await;
+                drop(pass);
+                response
             }
             _ => Ok(Response::from_parts(
                 head,
-                incoming.map_err(Into::into).boxed(),
+                Held::new(incoming.map_err(Into::into).boxed(), pass).boxed(),
             )),
         }
     }
@@ -105,4 +108,37 @@ fn is_bodiless_read(parts: &Parts) -> bool {
         .get(header::CONTENT_LENGTH)
         .is_none_or(|v| v.as_bytes() == b"0");
     read && no_length && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// An answer body streamed from the backend, holding the backend slot (and the
+/// connection's stream) until it ends or is dropped: the backend is busy until then.
+struct Held {
+    body: Body,
+    _pass: Option<BackendPass>,
+}
+
+impl Held {
+    fn new(body: Body, pass: Option<BackendPass>) -> Held {
+        Held { body, _pass: pass }
+    }
+}
+
+impl hyper::body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = crate::server::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }

@@ -5,6 +5,14 @@
 //! - [`limits`]: the open-file limit, the connection cap derived from it, accept-error
 //!   back-off.
 //! - [`connection`]: one connection's deadlines (first request, idle) and graceful close.
+//! - [`clients`]: connections per client address.
+//!
+//! Fair share (`[limits.connections]`, public listener only): a client address past
+//! `per_client` open connections is still accepted, answered once and closed at once
+//! (HTTP/1.1 `503` with `Connection: close`; HTTP/2 `REFUSED_STREAM`, then `GOAWAY`),
+//! so the socket is never held and the client learns why. Each HTTP/2 connection's
+//! requests carry a [`StreamBudget`] of `h2_streams_per_connection` backend-bound
+//! streams; an answer marked [`RefuseStream`] becomes `REFUSED_STREAM` on HTTP/2.
 //!
 //! Limits: at most `max_connections` connections are open; past it the listener stops
 //! accepting (the kernel backlog holds the rest) so descriptors stay free for the admin
@@ -22,10 +30,10 @@
 //! they are all gone or when `shutdown_grace` (counted from the signal, drain delay
 //! included) has passed, whichever is first.
 
+pub mod clients;
 pub mod connection;
 pub mod limits;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,9 +50,29 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use self::clients::ClientConnections;
 use self::connection::{Activity, Closed};
 use self::limits::AcceptBackoff;
-use crate::config::defaults;
+use crate::config::{defaults, Cidr};
+use crate::error::GatewayError;
+use crate::limits::{LimitMetrics, Rejection, StreamBudget};
+
+/// Marks an answer that refuses its stream: `REFUSED_STREAM` on HTTP/2 (the client may
+/// retry it safely, RFC 9113 §8.7), the answer itself on HTTP/1.1.
+#[derive(Clone, Copy, Debug)]
+pub struct RefuseStream;
+
+/// `[limits.connections]` on a listener.
+#[derive(Clone, Debug)]
+pub struct ConnectionLimits {
+    /// Open connections per client address.
+    pub per_client: usize,
+    /// Peers exempt from `per_client` (their connections carry many clients).
+    pub trusted_proxies: Vec<Cidr>,
+    /// Backend-bound streams per HTTP/2 connection.
+    pub h2_streams: usize,
+    pub metrics: LimitMetrics,
+}
 
 /// Errors carried inside response and request bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -73,6 +101,8 @@ pub struct ServeOptions {
     pub max_buf_size: usize,
     /// How long in-flight requests may run after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Connections per client and streams per connection; `None`: unlimited.
+    pub limits: Option<ConnectionLimits>,
 }
 
 impl ServeOptions {
@@ -91,6 +121,7 @@ impl ServeOptions {
             drain_delay: Duration::ZERO,
             max_buf_size: defaults::INTERNAL_MAX_BUF_SIZE,
             shutdown_grace: defaults::SHUTDOWN_GRACE,
+            limits: None,
         }
     }
 }
@@ -154,6 +185,10 @@ pub async fn serve<A, H, F>(
     let (draining_tx, draining_rx) = watch::channel(false);
     let (close_tx, close_rx) = watch::channel(false);
     let mut backoff = AcceptBackoff::new();
+    let clients = options
+        .limits
+        .as_ref()
+        .map(|l| ClientConnections::new(l.per_client, l.trusted_proxies.clone()));
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -176,34 +211,62 @@ pub async fn serve<A, H, F>(
         let accepted_at = tokio::time::Instant::now();
         let _ = stream.set_nodelay(true);
         let activity = Arc::new(Activity::new());
+        // Past `per_client`, the connection is served only to be refused.
+        let counted = clients.as_ref().map(|c| c.enter(peer.ip()));
+        let refused = matches!(counted, Some(None));
+        if refused {
+            if let Some(limits) = &options.limits {
+                limits.metrics.rejected(Rejection::ClientConnections);
+            }
+        }
+        let streams = options.limits.as_ref().map(|l| l.h2_streams);
+        // A refused connection closes once its first answer is out (GOAWAY on h2): its
+        // own close signal, sent by the refusal, stands in for the listener's.
+        let (refusal_sent, refusal) = watch::channel(false);
+        let close = if refused { refusal } else { close_rx.clone() };
         let service = {
             let handler = handler.clone();
             let activity = activity.clone();
             let draining = draining_rx.clone();
-            service_fn(move |request: Request<Incoming>| {
+            let budget = streams.map(StreamBudget::new);
+            let refusal_sent = Arc::new(refusal_sent);
+            service_fn(move |mut request: Request<Incoming>| {
+                let refusal_sent = refusal_sent.clone();
                 let handler = handler.clone();
                 let activity = activity.clone();
                 let draining = draining.clone();
+                let h2 = request.version() == http::Version::HTTP_2;
+                if let (true, Some(budget)) = (h2, &budget) {
+                    request.extensions_mut().insert(budget.clone());
+                }
                 async move {
                     let _running = activity.request();
-                    let keep_alive_allowed = request.version() < http::Version::HTTP_2;
-                    let mut response = handler(request, peer).await;
-                    if keep_alive_allowed && *draining.borrow() {
+                    let mut response = if refused {
+                        refusal_sent.send_replace(true);
+                        GatewayError::TooManyConnections.into_response()
+                    } else {
+                        handler(request, peer).await
+                    };
+                    if h2 && (refused || response.extensions().get::<RefuseStream>().is_some()) {
+                        // hyper resets the stream with the reason it finds in the error.
+                        return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
+                    }
+                    if !h2 && *draining.borrow() {
                         response.headers_mut().insert(
                             http::header::CONNECTION,
                             http::HeaderValue::from_static("close"),
                         );
                     }
-                    Ok::<_, Infallible>(response)
+                    Ok::<_, h2::Error>(response)
                 }
             })
         };
         let acceptor = acceptor.clone();
         let builder = builder.clone();
-        let close = close_rx.clone();
         let options = options.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _counted = counted;
             let first_request_by = accepted_at + options.header_read_timeout;
             let io = match tokio::time::timeout_at(first_request_by, acceptor.accept(stream)).await
             {
