@@ -15,7 +15,8 @@
 //! - [`upstream`]: pooled client, health, retries, deadlines.
 //! - [`cache`]: the anonymous-lookup cache, a single-flight store on moka (`get_or_fetch`
 //!   runs the pipeline's fetch): keys, freshness, invalidation, the variant memo store.
-//! - [`cluster`]: a fleet on one Redis: invalidation bus, shared tier, fleet lock.
+//! - [`cluster`]: a fleet on one Redis: invalidation bus, heartbeats and the degraded
+//!   state (`liveness`), shared tier, fleet lock.
 //! - [`limits`]: fair share: rate limits (local and fleet-wide), the backend's bound
 //!   with per-tenant queues, the connection and stream limits' settings.
 //! - [`admin`]: health, readiness, metrics, cache administration on the admin listener.

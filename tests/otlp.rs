@@ -504,7 +504,9 @@ async fn a_fleet_miss_shows_its_redis_work() {
     );
     let gw = start_gateway(&toml, &[upstream.url()]).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while get(&gw.admin_url("/healthz")).await.json()["cluster"]["connected"] != true {
+    // Subscribed and confirmed (its own heartbeat came back): only then does a miss
+    // use the shared tier.
+    while get(&gw.admin_url("/healthz")).await.json()["cluster"]["degraded"] != false {
         assert!(Instant::now() < deadline, "the replica never subscribed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
