@@ -160,11 +160,13 @@ async fn a_thousand_cold_requests_over_three_replicas_make_one_upstream_request(
     // upstream deadline) or Redis operation (`op_timeout`) ran out before the release
     // fetched by itself, and the held request ran into its attempt timeout (a 504).
     // Those bounds are generous here; the test is about coalescing, not about them. So
-    // is `per_client`: 1,000 connections come from one address (run beside this file's
-    // other tests, the default 1,024 held some of them for the whole upstream deadline;
-    // alone, or one test at a time, it passes with the default: not explained yet).
+    // is `per_client`: 1,000 connections come from one address.
+    // degraded_ttl 5 s: a replica proves it hears every invalidation by its own
+    // heartbeat coming back within 0.8 × degraded_ttl; spawning 1,000 requests in one
+    // debug process can starve a replica of CPU for longer than the default's 800 ms,
+    // and a degraded replica rightly stops waiting for the shared tier and fetches.
     let toml = format!(
-        "{}[upstream]\nrequest_timeout = \"300s\"\ndeadline = \"300s\"\n[limits.connections]\nper_client = 100000\n",
+        "{}degraded_ttl = \"5s\"\n[upstream]\nrequest_timeout = \"300s\"\ndeadline = \"300s\"\n[limits.connections]\nper_client = 100000\n",
         cluster_toml(&redis, "10s")
     );
     let replicas = fleet(3, &toml, &upstream.url()).await;

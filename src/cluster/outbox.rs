@@ -531,7 +531,18 @@ pub(super) async fn deliver_loop(outbox: Arc<Outbox>, bound: Duration) {
                 }
                 Err(ref error) => {
                     outbox.metrics.published(error.outcome());
-                    tracing::debug!(%error, "invalidations not delivered; held");
+                    // Once per episode at WARN (the first failure after a success);
+                    // the retries at DEBUG, the recovery at INFO above.
+                    if retry.is_none() {
+                        tracing::warn!(
+                            %error,
+                            held = outbox.pending(),
+                            "invalidations not delivered; held and retried (this replica \
+                             and its peers are degraded until they are delivered)"
+                        );
+                    } else {
+                        tracing::debug!(%error, "invalidations still not delivered; held");
+                    }
                     true
                 }
             };
