@@ -57,6 +57,8 @@ ENV=(COHERENCE_REPORT="$REPORT" COHERENCE_WORKERS="$WORKERS" COHERENCE_COMMIT="$
 [[ -n $OPS ]] && ENV+=(COHERENCE_OPS="$OPS")
 [[ -n $SEED ]] && ENV+=(COHERENCE_SEED="$SEED")
 [[ -n $STEPS ]] && ENV+=(COHERENCE_STEPS="$STEPS")
+# COHERENCE_DEPLOY=fleet in the environment: three replicas on one redis-server.
+[[ -n ${COHERENCE_DEPLOY:-} ]] && ENV+=(COHERENCE_DEPLOY="$COHERENCE_DEPLOY" CSGATE_REQUIRE_REDIS=1)
 log "running: ${MINUTES:-unbounded} minutes, ${OPS:-unbounded} operations, $WORKERS workers"
 status=0
 (cd "$REPO" && env "${ENV[@]}" cargo test --release --quiet --test coherence long_run -- --ignored --nocapture) || status=$?

@@ -120,6 +120,8 @@ fn fleet_reads_equal_reads_of_the_store() {
 
 /// As long as asked: `COHERENCE_MINUTES` (default 1) and/or `COHERENCE_OPS`, with
 /// `COHERENCE_WORKERS` (default 8) workers; the report goes to `COHERENCE_REPORT`.
+/// `COHERENCE_DEPLOY=fleet` runs it against three replicas on one redis-server
+/// through 2 ms hops instead of one gateway.
 /// Fails on any divergence, after writing the report.
 #[test]
 #[ignore = "long-running; bench/coherence.sh runs it"]
@@ -142,8 +144,17 @@ fn long_run() {
         stop_at_first: false,
         max_steps: env_u64("COHERENCE_STEPS").map_or(60, |n| n as usize),
     };
+    let deploy: Arc<dyn oracle::Deploy> =
+        if std::env::var("COHERENCE_DEPLOY").as_deref() == Ok("fleet") {
+            match Fleet::start("long_run", Duration::from_millis(2)) {
+                Some(fleet) => Arc::new(fleet),
+                None => return,
+            }
+        } else {
+            Arc::new(SingleGateway)
+        };
     let runtime = runtime();
-    let report = explore(runtime.handle(), Arc::new(SingleGateway), settings);
+    let report = explore(runtime.handle(), deploy, settings);
     eprintln!("coherence: {}", report.summary());
     let build = if cfg!(debug_assertions) {
         "debug"
