@@ -161,12 +161,14 @@ async fn a_thousand_cold_requests_over_three_replicas_make_one_upstream_request(
     // fetched by itself, and the held request ran into its attempt timeout (a 504).
     // Those bounds are generous here; the test is about coalescing, not about them. So
     // is `per_client`: 1,000 connections come from one address.
-    // degraded_ttl 5 s: a replica proves it hears every invalidation by its own
-    // heartbeat coming back within 0.8 × degraded_ttl; spawning 1,000 requests in one
-    // debug process can starve a replica of CPU for longer than the default's 800 ms,
-    // and a degraded replica rightly stops waiting for the shared tier and fetches.
+    // degraded_ttl 20 s: a replica proves it hears every invalidation by its own
+    // heartbeat coming back within 0.8 × degraded_ttl; spawning and answering 1,000
+    // requests in one debug process (three gateways, the clients and the upstream) can
+    // starve a replica of CPU for seconds on a loaded 2-core machine (5 s was once not
+    // enough in CI), and a degraded replica rightly stops waiting for the shared tier
+    // and fetches: a second upstream request, which this test's gate then holds.
     let toml = format!(
-        "{}degraded_ttl = \"5s\"\n[upstream]\nrequest_timeout = \"300s\"\ndeadline = \"300s\"\n[limits.connections]\nper_client = 100000\n",
+        "{}degraded_ttl = \"20s\"\n[upstream]\nrequest_timeout = \"300s\"\ndeadline = \"300s\"\n[limits.connections]\nper_client = 100000\n",
         cluster_toml(&redis, "10s")
     );
     let replicas = fleet(3, &toml, &upstream.url()).await;
@@ -177,9 +179,18 @@ async fn a_thousand_cold_requests_over_three_replicas_make_one_upstream_request(
             tokio::spawn(async move { get_with(&url, &TENANT).await })
         })
         .collect();
-    // Hold the one upstream request until every replica has requests waiting (on its
-    // own fetch or on the fleet lock), then let it through.
+    // Hold the one upstream request until it has reached the upstream (the gate lets
+    // through only the requests that arrived before the release: one still on its way
+    // would be held until the deadline, and its waiters with it) and every replica has
+    // requests waiting (on its own fetch or on the fleet lock), then let it through.
     let started = Instant::now();
+    while upstream.count() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "no upstream request"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     for replica in &replicas {
         loop {
             let stats = get(&replica.admin_url("/cache/stats")).await.json();
@@ -210,8 +221,10 @@ async fn a_thousand_cold_requests_over_three_replicas_make_one_upstream_request(
             })
             .collect();
         eprintln!(
-            "subscriptions: {}; {fleet:?}",
-            health["cluster"]["subscriptions"]
+            "subscriptions: {}; degraded now: {} {}; {fleet:?}",
+            health["cluster"]["subscriptions"],
+            health["cluster"]["degraded"],
+            health["cluster"]["reasons"]
         );
     }
     for answer in answers {

@@ -42,8 +42,15 @@ use crate::cache::Invalidation;
 /// partitioned Redis) is noticed within about a second, not at the next TCP timeout.
 const PING_EVERY: Duration = Duration::from_millis(500);
 /// How long a subscription attempt or a ping may take before the link counts as down,
-/// and how long the bus's own round trips (deliveries, heartbeats) may take.
-const LINK_TIMEOUT: Duration = Duration::from_millis(500);
+/// and how long the bus's own round trips (deliveries, heartbeats) may take: half of
+/// `degraded_ttl`, at least 500 ms (500 ms with the default `degraded_ttl` of 1 s). An
+/// operator who allows a longer `degraded_ttl` tolerates a slower link, not only a
+/// later heartbeat: a process starved of CPU for more than 500 ms (a loaded host)
+/// otherwise drops and remakes a healthy subscription, which flushes the local cache
+/// and detaches the fetches in flight.
+pub fn link_timeout(degraded_ttl: Duration) -> Duration {
+    (degraded_ttl / 2).max(Duration::from_millis(500))
+}
 
 /// What the subscriber hands the cache, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +162,8 @@ pub struct Link {
 struct Shared {
     id: ReplicaId,
     degraded_ttl: Duration,
+    /// [`link_timeout`] of `degraded_ttl`.
+    link_timeout: Duration,
     state: watch::Sender<BusState>,
     metrics: ClusterMetrics,
     /// Acknowledgements of this replica's own messages.
@@ -189,6 +198,7 @@ impl Bus {
         let shared = Arc::new(Shared {
             id: link.id,
             degraded_ttl,
+            link_timeout: link_timeout(degraded_ttl),
             state,
             metrics,
             acks: Acks::default(),
@@ -217,7 +227,7 @@ impl Bus {
             link.liveness,
             link.id,
         ));
-        let deliverer = tokio::spawn(deliver_loop(Arc::clone(&outbox), LINK_TIMEOUT));
+        let deliverer = tokio::spawn(deliver_loop(Arc::clone(&outbox), shared.link_timeout));
         let subscriber = tokio::spawn(subscribe_loop(
             link.client,
             [link.channel, link.ack_channel, link.heartbeat_channel],
@@ -372,7 +382,7 @@ impl Bus {
     /// Says goodbye to the fleet (shutdown): the peers stop counting on this replica's
     /// heartbeats at once instead of after `peer_timeout`.
     pub async fn leave(&self) {
-        let deadline = Instant::now() + LINK_TIMEOUT * 2;
+        let deadline = Instant::now() + self.inner.shared.link_timeout * 2;
         while self.pending() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -414,7 +424,7 @@ async fn subscribe_loop(
     let mut backoff = Backoff::default();
     let mut down_since = Instant::now();
     loop {
-        let subscribed = tokio::time::timeout(LINK_TIMEOUT, async {
+        let subscribed = tokio::time::timeout(shared.link_timeout, async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channels[..]).await?;
             Ok::<_, redis::RedisError>(pubsub)
@@ -491,7 +501,7 @@ async fn listen(
                     }
                     shared.liveness.flushed(&gone);
                 }
-                match tokio::time::timeout(LINK_TIMEOUT, sink.ping::<redis::Value>()).await {
+                match tokio::time::timeout(shared.link_timeout, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => {
                         tracing::debug!(%error, "subscription ping failed");

@@ -219,6 +219,11 @@ async fn connect(weak: std::sync::Weak<Inner>) {
     drop(inner);
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(op_timeout.max(Duration::from_millis(250))))
+        // No response timeout of its own (the crate's default is 500 ms): every call
+        // is bounded by its caller (`op_timeout` on the request path, the bus's link
+        // timeout for deliveries and heartbeats), and a longer bound that an operator
+        // configured must not be cut to 500 ms underneath it.
+        .set_response_timeout(None)
         // One attempt per reconnect, no retries of its own: its retries back off
         // from 1 s (and a call waits on them), so a Redis that returns would be
         // found only seconds later. The next call starts the next attempt, and
