@@ -60,6 +60,7 @@ pub mod pipeline;
 pub mod query;
 pub mod routes;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod tls;
 pub mod trace;

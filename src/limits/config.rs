@@ -232,7 +232,7 @@ impl TryFrom<RawLimits> for LimitsConfig {
         }
         let queue_deadline = match raw.backend.queue_deadline {
             None => defaults::BACKEND_QUEUE_DEADLINE,
-            Some(text) => crate::config::parse_duration(&text)
+            Some(text) => crate::settings::parse_duration(&text)
                 .map_err(|e| error("limits.backend.queue_deadline", e))?,
         };
         if queue_deadline.is_zero() {
