@@ -26,8 +26,8 @@ use crate::pipeline::Gateway;
 use crate::query::params;
 use crate::server::Body;
 
-mod config;
-pub use config::{AdminConfig, AdminToken, RawAdmin};
+pub mod config;
+pub use config::{AdminConfig, AdminToken};
 
 /// OpenAPI 3.1 document of the public listener.
 pub const OPENAPI_CSGATE: &str = include_str!("../../openapi/csgate.yaml");

@@ -24,7 +24,7 @@
 //! only, never across an `.await` and never while calling into moka (whose eviction
 //! listener takes `index`).
 
-mod config;
+pub mod config;
 mod fetch;
 mod freshness;
 mod index;
@@ -55,7 +55,7 @@ use tokio::sync::watch;
 use crate::metrics::Metrics;
 use crate::query::raw::Broad;
 use crate::query::{Extensions, TypeMap};
-pub use config::{CacheConfig, RawCache};
+pub use config::CacheConfig;
 
 /// The hasher of the cache's maps: foldhash, seeded per process. SipHash (the std
 /// default) cost ~1.5k instructions per hit over the key, the memo key and the moka

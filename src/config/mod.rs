@@ -17,17 +17,18 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::admin::{AdminConfig, RawAdmin};
-use crate::cache::{CacheConfig, RawCache};
-use crate::cluster::{ClusterConfig, RawCluster};
-use crate::limits::{LimitsConfig, RawLimits};
-use crate::logging::{LogConfig, RawLog};
-use crate::query::{RawBusinessAttributes, TypeMap};
-use crate::server::{RawServer, ServerConfig};
+use crate::admin::config::{AdminConfig, RawAdmin};
+use crate::cache::config::{CacheConfig, RawCache};
+use crate::cluster::config::{ClusterConfig, RawCluster};
+use crate::limits::config::{LimitsConfig, RawLimits};
+use crate::logging::config::{LogConfig, RawLog};
+use crate::query::config::{business_attributes, RawBusinessAttributes};
+use crate::query::TypeMap;
+use crate::server::config::{RawServer, ServerConfig};
 use crate::settings::invalid;
-use crate::store::{RawStore, StoreConfig};
-use crate::trace::{RawTracing, TracingConfig};
-use crate::upstream::{RawUpstream, Upstream, UpstreamConfig};
+use crate::store::config::{RawStore, StoreConfig};
+use crate::trace::config::{RawTracing, TracingConfig};
+use crate::upstream::config::{RawUpstream, Upstream, UpstreamConfig};
 
 pub use crate::settings::{defaults, parse_duration, parse_size, ConfigError};
 pub use overrides::Overrides;
@@ -136,8 +137,8 @@ impl RawConfig {
             cluster: ClusterConfig::try_from(self.cluster)
                 .map_err(|e| invalid(&format!("cluster.{}", e.key), e.message))?,
             tracing: TracingConfig::try_from(self.tracing)?,
-            limits: LimitsConfig::try_from(self.limits).map_err(|e| invalid(&e.key, e.message))?,
-            business_attributes: crate::query::business_attributes(self.business_attributes)?,
+            limits: LimitsConfig::try_from(self.limits)?,
+            business_attributes: business_attributes(self.business_attributes)?,
         };
         config.store.business_attributes = config.business_attributes.clone();
         if config.upstream.urls().is_empty() {

@@ -2,7 +2,7 @@
 
 use super::RawConfig;
 use crate::settings::ConfigError;
-use crate::trace::OtelEnv;
+use crate::trace::config::OtelEnv;
 
 /// Values from the command line and the environment that beat the file.
 #[derive(Debug, Clone, Default)]

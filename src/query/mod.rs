@@ -8,7 +8,7 @@
 //! variant from one broad answer) and the reference store (which answers the same
 //! queries from SQLite), so the three can never disagree about what a query means.
 
-mod config;
+pub mod config;
 pub mod date;
 pub mod filter;
 pub mod params;
@@ -18,8 +18,6 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-
-pub use config::{business_attributes, RawBusinessAttributes};
 
 /// The top-level fields of a Service. Every other top-level key is attached data
 /// (an extension), so none of these can be an extension filter or an extension name.

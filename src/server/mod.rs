@@ -31,7 +31,7 @@
 //! included) has passed, whichever is first.
 
 pub mod clients;
-mod config;
+pub mod config;
 pub mod connection;
 pub mod limits;
 
@@ -56,7 +56,7 @@ use self::connection::{Activity, Closed};
 use self::limits::AcceptBackoff;
 use crate::settings::{defaults, Cidr};
 
-pub use self::config::{RawServer, ServerConfig};
+pub use self::config::ServerConfig;
 use crate::error::GatewayError;
 use crate::limits::{LimitMetrics, Rejection, StreamBudget};
 

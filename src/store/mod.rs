@@ -19,7 +19,7 @@
 //!   with the one mapping from errors to responses.
 
 mod body;
-mod config;
+pub mod config;
 mod db;
 mod error;
 mod handler;
@@ -39,7 +39,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use crate::query::TypeMap;
 use crate::server::{Plain, ServeOptions};
 
-pub use config::{RawStore, StoreConfig};
+pub use config::StoreConfig;
 pub use error::StoreError;
 pub use routes::{is_routed, ROUTES};
 pub use sweep::SweepReport;

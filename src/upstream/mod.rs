@@ -15,7 +15,7 @@
 //! the answer, minus the time spent waiting on the client's own body.
 
 pub mod body;
-mod config;
+pub mod config;
 pub mod health;
 pub mod policy;
 
@@ -36,7 +36,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
 pub use self::body::{ClientBody, ClientBodyError, Prefix, UpstreamBody, UpstreamBodyError};
-pub use self::config::{RawUpstream, RawUpstreamTls, Upstream, UpstreamConfig, UpstreamTls};
+pub use self::config::{Upstream, UpstreamConfig, UpstreamTls};
 use self::health::{Change, Health, State, TrialGuard};
 use self::policy::{classify, RetryBudget};
 pub use self::policy::{FailureSet, Outcome};
