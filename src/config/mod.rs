@@ -1,4 +1,4 @@
-//! The loader: reads the TOML file into [`RawConfig`] (each table the serde struct of the
+//! The loader: reads the TOML file into `RawConfig` (each table the serde struct of the
 //! module that owns it; unknown keys refused), applies [`Overrides`], and calls each
 //! owner's `TryFrom` to build [`Config`]. What spans sections (the admin and public
 //! listeners apart, an empty upstream list meaning the embedded store) is checked here.
