@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Policy;
+use super::freshness::Policy;
 use crate::settings::{defaults, duration, header_value, invalid, size, ConfigError, Size};
 
 /// Step 1: `[cache]` as written.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
-use super::FailureSet;
+use super::policy::FailureSet;
 use crate::settings::{at_least_one, defaults, invalid, positive, size, ConfigError, Size};
 use crate::store::StoreConfig;
 
