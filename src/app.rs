@@ -18,15 +18,16 @@ use url::Url;
 use crate::admin::{self, Draining};
 use crate::cache::{Cache, Clock, SystemClock};
 use crate::cluster::{self, Cluster, SharedPolicy};
-use crate::config::{defaults, Config, ConfigError, Overrides, Upstream};
+use crate::config::{Config, Overrides};
 use crate::logging::LevelHandle;
 use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
 use crate::server::{self, Plain, ServeOptions};
+use crate::settings::{defaults, ConfigError};
 use crate::store::{self, Store, StoreConfig};
 use crate::tls::Tls;
 use crate::trace::Tracer;
-use crate::upstream::{AttemptObserver, Upstreams};
+use crate::upstream::{AttemptObserver, Upstream, Upstreams};
 
 /// The listeners [`run`] serves on, bound by the caller (tests bind `127.0.0.1:0`).
 pub struct Listeners {
@@ -222,7 +223,7 @@ pub async fn run(
 
     let embedded = match &config.upstream.target {
         Upstream::Embedded(store) => {
-            let store = store.store_config(&config.business_attributes);
+            let store = store.clone();
             Some(start_embedded(store, stopped(store_stopped)).await?)
         }
         Upstream::Urls(_) => None,
@@ -377,7 +378,7 @@ pub async fn run_store(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let listener = bind(listen, "--listen").await?;
-    let mut store = config.store.store_config(&config.business_attributes);
+    let mut store = config.store.clone();
     store.db = db.unwrap_or(store.db);
     store.legacy |= legacy;
     let db = store.db.clone();

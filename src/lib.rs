@@ -2,7 +2,11 @@
 //!
 //! # Layout
 //! - [`app`]: the one start-up path: embedded store, reload, listeners, shutdown order.
-//! - [`config`]: the TOML file, validated once into typed settings; defaults; precedence.
+//! - [`config`]: the loader: reads the TOML file, applies the command line and
+//!   environment over it (precedence), and builds each section by its owner's `TryFrom`
+//!   (each owner keeps its section's `Raw…` and typed config in its own `config` module).
+//! - [`settings`]: what every section owner validates with: `ConfigError`, the duration
+//!   and byte-size parsers, `Cidr`, and every default.
 //! - [`server`]: the accept loop every listener uses (HTTP/1.1 + h2, connection limits and
 //!   timeouts, graceful shutdown and drain).
 //! - [`routes`]: which route a request is (six Query Services routes, by-id, proxy).
@@ -60,6 +64,7 @@ pub mod pipeline;
 pub mod query;
 pub mod routes;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod tls;
 pub mod trace;

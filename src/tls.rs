@@ -2,7 +2,7 @@
 //! ALPN offering h2 and http/1.1 so hyper-util's auto builder serves either.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls_pki_types::pem::{self, PemObject};
@@ -10,8 +10,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::config::TlsConfig;
 use crate::server::Accept;
+
+/// `[server.tls]`: PEM files, as written (both keys required, no others) and as used.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// Accepts TLS connections with the certificate chain of `[server.tls]`, which
 /// [`Tls::slot`] re-reads (SIGHUP, or its files changing) without a restart.

@@ -24,6 +24,7 @@
 //! only, never across an `.await` and never while calling into moka (whose eviction
 //! listener takes `index`).
 
+pub mod config;
 mod fetch;
 mod freshness;
 mod index;
@@ -51,10 +52,10 @@ use http::header::{HeaderMap, CACHE_CONTROL};
 use moka::notification::RemovalCause;
 use tokio::sync::watch;
 
-use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::query::raw::Broad;
 use crate::query::{Extensions, TypeMap};
+pub use config::CacheConfig;
 
 /// The hasher of the cache's maps: foldhash, seeded per process. SipHash (the std
 /// default) cost ~1.5k instructions per hit over the key, the memo key and the moka

@@ -84,19 +84,6 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ClusterConfigError 
     }
 }
 
-impl RawCluster {
-    /// Applies `CSGATE_REDIS_URL` from `vars` (pass `std::env::vars()`); precedence:
-    /// env over file, so one image can be pointed at a Redis without editing the file.
-    pub fn with_env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> RawCluster {
-        for (name, value) in vars {
-            if name == "CSGATE_REDIS_URL" && !value.trim().is_empty() {
-                self.redis_url = Some(value);
-            }
-        }
-        self
-    }
-}
-
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig::try_from(RawCluster::default()).expect("the defaults are valid")
@@ -173,8 +160,7 @@ fn duration(
     let Some(text) = text else {
         return Ok(default);
     };
-    let value = humantime::parse_duration(text.trim())
-        .map_err(|e| invalid(key, format!("'{text}' is not a duration: {e}")))?;
+    let value = crate::settings::parse_duration(&text).map_err(|e| invalid(key, e))?;
     if value.is_zero() {
         return Err(invalid(key, "must be more than 0"));
     }
@@ -294,19 +280,5 @@ mod tests {
         assert!(!format!("{config:?}").contains("s3cret"));
         let error = parse(r#"redis_url = "ftp://app:s3cret@r""#).expect_err("scheme");
         assert!(!error.contains("s3cret"), "{error}");
-    }
-
-    #[test]
-    fn the_env_overrides_the_file() {
-        let raw = RawCluster {
-            redis_url: Some("redis://file:6379".into()),
-            ..RawCluster::default()
-        }
-        .with_env([("CSGATE_REDIS_URL".to_owned(), "redis://env:6379".to_owned())]);
-        let config = ClusterConfig::try_from(raw).expect("valid");
-        assert_eq!(
-            config.redis_url.as_ref().and_then(Url::host_str),
-            Some("env")
-        );
     }
 }

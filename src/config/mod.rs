@@ -1,52 +1,53 @@
-//! Configuration: a serde mirror of the TOML file (`raw`, unknown keys refused),
-//! validated once into typed settings (`sections`, one `TryFrom` per section), with
-//! every default in one place (`defaults`).
+//! The loader: reads the TOML file into `RawConfig` (each table the serde struct of the
+//! module that owns it; unknown keys refused), applies [`Overrides`], and calls each
+//! owner's `TryFrom` to build [`Config`]. What spans sections (the admin and public
+//! listeners apart, an empty upstream list meaning the embedded store) is checked here.
+//! Every default lives in [`crate::settings::defaults`].
 //!
 //! Precedence, highest first: command-line flags > environment (`CSGATE_*`) > file >
 //! defaults. [`Overrides`] carries the first two; [`Config::load`] applies them in that
 //! order, so there is exactly one function where precedence is decided.
 
-mod cidr;
-pub mod defaults;
-mod parse;
-mod raw;
-mod sections;
+mod overrides;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::cluster::ClusterConfig;
+use serde::Deserialize;
+
+use crate::admin::config::{AdminConfig, RawAdmin};
+use crate::cache::config::{CacheConfig, RawCache};
+use crate::cluster::config::{ClusterConfig, RawCluster};
+use crate::limits::config::{LimitsConfig, RawLimits};
+use crate::logging::config::{LogConfig, RawLog};
+use crate::query::config::{business_attributes, RawBusinessAttributes};
 use crate::query::TypeMap;
-use raw::RawConfig;
+use crate::server::config::{RawServer, ServerConfig};
+use crate::settings::invalid;
+use crate::store::config::{RawStore, StoreConfig};
+use crate::trace::config::{RawTracing, TracingConfig};
+use crate::upstream::config::{RawUpstream, Upstream, UpstreamConfig};
 
-pub use cidr::Cidr;
-pub use parse::{parse_duration, parse_size};
-pub use sections::{
-    AdminConfig, AdminToken, CacheConfig, LogConfig, LogFormat, ServerConfig, StoreSettings,
-    TlsConfig, Upstream, UpstreamConfig, UpstreamTls,
-};
+pub use crate::settings::{defaults, parse_duration, parse_size, ConfigError};
+pub use overrides::Overrides;
 
-/// A configuration problem, naming the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
-}
-
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.to_owned(),
-        message: message.into(),
-    }
+/// Step 1: the file as written. Every key is optional (a missing key takes its default
+/// in the owner's `TryFrom`) and an unknown key is refused by serde, naming it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    upstream: RawUpstream,
+    cache: RawCache,
+    admin: RawAdmin,
+    log: RawLog,
+    store: RawStore,
+    cluster: RawCluster,
+    tracing: RawTracing,
+    limits: RawLimits,
+    business_attributes: RawBusinessAttributes,
 }
 
 /// The whole validated configuration.
@@ -57,87 +58,17 @@ pub struct Config {
     pub cache: CacheConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
-    pub store: StoreSettings,
+    /// `[store]`, with the business-attribute maps.
+    pub store: StoreConfig,
     /// `[cluster]`: a fleet on one Redis; no `redis_url` runs alone.
     pub cluster: ClusterConfig,
     /// `[tracing]`: OpenTelemetry spans over OTLP, with the `OTEL_*` variables applied.
-    pub tracing: crate::trace::TracingConfig,
+    pub tracing: TracingConfig,
     /// `[limits]`: rate limits, the backend's fair share, connection limits.
-    pub limits: crate::limits::LimitsConfig,
+    pub limits: LimitsConfig,
     /// `[business_attributes.<attribute>]` name = id maps; `service_type` drives
     /// `service_types` validation and matching.
     pub business_attributes: BTreeMap<String, TypeMap>,
-}
-
-/// Values from the command line and the environment that beat the file.
-#[derive(Debug, Clone, Default)]
-pub struct Overrides {
-    pub listen: Option<String>,
-    pub admin_listen: Option<String>,
-    /// Replaces `[admin] token_file`.
-    pub admin_token_file: Option<String>,
-    /// Replaces `[upstream] urls` when non-empty.
-    pub upstreams: Vec<String>,
-    pub log_level: Option<String>,
-    pub log_format: Option<String>,
-    /// Replaces `[cluster] redis_url`.
-    pub redis_url: Option<String>,
-    /// The standard `OTEL_*` variables, over `[tracing]` (no flag sets them).
-    pub otel: crate::trace::OtelEnv,
-}
-
-impl Overrides {
-    /// Reads `CSGATE_LISTEN`, `CSGATE_ADMIN_LISTEN`, `CSGATE_ADMIN_TOKEN_FILE`,
-    /// `CSGATE_UPSTREAMS` (comma-separated),
-    /// `CSGATE_LOG_LEVEL`, `CSGATE_LOG_FORMAT`, `CSGATE_REDIS_URL` from `vars` (pass
-    /// `std::env::vars()`), and the `OTEL_*` ones [`crate::trace::OtelEnv`] names.
-    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Overrides {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let mut out = Overrides {
-            otel: crate::trace::OtelEnv::from_env(vars.iter().cloned()),
-            ..Overrides::default()
-        };
-        for (name, value) in vars {
-            match name.as_str() {
-                "CSGATE_LISTEN" => out.listen = Some(value),
-                "CSGATE_ADMIN_LISTEN" => out.admin_listen = Some(value),
-                "CSGATE_ADMIN_TOKEN_FILE" if !value.trim().is_empty() => {
-                    out.admin_token_file = Some(value);
-                }
-                "CSGATE_UPSTREAMS" => {
-                    out.upstreams = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect();
-                }
-                "CSGATE_LOG_LEVEL" => out.log_level = Some(value),
-                "CSGATE_LOG_FORMAT" => out.log_format = Some(value),
-                "CSGATE_REDIS_URL" if !value.trim().is_empty() => out.redis_url = Some(value),
-                _ => {}
-            }
-        }
-        out
-    }
-
-    /// `self` (the command line) over `env`.
-    pub fn over(self, env: Overrides) -> Overrides {
-        Overrides {
-            listen: self.listen.or(env.listen),
-            admin_listen: self.admin_listen.or(env.admin_listen),
-            admin_token_file: self.admin_token_file.or(env.admin_token_file),
-            upstreams: if self.upstreams.is_empty() {
-                env.upstreams
-            } else {
-                self.upstreams
-            },
-            log_level: self.log_level.or(env.log_level),
-            log_format: self.log_format.or(env.log_format),
-            redis_url: self.redis_url.or(env.redis_url),
-            otel: env.otel,
-        }
-    }
 }
 
 impl Config {
@@ -185,31 +116,6 @@ impl Default for Config {
 }
 
 impl RawConfig {
-    fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
-        if let Some(listen) = &o.listen {
-            self.server.listen = Some(listen.clone());
-        }
-        if let Some(listen) = &o.admin_listen {
-            self.admin.listen = Some(listen.clone());
-        }
-        if let Some(path) = &o.admin_token_file {
-            self.admin.token_file = Some(path.into());
-        }
-        if !o.upstreams.is_empty() {
-            self.upstream.urls = Some(o.upstreams.clone());
-        }
-        if let Some(level) = &o.log_level {
-            self.log.level = Some(level.clone());
-        }
-        if let Some(format) = &o.log_format {
-            self.log.format = Some(format.clone());
-        }
-        if let Some(url) = &o.redis_url {
-            self.cluster.redis_url = Some(url.clone());
-        }
-        self.tracing.apply(&o.otel)
-    }
-
     /// Validates each section by its `TryFrom`, then what spans sections: admin and
     /// public listeners apart, and an empty upstream list meaning the embedded store.
     fn validate(self) -> Result<Config, ConfigError> {
@@ -227,14 +133,14 @@ impl RawConfig {
             cache: CacheConfig::try_from(self.cache)?,
             admin,
             log: LogConfig::try_from(self.log)?,
-            store: StoreSettings::try_from(self.store)?,
+            store: StoreConfig::try_from(self.store)?,
             cluster: ClusterConfig::try_from(self.cluster)
                 .map_err(|e| invalid(&format!("cluster.{}", e.key), e.message))?,
-            tracing: crate::trace::TracingConfig::try_from(self.tracing)?,
-            limits: crate::limits::LimitsConfig::try_from(self.limits)
-                .map_err(|e| invalid(&e.key, e.message))?,
-            business_attributes: sections::business_attributes(self.business_attributes)?,
+            tracing: TracingConfig::try_from(self.tracing)?,
+            limits: LimitsConfig::try_from(self.limits)?,
+            business_attributes: business_attributes(self.business_attributes)?,
         };
+        config.store.business_attributes = config.business_attributes.clone();
         if config.upstream.urls().is_empty() {
             config.upstream.target = Upstream::Embedded(config.store.clone());
         }

@@ -159,6 +159,15 @@ fn precedence_is_cli_over_env_over_file() {
 }
 
 #[test]
+fn the_redis_url_from_the_env_beats_the_file() {
+    let file = "[cluster]\nredis_url = \"redis://file:6379\"";
+    let env = Overrides::from_env([("CSGATE_REDIS_URL".to_owned(), "redis://env:6379".to_owned())]);
+    let config = Config::from_toml(file, Path::new("f"), &env).expect("valid");
+    let url = config.cluster.redis_url.expect("a Redis is configured");
+    assert_eq!(url.host_str(), Some("env"));
+}
+
+#[test]
 fn sizes() {
     assert_eq!(parse_size("512"), Ok(512));
     assert_eq!(parse_size("8KiB"), Ok(8192));

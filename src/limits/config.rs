@@ -7,6 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use crate::settings::{at_least_one, invalid, parse_duration, ConfigError};
+
 /// Every default of `[limits]`, each with why.
 pub mod defaults {
     use std::time::Duration;
@@ -152,51 +154,25 @@ pub struct ConnectionLimits {
     pub h2_streams_per_connection: usize,
 }
 
-/// A `[limits]` key that is not valid, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key}: {message}")]
-pub struct LimitsConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-fn error(key: &str, message: impl Into<String>) -> LimitsConfigError {
-    LimitsConfigError {
-        key: key.to_owned(),
-        message: message.into(),
-    }
-}
-
-fn rate(key: &str, per_second: f64, burst: u32) -> Result<Rate, LimitsConfigError> {
+fn rate(key: &str, per_second: f64, burst: u32) -> Result<Rate, ConfigError> {
     if !per_second.is_finite() || per_second <= 0.0 || 1.0 / per_second > 1e9 {
-        return Err(error(
+        return Err(invalid(
             key,
             format!("rate {per_second} is not a positive number of requests per second"),
         ));
     }
     if burst == 0 {
-        return Err(error(key, "burst must be at least 1"));
+        return Err(invalid(key, "burst must be at least 1"));
     }
     Ok(Rate { per_second, burst })
 }
 
-fn at_least_one(
-    key: &str,
-    value: Option<usize>,
-    default: usize,
-) -> Result<usize, LimitsConfigError> {
-    match value.unwrap_or(default) {
-        0 => Err(error(key, "must be at least 1")),
-        n => Ok(n),
-    }
-}
-
-fn tenant_value(key: &str, text: &str) -> Result<Bytes, LimitsConfigError> {
+fn tenant_value(key: &str, text: &str) -> Result<Bytes, ConfigError> {
     if text.is_empty()
         || text.trim() != text
         || !text.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
     {
-        return Err(error(
+        return Err(invalid(
             key,
             format!("'{text}' is not a tenant header value (visible ASCII, no edge whitespace)"),
         ));
@@ -205,9 +181,9 @@ fn tenant_value(key: &str, text: &str) -> Result<Bytes, LimitsConfigError> {
 }
 
 impl TryFrom<RawLimits> for LimitsConfig {
-    type Error = LimitsConfigError;
+    type Error = ConfigError;
 
-    fn try_from(raw: RawLimits) -> Result<Self, LimitsConfigError> {
+    fn try_from(raw: RawLimits) -> Result<Self, ConfigError> {
         let tenant = raw
             .tenant
             .map(|r| rate("limits.tenant", r.rate, r.burst))
@@ -227,16 +203,20 @@ impl TryFrom<RawLimits> for LimitsConfig {
                 .transpose()?;
             let rate = rate(&key, o.rate, o.burst)?;
             if overrides.insert((center, group), rate).is_some() {
-                return Err(error(&key, "this tenant has an override already"));
+                return Err(invalid(&key, "this tenant has an override already"));
             }
         }
         let queue_deadline = match raw.backend.queue_deadline {
             None => defaults::BACKEND_QUEUE_DEADLINE,
-            Some(text) => crate::config::parse_duration(&text)
-                .map_err(|e| error("limits.backend.queue_deadline", e))?,
+            Some(text) => {
+                parse_duration(&text).map_err(|e| invalid("limits.backend.queue_deadline", e))?
+            }
         };
         if queue_deadline.is_zero() {
-            return Err(error("limits.backend.queue_deadline", "must be above zero"));
+            return Err(invalid(
+                "limits.backend.queue_deadline",
+                "must be above zero",
+            ));
         }
         Ok(LimitsConfig {
             tenant,
@@ -246,8 +226,9 @@ impl TryFrom<RawLimits> for LimitsConfig {
             backend: BackendLimits {
                 max_concurrent: at_least_one(
                     "limits.backend.max_concurrent",
-                    raw.backend.max_concurrent,
-                    defaults::BACKEND_MAX_CONCURRENT,
+                    raw.backend
+                        .max_concurrent
+                        .unwrap_or(defaults::BACKEND_MAX_CONCURRENT),
                 )?,
                 queue_deadline,
                 max_queue: raw.backend.max_queue.unwrap_or(defaults::BACKEND_MAX_QUEUE),
@@ -255,13 +236,15 @@ impl TryFrom<RawLimits> for LimitsConfig {
             connections: ConnectionLimits {
                 per_client: at_least_one(
                     "limits.connections.per_client",
-                    raw.connections.per_client,
-                    defaults::PER_CLIENT_CONNECTIONS,
+                    raw.connections
+                        .per_client
+                        .unwrap_or(defaults::PER_CLIENT_CONNECTIONS),
                 )?,
                 h2_streams_per_connection: at_least_one(
                     "limits.connections.h2_streams_per_connection",
-                    raw.connections.h2_streams_per_connection,
-                    defaults::H2_STREAMS_PER_CONNECTION,
+                    raw.connections
+                        .h2_streams_per_connection
+                        .unwrap_or(defaults::H2_STREAMS_PER_CONNECTION),
                 )?,
             },
         })

@@ -37,7 +37,7 @@ use tokio::sync::Semaphore;
 
 use crate::cache::{Cache, CacheOutcome};
 use crate::cluster::Cluster;
-use crate::config::{Cidr, Config};
+use crate::config::Config;
 use crate::error::GatewayError;
 use crate::httputil;
 use crate::identity::Tenant;
@@ -48,6 +48,7 @@ use crate::query::params::{self, Limits};
 use crate::query::{Lifecycle, TypeMap};
 use crate::routes::{self, PathOwner, Route};
 use crate::server::Body;
+use crate::settings::Cidr;
 use crate::trace::{self, Span, Tracer};
 use crate::upstream::Upstreams;
 

@@ -8,6 +8,7 @@
 //! variant from one broad answer) and the reference store (which answers the same
 //! queries from SQLite), so the three can never disagree about what a query means.
 
+pub mod config;
 pub mod date;
 pub mod filter;
 pub mod params;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::config::Cidr;
+use crate::settings::Cidr;
 
 /// Open connections by client address. Cheap to clone.
 #[derive(Clone, Debug)]

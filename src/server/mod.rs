@@ -31,6 +31,7 @@
 //! included) has passed, whichever is first.
 
 pub mod clients;
+pub mod config;
 pub mod connection;
 pub mod limits;
 
@@ -53,7 +54,9 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use self::clients::ClientConnections;
 use self::connection::{Activity, Closed};
 use self::limits::AcceptBackoff;
-use crate::config::{defaults, Cidr};
+use crate::settings::{defaults, Cidr};
+
+pub use self::config::ServerConfig;
 use crate::error::GatewayError;
 use crate::limits::{LimitMetrics, Rejection, StreamBudget};
 

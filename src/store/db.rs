@@ -292,7 +292,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::defaults::STORE_MAX_MEMORY_BYTES as MEMORY;
+    use crate::settings::defaults::STORE_MAX_MEMORY_BYTES as MEMORY;
 
     /// The settings every connection reads back. The heap limit is process-wide and other
     /// tests open stores concurrently, all with the default, so that is what this uses.

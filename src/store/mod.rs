@@ -13,11 +13,13 @@
 //!   tasks).
 //! - `query`: Query Services and the state/task list parameters.
 //! - `sweep`: auto-completion and expiration.
+//! - `config`: `[store]` as written and validated ([`StoreConfig`]).
 //! - `db`: connections (one writer, a pool of readers), pragmas, schema migrations.
 //! - `error`: [`StoreError`] (storage failures) and `ApiError` (what a client is told),
 //!   with the one mapping from errors to responses.
 
 mod body;
+pub mod config;
 mod db;
 mod error;
 mod handler;
@@ -29,7 +31,6 @@ mod sweep;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use crate::query::TypeMap;
 use crate::server::{Plain, ServeOptions};
 
+pub use config::StoreConfig;
 pub use error::StoreError;
 pub use routes::{is_routed, ROUTES};
 pub use sweep::SweepReport;
@@ -45,27 +47,6 @@ pub use sweep::SweepReport;
 /// Read connections kept open. WAL lets them read while the writer writes; queries are
 /// short, so a handful covers many concurrent requests.
 const READERS: usize = 4;
-
-/// How the store is set up.
-#[derive(Clone, Debug)]
-pub struct StoreConfig {
-    /// The SQLite file; its parent directory is created when missing.
-    pub db: PathBuf,
-    /// Answer Query Services the way older backends do: every query parameter ignored,
-    /// all sections, all extensions, tasks nested in their states.
-    pub legacy: bool,
-    /// Business-attribute maps by attribute name (`service_type`, `media_type`, ...).
-    /// When a map is configured for an attribute, a name unknown to it is refused.
-    pub business_attributes: BTreeMap<String, TypeMap>,
-    /// How often the sweeper runs; zero disables it.
-    pub sweep_interval: Duration,
-    /// Largest request body accepted (`config::defaults::STORE_MAX_BODY_BYTES`);
-    /// larger is 413.
-    pub max_body_bytes: usize,
-    /// SQLite's memory bound (`[store] max_memory_bytes`): its heap limit, half of it
-    /// split between the connections' page caches.
-    pub max_memory_bytes: usize,
-}
 
 /// A cheap, cloneable handle on an open store.
 ///

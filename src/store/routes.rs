@@ -10,7 +10,7 @@ use crate::query::Lifecycle;
 
 /// The store serves the API where GMS does, which is the gateway's default upstream
 /// prefix.
-pub const PREFIX: &str = crate::config::defaults::PATH_PREFIX;
+pub const PREFIX: &str = crate::settings::defaults::PATH_PREFIX;
 
 /// Whose services a Query Services route lists (raw path segment).
 #[derive(Clone, Debug, PartialEq, Eq)]

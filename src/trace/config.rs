@@ -9,7 +9,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::{parse_duration, ConfigError};
+use crate::settings::{parse_duration, ConfigError};
 
 /// Every default of `[tracing]`, once.
 pub mod defaults {

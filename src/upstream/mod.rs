@@ -15,6 +15,7 @@
 //! the answer, minus the time spent waiting on the client's own body.
 
 pub mod body;
+pub mod config;
 pub mod health;
 pub mod policy;
 
@@ -35,10 +36,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
 pub use self::body::{ClientBody, ClientBodyError, Prefix, UpstreamBody, UpstreamBodyError};
+pub use self::config::{Upstream, UpstreamConfig, UpstreamTls};
 use self::health::{Change, Health, State, TrialGuard};
 use self::policy::{classify, RetryBudget};
 pub use self::policy::{FailureSet, Outcome};
-use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::httputil::{self, empty};
 use crate::server::Body;
@@ -634,10 +635,7 @@ pub(crate) fn later(at: Instant, by: Duration) -> Instant {
 /// presenting its client certificate when one is configured. A certificate or name
 /// that does not verify fails the connect, which the attempt logic treats and logs
 /// like any connect failure (502, the cause in the log line).
-fn https_connector(
-    tls: &crate::config::UpstreamTls,
-    http: HttpConnector,
-) -> HttpsConnector<HttpConnector> {
+fn https_connector(tls: &UpstreamTls, http: HttpConnector) -> HttpsConnector<HttpConnector> {
     let client = tls.client.as_deref().cloned().unwrap_or_else(|| {
         // No https:// upstream: a configuration that trusts nothing, never used.
         rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::provider()))

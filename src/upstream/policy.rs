@@ -226,7 +226,7 @@ impl RetryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::defaults;
+    use crate::settings::defaults;
 
     #[test]
     fn retry_budget_allows_the_floor_then_the_ratio() {

@@ -19,7 +19,6 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::cluster::FleetPurge;
-use crate::config::AdminToken;
 use crate::error::{error_body, GatewayError};
 use crate::httputil::{full, json_content_type};
 use crate::metrics::Format;
@@ -27,10 +26,13 @@ use crate::pipeline::Gateway;
 use crate::query::params;
 use crate::server::Body;
 
+pub mod config;
+pub use config::{AdminConfig, AdminToken};
+
 /// OpenAPI 3.1 document of the public listener.
-pub const OPENAPI_CSGATE: &str = include_str!("../openapi/csgate.yaml");
+pub const OPENAPI_CSGATE: &str = include_str!("../../openapi/csgate.yaml");
 /// OpenAPI 3.1 document of this listener.
-pub const OPENAPI_ADMIN: &str = include_str!("../openapi/admin.yaml");
+pub const OPENAPI_ADMIN: &str = include_str!("../../openapi/admin.yaml");
 
 /// Set when shutdown begins; readiness then answers 503.
 #[derive(Clone, Default)]
@@ -54,7 +56,7 @@ pub struct Access {
 }
 
 impl Access {
-    pub fn from_config(config: &crate::config::AdminConfig) -> Access {
+    pub fn from_config(config: &AdminConfig) -> Access {
         Access {
             token: config.token.clone(),
             metrics_open: config.metrics_open,

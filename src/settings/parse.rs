@@ -1,19 +1,24 @@
-//! Parsers for single values, each naming the key in its error.
+//! Parsers for single values, each naming the key in its error: the one duration
+//! parser and the one byte-size parser every section uses.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use url::Url;
+use serde::Deserialize;
 
-use super::raw::Size;
 use super::{invalid, ConfigError};
-use crate::upstream::FailureSet;
 
-pub(super) fn addr(
-    key: &str,
-    value: Option<&str>,
-    default: &str,
-) -> Result<SocketAddr, ConfigError> {
+/// A byte size as written: an integer, or a string such as `"8KiB"`, `"256MiB"`,
+/// `"1GiB"`, `"512B"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A socket address, or `default` when absent.
+pub fn addr(key: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
     let text = value.unwrap_or(default);
     text.parse().map_err(|_| {
         invalid(
@@ -24,7 +29,7 @@ pub(super) fn addr(
 }
 
 /// A header value written in the file: visible ASCII, not empty.
-pub(super) fn header_value(
+pub fn header_value(
     key: &str,
     value: Option<&str>,
     default: &str,
@@ -39,43 +44,13 @@ pub(super) fn header_value(
     }
 }
 
-pub(super) fn upstream_url(key: &str, text: &str) -> Result<Url, ConfigError> {
-    // A URL that may hold a credential is never echoed into an error (or a log).
-    let url = Url::parse(text).map_err(|e| match text.contains('@') {
-        true => invalid(key, e.to_string()),
-        false => invalid(key, format!("'{text}': {e}")),
-    })?;
-    if !url.username().is_empty() || url.password().is_some() {
-        // Never echo the URL: it holds a credential.
-        return Err(invalid(
-            key,
-            "credentials (user:password@) in an upstream URL are refused; they would not be sent",
-        ));
-    }
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(
-            key,
-            format!("'{text}': only http:// and https:// upstreams are supported"),
-        ));
-    }
-    if url.host().is_none() {
-        return Err(invalid(key, format!("'{text}': no host")));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(invalid(
-            key,
-            format!("'{text}': a base URL has no query or fragment"),
-        ));
-    }
-    Ok(url)
-}
-
 /// Parses a humantime duration such as `"2s"`, `"500ms"`, `"1m 30s"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("'{text}' is not a duration: {e}"))
 }
 
-pub(super) fn duration(
+/// A duration, or `default` when absent.
+pub fn duration(
     key: &str,
     value: Option<String>,
     default: Duration,
@@ -86,7 +61,8 @@ pub(super) fn duration(
     }
 }
 
-pub(super) fn positive(
+/// A duration above zero, or `default` when absent.
+pub fn positive(
     key: &str,
     value: Option<String>,
     default: Duration,
@@ -98,20 +74,8 @@ pub(super) fn positive(
     Ok(d)
 }
 
-/// An `eject_on`/`retry_on` list: the default when absent, the first bad name named.
-pub(super) fn failures(
-    key: &str,
-    value: Option<Vec<String>>,
-    default: &[&str],
-) -> Result<FailureSet, ConfigError> {
-    match value {
-        None => FailureSet::parse(default),
-        Some(names) => FailureSet::parse(&names),
-    }
-    .map_err(|m| invalid(key, m))
-}
-
-pub(super) fn at_least_one(key: &str, value: usize) -> Result<usize, ConfigError> {
+/// A count of at least one.
+pub fn at_least_one(key: &str, value: usize) -> Result<usize, ConfigError> {
     if value == 0 {
         return Err(invalid(key, "must be at least 1"));
     }
@@ -142,7 +106,8 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("'{text}' is too large"))
 }
 
-pub(super) fn size(key: &str, value: Option<Size>, default: usize) -> Result<usize, ConfigError> {
+/// A byte size, or `default` when absent.
+pub fn size(key: &str, value: Option<Size>, default: usize) -> Result<usize, ConfigError> {
     match value {
         None => Ok(default),
         Some(Size::Bytes(n)) => usize::try_from(n).map_err(|_| invalid(key, "too large")),

@@ -1,4 +1,5 @@
-//! Every default, each with the reason for its value. `config/csgate.toml` documents the
+//! Every default, each with the reason for its value, in one place: each owner's
+//! `TryFrom<Raw…>` reads its section's values here. `config/csgate.toml` documents the
 //! same values; `config::tests` proves the two agree.
 
 use std::time::Duration;
@@ -35,8 +36,6 @@ pub const MAX_HEADERS: usize = 100;
 /// connection; a second covers a client's in-flight request. The drain ends sooner
 /// when every connection is closed.
 pub const DRAIN_DELAY: Duration = Duration::from_secs(1);
-/// Contract: at most 32 extension filters.
-pub const MAX_FILTERS: usize = 32;
 /// No peer is trusted to report the client's address: forwarding headers a client
 /// sends are replaced unless the operator names the proxies in front of csgate.
 pub const TRUSTED_PROXIES: &[&str] = &[];

@@ -15,7 +15,8 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogConfig, LogFormat};
+pub mod config;
+pub use config::{LogConfig, LogFormat};
 
 /// Keeps the background log writer alive; dropping it flushes what is queued.
 pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
