@@ -11,7 +11,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::TlsConfig;
-use crate::server::Accept;
 
 /// Accepts TLS connections with the certificate chain of `[server.tls]`, which
 /// [`Tls::slot`] re-reads (SIGHUP, or its files changing) without a restart.
@@ -281,14 +280,14 @@ impl TlsError {
     }
 }
 
-impl Accept for Tls {
-    type Io = TlsStream<TcpStream>;
-
-    async fn accept(&self, stream: TcpStream) -> std::io::Result<Self::Io> {
+impl Tls {
+    /// The TLS handshake on an accepted connection.
+    pub async fn handshake(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         self.acceptor.accept(stream).await
     }
 
-    fn negotiated_h2(io: &Self::Io) -> bool {
+    /// Did the handshake settle on HTTP/2 (ALPN `h2`)?
+    pub fn negotiated_h2(io: &TlsStream<TcpStream>) -> bool {
         io.get_ref().1.alpn_protocol() == Some(b"h2")
     }
 }
