@@ -9,9 +9,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::httputil::{full, json_content_type, no_store};
-use crate::limits::Rejection;
-use crate::server::Body;
+use crate::httputil::{full, json_content_type, no_store, Body};
 
 /// Something the gateway answers without a usable upstream answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -180,9 +178,7 @@ impl GatewayError {
             _ => {}
         }
         if self == GatewayError::StreamRefused {
-            response
-                .extensions_mut()
-                .insert(crate::server::RefuseStream);
+            response.extensions_mut().insert(RefuseStream);
         }
         response
     }
@@ -194,6 +190,51 @@ fn retry_after_seconds(after: std::time::Duration) -> HeaderValue {
     let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
     HeaderValue::from(seconds.max(1))
 }
+
+/// What refused a request: a limit (`[limits]`) or the connection cap. Its name is
+/// the `scope` label of the limits' metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// The tenant's rate (`429`).
+    Tenant,
+    /// The credential's rate (`429`).
+    Credential,
+    /// The backend queue was full (`503`).
+    QueueFull,
+    /// No backend slot within `queue_deadline` (`503`).
+    QueueDeadline,
+    /// Too many connections from one client address.
+    ClientConnections,
+    /// Too many backend-bound streams on one HTTP/2 connection.
+    H2Streams,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 6] = [
+        Rejection::Tenant,
+        Rejection::Credential,
+        Rejection::QueueFull,
+        Rejection::QueueDeadline,
+        Rejection::ClientConnections,
+        Rejection::H2Streams,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Rejection::Tenant => "tenant",
+            Rejection::Credential => "credential",
+            Rejection::QueueFull => "queue_full",
+            Rejection::QueueDeadline => "queue_deadline",
+            Rejection::ClientConnections => "client_connections",
+            Rejection::H2Streams => "h2_streams",
+        }
+    }
+}
+
+/// Marks an answer that refuses its stream: `REFUSED_STREAM` on HTTP/2 (the client may
+/// retry it safely, RFC 9113 §8.7), the answer itself on HTTP/1.1.
+#[derive(Clone, Copy, Debug)]
+pub struct RefuseStream;
 
 /// Who caused an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,10 +426,7 @@ mod tests {
             assert_eq!(response.headers()[header::RETRY_AFTER], header, "{after:?}");
         }
         let refused = GatewayError::StreamRefused.into_response();
-        assert!(refused
-            .extensions()
-            .get::<crate::server::RefuseStream>()
-            .is_some());
+        assert!(refused.extensions().get::<RefuseStream>().is_some());
         assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
     }
 

@@ -4,9 +4,14 @@
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Response;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
-use crate::server::Body;
+/// Errors carried inside response and request bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type every handler answers with.
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

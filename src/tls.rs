@@ -10,7 +10,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
-use crate::server::Accept;
 
 /// `[server.tls]`: PEM files, as written (both keys required, no others) and as used.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -288,14 +287,14 @@ impl TlsError {
     }
 }
 
-impl Accept for Tls {
-    type Io = TlsStream<TcpStream>;
-
-    async fn accept(&self, stream: TcpStream) -> std::io::Result<Self::Io> {
+impl Tls {
+    /// The TLS handshake on an accepted connection.
+    pub async fn handshake(&self, stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
         self.acceptor.accept(stream).await
     }
 
-    fn negotiated_h2(io: &Self::Io) -> bool {
+    /// Did the handshake settle on HTTP/2 (ALPN `h2`)?
+    pub fn negotiated_h2(io: &TlsStream<TcpStream>) -> bool {
         io.get_ref().1.alpn_protocol() == Some(b"h2")
     }
 }

@@ -10,44 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// What refused a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Rejection {
-    /// The tenant's rate (`429`).
-    Tenant,
-    /// The credential's rate (`429`).
-    Credential,
-    /// The backend queue was full (`503`).
-    QueueFull,
-    /// No backend slot within `queue_deadline` (`503`).
-    QueueDeadline,
-    /// Too many connections from one client address.
-    ClientConnections,
-    /// Too many backend-bound streams on one HTTP/2 connection.
-    H2Streams,
-}
-
-impl Rejection {
-    pub const ALL: [Rejection; 6] = [
-        Rejection::Tenant,
-        Rejection::Credential,
-        Rejection::QueueFull,
-        Rejection::QueueDeadline,
-        Rejection::ClientConnections,
-        Rejection::H2Streams,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Rejection::Tenant => "tenant",
-            Rejection::Credential => "credential",
-            Rejection::QueueFull => "queue_full",
-            Rejection::QueueDeadline => "queue_deadline",
-            Rejection::ClientConnections => "client_connections",
-            Rejection::H2Streams => "h2_streams",
-        }
-    }
-}
+pub use crate::error::Rejection;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ScopeLabel {

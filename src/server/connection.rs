@@ -73,21 +73,30 @@ pub enum Closed {
     NoFirstRequest,
 }
 
+/// What bounds one connection's life.
+pub struct Bounds<'a> {
+    pub activity: &'a Activity,
+    /// The first complete request is due by then (accept + header read timeout).
+    pub first_request_by: Instant,
+    pub idle_timeout: Duration,
+    /// Fires when the connection must finish its in-flight requests and close.
+    pub close: tokio::sync::watch::Receiver<bool>,
+}
+
 /// Drives a hyper connection future until it ends, enforcing the first-request
 /// deadline and the idle timeout, and closing gracefully when `close` fires.
 /// `graceful` asks the connection to finish (hyper's `graceful_shutdown`).
-pub async fn drive<C, G, O>(
-    connection: C,
-    graceful: G,
-    activity: &Activity,
-    first_request_by: Instant,
-    idle_timeout: Duration,
-    mut close: tokio::sync::watch::Receiver<bool>,
-) -> Result<O, Closed>
+pub async fn drive<C, G, O>(connection: C, graceful: G, bounds: Bounds<'_>) -> Result<O, Closed>
 where
     C: Future<Output = O>,
     G: Fn(Pin<&mut C>),
 {
+    let Bounds {
+        activity,
+        first_request_by,
+        idle_timeout,
+        mut close,
+    } = bounds;
     tokio::pin!(connection);
     let mut closing = false;
     let mut wake = first_request_by.min(Instant::now() + idle_timeout);

@@ -2,6 +2,7 @@
 //! reference store: HTTP/1.1 and h2 on one port (hyper-util `auto`), and the rule that
 //! every connection makes progress or is closed.
 //!
+//! - [`accept`]: plain TCP or a TLS handshake before HTTP.
 //! - [`limits`]: the open-file limit, the connection cap derived from it, accept-error
 //!   back-off.
 //! - [`connection`]: one connection's deadlines (first request, idle) and graceful close.
@@ -30,6 +31,7 @@
 //! they are all gone or when `shutdown_grace` (counted from the signal, drain delay
 //! included) has passed, whichever is first.
 
+pub mod accept;
 pub mod clients;
 pub mod config;
 pub mod connection;
@@ -37,33 +39,29 @@ pub mod limits;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use self::clients::ClientConnections;
-use self::connection::{Activity, Closed};
+pub use self::accept::{Accept, Plain};
+use self::clients::{ClientConnections, Counted};
+use self::connection::{Activity, Bounds, Closed};
 use self::limits::AcceptBackoff;
 use crate::settings::{defaults, Cidr};
 
 pub use self::config::ServerConfig;
 use crate::error::GatewayError;
+pub use crate::error::RefuseStream;
+pub use crate::httputil::{Body, BoxError};
 use crate::limits::{LimitMetrics, Rejection, StreamBudget};
-
-/// Marks an answer that refuses its stream: `REFUSED_STREAM` on HTTP/2 (the client may
-/// retry it safely, RFC 9113 §8.7), the answer itself on HTTP/1.1.
-#[derive(Clone, Copy, Debug)]
-pub struct RefuseStream;
 
 /// `[limits.connections]` on a listener.
 #[derive(Clone, Debug)]
@@ -76,12 +74,6 @@ pub struct ConnectionLimits {
     pub h2_streams: usize,
     pub metrics: LimitMetrics,
 }
-
-/// Errors carried inside response and request bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body type every handler answers with.
-pub type Body = BoxBody<Bytes, BoxError>;
 
 /// Connection-level settings of one listener.
 #[derive(Clone, Debug)]
@@ -129,33 +121,6 @@ impl ServeOptions {
     }
 }
 
-/// Turns an accepted TCP stream into the stream HTTP is spoken on (TLS or plain).
-pub trait Accept: Clone + Send + Sync + 'static {
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept(
-        &self,
-        stream: tokio::net::TcpStream,
-    ) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
-
-    /// Did the handshake settle on HTTP/2 (TLS ALPN `h2`)? Such a connection is served
-    /// as HTTP/2 only: anything but the HTTP/2 preface then gets a GOAWAY, never an
-    /// HTTP/1.1 answer (RFC 9113 §3.4).
-    fn negotiated_h2(_io: &Self::Io) -> bool {
-        false
-    }
-}
-
-/// Plain TCP.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Plain;
-
-impl Accept for Plain {
-    type Io = tokio::net::TcpStream;
-    async fn accept(&self, stream: tokio::net::TcpStream) -> std::io::Result<Self::Io> {
-        Ok(stream)
-    }
-}
-
 /// Serves `handler` on `listener` until `shutdown` resolves, then drains.
 pub async fn serve<A, H, F>(
     listener: TcpListener,
@@ -168,6 +133,32 @@ pub async fn serve<A, H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    let gate = Gate::new(options.max_connections);
+    let clients = options
+        .limits
+        .as_ref()
+        .map(|l| ClientConnections::new(l.per_client, l.trusted_proxies.clone()));
+    let served = Served {
+        acceptor,
+        builder: http_builder(&options),
+        options,
+        handler,
+        draining: gate.draining.subscribe(),
+        close: gate.close.subscribe(),
+    };
+    let mut backoff = AcceptBackoff::new();
+    tokio::pin!(shutdown);
+    while let Some((stream, peer, permit)) =
+        next_connection(&listener, &gate.permits, &mut backoff, &mut shutdown).await
+    {
+        let accepted = Accepted::admit(stream, peer, permit, clients.as_ref(), &served.options);
+        tokio::spawn(served.clone().run(accepted));
+    }
+    gate.drain(listener, &served.options).await;
+}
+
+/// HTTP/1.1 and HTTP/2 settings of one listener.
+fn http_builder(options: &ServeOptions) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -180,171 +171,268 @@ pub async fn serve<A, H, F>(
         .timer(TokioTimer::new())
         .keep_alive_interval(options.idle_timeout / 2)
         .keep_alive_timeout(options.header_read_timeout);
+    builder
+}
 
-    // Bounded so that shutdown can wait for every permit with one `acquire_many`.
-    let cap = options.max_connections.min(u32::MAX as usize).max(1);
-    let permits = Arc::new(Semaphore::new(cap));
-    // `draining`: answer with `Connection: close`; `close`: finish and close now.
-    let (draining_tx, draining_rx) = watch::channel(false);
-    let (close_tx, close_rx) = watch::channel(false);
-    let mut backoff = AcceptBackoff::new();
-    let clients = options
-        .limits
-        .as_ref()
-        .map(|l| ClientConnections::new(l.per_client, l.trusted_proxies.clone()));
-    tokio::pin!(shutdown);
+/// The next accepted connection and its slot, backing off after accept errors; `None`
+/// once `shutdown` resolves.
+async fn next_connection<S>(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    backoff: &mut AcceptBackoff,
+    shutdown: &mut S,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)>
+where
+    S: Future<Output = ()> + Unpin,
+{
     loop {
         let accepted = tokio::select! {
-            accepted = accept_within_cap(&listener, &permits) => accepted,
-            () = &mut shutdown => break,
+            accepted = accept_within_cap(listener, permits) => accepted,
+            () = &mut *shutdown => return None,
         };
-        let (stream, peer, permit) = match accepted {
+        match accepted {
             Ok(accepted) => {
                 backoff.succeeded();
-                accepted
+                return Some(accepted);
             }
             Err(error) => {
                 let delay = backoff.failed(&error);
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => continue,
-                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(delay) => {}
+                    () = &mut *shutdown => return None,
                 }
             }
-        };
-        let accepted_at = tokio::time::Instant::now();
-        let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
-        // Past `per_client`, the connection is served only to be refused.
-        let counted = clients.as_ref().map(|c| c.enter(peer.ip()));
-        let refused = matches!(counted, Some(None));
-        if refused {
-            if let Some(limits) = &options.limits {
-                limits.metrics.rejected(Rejection::ClientConnections);
+        }
+    }
+}
+
+/// The listener's connection slots and its two shutdown signals.
+struct Gate {
+    /// One permit per open connection, bounded so that shutdown can wait for every
+    /// permit with one `acquire_many`.
+    permits: Arc<Semaphore>,
+    cap: u32,
+    /// Answer with `Connection: close` from now on.
+    draining: watch::Sender<bool>,
+    /// Finish in-flight requests and close now.
+    close: watch::Sender<bool>,
+}
+
+impl Gate {
+    fn new(max_connections: usize) -> Gate {
+        let cap = max_connections.min(u32::MAX as usize).max(1);
+        Gate {
+            permits: Arc::new(Semaphore::new(cap)),
+            cap: u32::try_from(cap).expect("cap is at most u32::MAX"),
+            draining: watch::Sender::new(false),
+            close: watch::Sender::new(false),
+        }
+    }
+
+    /// Stops accepting, serves open connections for `drain_delay` (while any is open),
+    /// then tells them to close and waits for them until `shutdown_grace` has passed.
+    async fn drain(self, listener: TcpListener, options: &ServeOptions) {
+        let grace_ends = tokio::time::Instant::now() + options.shutdown_grace;
+        self.draining.send_replace(true);
+        drop(listener);
+        if !options.drain_delay.is_zero() {
+            // The delay is for requests on open connections: once none is open, it is over.
+            let delay_ends = grace_ends.min(tokio::time::Instant::now() + options.drain_delay);
+            tokio::select! {
+                () = tokio::time::sleep_until(delay_ends) => {}
+                _ = self.permits.acquire_many(self.cap) => {}
             }
         }
-        let streams = options.limits.as_ref().map(|l| l.h2_streams);
+        self.close.send_replace(true);
+        // Every connection task holds a permit: all are back when every connection is gone.
+        tokio::select! {
+            _ = self.permits.acquire_many(self.cap) => {}
+            () = tokio::time::sleep_until(grace_ends) => {
+                tracing::warn!(grace = ?options.shutdown_grace, "shutdown grace elapsed; closing remaining connections");
+            }
+        }
+    }
+}
+
+/// One accepted connection, admitted or (past `per_client`) to be refused.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    at: tokio::time::Instant,
+    /// Held until the connection is gone: its slot under `max_connections`.
+    permit: OwnedSemaphorePermit,
+    /// Held likewise: its place in the client's count, when it got one.
+    counted: Option<Counted>,
+    /// Past `per_client`: served only to be refused.
+    refused: bool,
+}
+
+impl Accepted {
+    fn admit(
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+        clients: Option<&ClientConnections>,
+        options: &ServeOptions,
+    ) -> Accepted {
+        let at = tokio::time::Instant::now();
+        let _ = stream.set_nodelay(true);
+        let counted = clients.map(|c| c.enter(peer.ip()));
+        let refused = matches!(counted, Some(None));
+        if let (true, Some(limits)) = (refused, &options.limits) {
+            limits.metrics.rejected(Rejection::ClientConnections);
+        }
+        Accepted {
+            stream,
+            peer,
+            at,
+            permit,
+            counted: counted.flatten(),
+            refused,
+        }
+    }
+}
+
+/// What every connection's task takes from its listener (cloned per connection).
+#[derive(Clone)]
+struct Served<A, H> {
+    acceptor: A,
+    builder: auto::Builder<TokioExecutor>,
+    options: ServeOptions,
+    handler: H,
+    draining: watch::Receiver<bool>,
+    close: watch::Receiver<bool>,
+}
+
+impl<A, H, F> Served<A, H>
+where
+    A: Accept,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    /// Serves one connection to its end: handshake and first request within
+    /// `header_read_timeout` of the accept, then requests until it idles out or closes.
+    async fn run(self, accepted: Accepted) {
+        let Accepted {
+            stream,
+            peer,
+            at,
+            permit: _permit,
+            counted: _counted,
+            refused,
+        } = accepted;
+        let activity = Arc::new(Activity::new());
+        let first_request_by = at + self.options.header_read_timeout;
+        let io = match tokio::time::timeout_at(first_request_by, self.acceptor.accept(stream)).await
+        {
+            Ok(Ok(io)) => io,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, %peer, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "handshake timed out");
+                return;
+            }
+        };
         // A refused connection closes once its first answer is out (GOAWAY on h2): its
         // own close signal, sent by the refusal, stands in for the listener's.
         let (refusal_sent, refusal) = watch::channel(false);
-        let close = if refused { refusal } else { close_rx.clone() };
-        let service = {
-            let handler = handler.clone();
-            let activity = activity.clone();
-            let draining = draining_rx.clone();
-            let budget = streams.map(StreamBudget::new);
-            let refusal_sent = Arc::new(refusal_sent);
-            service_fn(move |mut request: Request<Incoming>| {
-                let refusal_sent = refusal_sent.clone();
-                let handler = handler.clone();
-                let activity = activity.clone();
-                let draining = draining.clone();
-                let h2 = request.version() == http::Version::HTTP_2;
-                if let (true, Some(budget)) = (h2, &budget) {
-                    request.extensions_mut().insert(budget.clone());
-                }
-                async move {
-                    let _running = activity.request();
-                    let mut response = if refused {
-                        refusal_sent.send_replace(true);
-                        GatewayError::TooManyConnections.into_response()
-                    } else {
-                        handler(request, peer).await
-                    };
-                    if h2 && (refused || response.extensions().get::<RefuseStream>().is_some()) {
-                        // hyper resets the stream with the reason it finds in the error.
-                        return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
-                    }
-                    if !h2 && *draining.borrow() {
-                        response.headers_mut().insert(
-                            http::header::CONNECTION,
-                            http::HeaderValue::from_static("close"),
-                        );
-                    }
-                    Ok::<_, h2::Error>(response)
-                }
-            })
-        };
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let options = options.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _counted = counted;
-            let first_request_by = accepted_at + options.header_read_timeout;
-            let io = match tokio::time::timeout_at(first_request_by, acceptor.accept(stream)).await
-            {
-                Ok(Ok(io)) => io,
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, %peer, "handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "handshake timed out");
-                    return;
-                }
-            };
-            // `serve_connection_with_upgrades` sniffs the protocol whatever the
-            // builder says, so a connection ALPN settled on h2 is served without it
-            // (HTTP/2 has no upgrades).
-            let ended = if A::negotiated_h2(&io) {
-                let connection = builder
-                    .http2_only()
-                    .serve_connection(TokioIo::new(io), service)
-                    .into_owned();
-                connection::drive(
-                    connection,
-                    |connection: std::pin::Pin<&mut _>| connection.graceful_shutdown(),
-                    &activity,
-                    first_request_by,
-                    options.idle_timeout,
-                    close,
-                )
-                .await
-            } else {
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(io), service)
-                    .into_owned();
-                connection::drive(
-                    connection,
-                    |connection: std::pin::Pin<&mut _>| connection.graceful_shutdown(),
-                    &activity,
-                    first_request_by,
-                    options.idle_timeout,
-                    close,
-                )
-                .await
-            };
-            match ended {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, %peer, "connection ended with an error");
-                }
-                Err(Closed::NoFirstRequest) => {
-                    tracing::debug!(%peer, "no request within the header read timeout; closed");
-                }
+        let close = if refused { refusal } else { self.close.clone() };
+        let refusal_sent = refused.then_some(Arc::new(refusal_sent));
+        let budget = (self.options.limits.as_ref()).map(|l| StreamBudget::new(l.h2_streams));
+        let (handler, draining) = (self.handler.clone(), self.draining.clone());
+        let service_activity = activity.clone();
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            // Each HTTP/2 request carries its connection's budget of backend streams.
+            if let (http::Version::HTTP_2, Some(budget)) = (request.version(), &budget) {
+                request.extensions_mut().insert(budget.clone());
             }
+            answer(
+                request,
+                peer,
+                handler.clone(),
+                service_activity.clone(),
+                draining.clone(),
+                refusal_sent.clone(),
+            )
         });
-    }
-    let grace_ends = tokio::time::Instant::now() + options.shutdown_grace;
-    let _ = draining_tx.send(true);
-    drop(listener);
-    let all = u32::try_from(cap).expect("cap is at most u32::MAX");
-    if !options.drain_delay.is_zero() {
-        // The delay is for requests on open connections: once none is open, it is over.
-        let delay_ends = grace_ends.min(tokio::time::Instant::now() + options.drain_delay);
-        tokio::select! {
-            () = tokio::time::sleep_until(delay_ends) => {}
-            _ = permits.acquire_many(all) => {}
+        let bounds = Bounds {
+            activity: &activity,
+            first_request_by,
+            idle_timeout: self.options.idle_timeout,
+            close,
+        };
+        // `serve_connection_with_upgrades` sniffs the protocol whatever the builder
+        // says, so a connection ALPN settled on h2 is served without it (HTTP/2 has
+        // no upgrades).
+        let ended = if A::negotiated_h2(&io) {
+            let builder = self.builder.http2_only();
+            let connection = builder.serve_connection(TokioIo::new(io), service);
+            connection::drive(
+                connection.into_owned(),
+                |connection: Pin<&mut _>| connection.graceful_shutdown(),
+                bounds,
+            )
+            .await
+        } else {
+            let builder = self.builder;
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            connection::drive(
+                connection.into_owned(),
+                |connection: Pin<&mut _>| connection.graceful_shutdown(),
+                bounds,
+            )
+            .await
+        };
+        match ended {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+            Err(Closed::NoFirstRequest) => {
+                tracing::debug!(%peer, "no request within the header read timeout; closed");
+            }
         }
     }
-    let _ = close_tx.send(true);
-    // Every connection task holds a permit: all are back when every connection is gone.
-    tokio::select! {
-        _ = permits.acquire_many(all) => {}
-        () = tokio::time::sleep_until(grace_ends) => {
-            tracing::warn!(grace = ?options.shutdown_grace, "shutdown grace elapsed; closing remaining connections");
+}
+
+/// One request on a connection: counted as activity, answered by the handler (or
+/// refused, on a connection past `per_client`, whose refusal then closes it), and
+/// marked `Connection: close` on HTTP/1 while the listener drains.
+async fn answer<H, F>(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    handler: H,
+    activity: Arc<Activity>,
+    draining: watch::Receiver<bool>,
+    refusal_sent: Option<Arc<watch::Sender<bool>>>,
+) -> Result<Response<Body>, h2::Error>
+where
+    H: Fn(Request<Incoming>, SocketAddr) -> F,
+    F: Future<Output = Response<Body>>,
+{
+    let _running = activity.request();
+    let h2 = request.version() == http::Version::HTTP_2;
+    let refused = refusal_sent.is_some();
+    let mut response = match refusal_sent {
+        Some(sent) => {
+            sent.send_replace(true);
+            GatewayError::TooManyConnections.into_response()
         }
+        None => handler(request, peer).await,
+    };
+    if h2 && (refused || response.extensions().get::<RefuseStream>().is_some()) {
+        // hyper resets the stream with the reason it finds in the error.
+        return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
     }
+    if !h2 && *draining.borrow() {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    Ok(response)
 }
 
 /// Waits for a free connection slot, then accepts.

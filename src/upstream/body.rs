@@ -12,6 +12,9 @@
 //!   into an error (hyper then aborts the client connection: never a clean end),
 //!   recorded against the upstream's health and logged once.
 //!
+//! Both are a [`Watched`] body: the polling is written once, each [`Watch`] says what
+//! it checks and whom a fault is told to.
+//!
 //! Locking: `WaitClock` holds a `std::sync::Mutex` for a few arithmetic operations,
 //! never across an `.await`.
 
@@ -27,31 +30,91 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
-use super::policy::{chain, Outcome};
-use super::Upstreams;
-use crate::error::GatewayError;
-use crate::httputil::full;
-use crate::server::{Body, BoxError};
+use super::error::{chain, ClientBodyError, UpstreamBodyError};
+use super::policy::{later, Outcome};
+use super::pool::Upstreams;
+use crate::httputil::{full, Body, BoxError};
 
-/// Why the client's request body did not arrive.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClientBodyError {
-    #[error("the request body is larger than the limit of {max} bytes")]
-    TooLarge { max: usize },
-    /// Invalid framing (a bad chunk), or the client went away mid-body.
-    #[error("the request body could not be read: {0}")]
-    Unreadable(String),
-    #[error("the request body did not arrive within {0:?}")]
-    Timeout(Duration),
+/// What a [`Watched`] body checks on its way through. Both bodies have this shape:
+/// poll the inner body, judge the frame or the wait, and fail for good on the first
+/// fault.
+pub trait Watch: Unpin {
+    /// The body watched.
+    type Inner: hyper::body::Body<Data = Bytes> + Unpin;
+    /// Why the body stopped.
+    type Fault: std::error::Error + Clone + Unpin + Send + Sync + 'static;
+    /// The inner body answered (a frame, its end or an error): a wait is over.
+    fn settled(&mut self) {}
+    /// A frame is passing through; a fault stops the body instead.
+    fn frame(&mut self, _frame: &Frame<Bytes>) -> Result<(), Self::Fault> {
+        Ok(())
+    }
+    /// The inner body failed.
+    fn broken(&mut self, error: &<Self::Inner as hyper::body::Body>::Error) -> Self::Fault;
+    /// The inner body has nothing yet: a fault once a deadline has passed.
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Option<Self::Fault>;
+    /// The body's first fault, before it is yielded: tell whom it concerns.
+    fn failed(&mut self, fault: &Self::Fault);
 }
 
-impl From<ClientBodyError> for GatewayError {
-    fn from(e: ClientBodyError) -> GatewayError {
-        match e {
-            ClientBodyError::TooLarge { max } => GatewayError::PayloadTooLarge { max },
-            ClientBodyError::Unreadable(_) => GatewayError::UnreadableBody,
-            ClientBodyError::Timeout(after) => GatewayError::BodyReadTimeout { after },
+/// A body under a [`Watch`]. After its first fault every poll yields that fault again:
+/// a failed body never ends cleanly.
+pub struct Watched<W: Watch> {
+    inner: W::Inner,
+    watch: W,
+    fault: Option<W::Fault>,
+}
+
+impl<W: Watch> Watched<W> {
+    fn watch(inner: W::Inner, watch: W) -> Watched<W> {
+        Watched {
+            inner,
+            watch,
+            fault: None,
         }
+    }
+}
+
+impl<W: Watch> hyper::body::Body for Watched<W> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let Some(fault) = &this.fault {
+            return Poll::Ready(Some(Err(Box::new(fault.clone()))));
+        }
+        let fault = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(item) => {
+                this.watch.settled();
+                match item {
+                    None => return Poll::Ready(None),
+                    Some(Ok(frame)) => match this.watch.frame(&frame) {
+                        Ok(()) => return Poll::Ready(Some(Ok(frame))),
+                        Err(fault) => fault,
+                    },
+                    Some(Err(error)) => this.watch.broken(&error),
+                }
+            }
+            Poll::Pending => match this.watch.stalled(cx) {
+                Some(fault) => fault,
+                None => return Poll::Pending,
+            },
+        };
+        this.watch.failed(&fault);
+        this.fault = Some(fault.clone());
+        Poll::Ready(Some(Err(Box::new(fault))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.fault.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -79,7 +142,7 @@ impl WaitClock {
     fn waiting(&self, budget: Duration) -> Instant {
         let mut waits = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let since = *waits.since.get_or_insert_with(Instant::now);
-        super::later(since, budget.saturating_sub(waits.done))
+        later(since, budget.saturating_sub(waits.done))
     }
 
     fn stop_waiting(&self) {
@@ -91,8 +154,10 @@ impl WaitClock {
 }
 
 /// The client's request body, bounded in size and in waiting time.
-pub struct ClientBody {
-    inner: Body,
+pub type ClientBody = Watched<ClientWatch>;
+
+/// The bounds of a [`ClientBody`]: its size, and its summed waiting time.
+pub struct ClientWatch {
     max: usize,
     read: usize,
     timeout: Duration,
@@ -107,14 +172,14 @@ impl ClientBody {
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        ClientBody {
-            inner: body.map_err(Into::into).boxed(),
+        let watch = ClientWatch {
             max,
             read: 0,
             timeout,
             clock: Arc::default(),
             sleep: None,
-        }
+        };
+        Watched::watch(body.map_err(Into::into).boxed(), watch)
     }
 
     /// A body the gateway already holds in full.
@@ -134,88 +199,57 @@ impl ClientBody {
     }
 
     pub(super) fn clock(&self) -> Arc<WaitClock> {
-        self.clock.clone()
+        self.watch.clock.clone()
     }
+}
 
-    fn fail(&mut self, error: ClientBodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+impl Watch for ClientWatch {
+    type Inner = Body;
+    type Fault = ClientBodyError;
+
+    fn settled(&mut self) {
         self.clock.stop_waiting();
-        self.inner = http_body_util::Empty::new().map_err(Into::into).boxed();
-        Poll::Ready(Some(Err(Box::new(error))))
     }
-}
 
-impl hyper::body::Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(item) => {
-                this.clock.stop_waiting();
-                match item {
-                    None => Poll::Ready(None),
-                    Some(Ok(frame)) => {
-                        this.read += frame.data_ref().map_or(0, Bytes::len);
-                        if this.read > this.max {
-                            return this.fail(ClientBodyError::TooLarge { max: this.max });
-                        }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    Some(Err(error)) => this.fail(ClientBodyError::Unreadable(chain(&*error))),
-                }
-            }
-            Poll::Pending => {
-                if this.timeout == Duration::MAX {
-                    return Poll::Pending;
-                }
-                let until = tokio::time::Instant::from_std(this.clock.waiting(this.timeout));
-                let sleep = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                if sleep.deadline() != until {
-                    sleep.as_mut().reset(until);
-                }
-                if sleep.as_mut().poll(cx).is_ready() {
-                    let timeout = this.timeout;
-                    return this.fail(ClientBodyError::Timeout(timeout));
-                }
-                Poll::Pending
-            }
+    fn frame(&mut self, frame: &Frame<Bytes>) -> Result<(), ClientBodyError> {
+        self.read += frame.data_ref().map_or(0, Bytes::len);
+        if self.read > self.max {
+            return Err(ClientBodyError::TooLarge { max: self.max });
         }
+        Ok(())
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn broken(&mut self, error: &BoxError) -> ClientBodyError {
+        ClientBodyError::Unreadable(chain(&**error))
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Option<ClientBodyError> {
+        if self.timeout == Duration::MAX {
+            return None;
+        }
+        let until = tokio::time::Instant::from_std(self.clock.waiting(self.timeout));
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if sleep.deadline() != until {
+            sleep.as_mut().reset(until);
+        }
+        let due = sleep.as_mut().poll(cx).is_ready();
+        due.then_some(ClientBodyError::Timeout(self.timeout))
     }
-}
 
-/// Why an upstream answer body stopped before its end.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamBodyError {
-    #[error("the upstream answer body did not finish in time")]
-    Timeout,
-    #[error("the upstream answer body broke off: {0}")]
-    Broken(String),
+    fn failed(&mut self, _fault: &ClientBodyError) {
+        self.clock.stop_waiting();
+    }
 }
 
 /// An upstream answer body with a deadline for its last byte. A failure is recorded
 /// against the target's health and yielded as an error.
-pub struct UpstreamBody {
-    inner: Incoming,
-    deadline: Pin<Box<Sleep>>,
-    report: Option<Report>,
-}
+pub type UpstreamBody = Watched<UpstreamWatch>;
 
-/// Whom a body failure is told to. Taken on the first failure, so it is told once.
-struct Report {
+/// The deadline of an [`UpstreamBody`], and whom its failure is told to.
+pub struct UpstreamWatch {
+    deadline: Pin<Box<Sleep>>,
     upstreams: Upstreams,
     index: usize,
     started: Instant,
@@ -232,73 +266,46 @@ impl UpstreamBody {
         deadline: Instant,
         log: Option<HeaderValue>,
     ) -> UpstreamBody {
-        UpstreamBody {
-            inner,
-            deadline: Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
-                deadline,
-            ))),
-            report: Some(Report {
-                upstreams,
-                index,
-                started: Instant::now(),
-                log,
-            }),
-        }
-    }
-
-    fn fail(&mut self, error: UpstreamBodyError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(report) = self.report.take() {
-            let outcome = match error {
-                UpstreamBodyError::Timeout => Outcome::Timeout { before_head: false },
-                UpstreamBodyError::Broken(_) => Outcome::Reset { before_head: false },
-            };
-            report
-                .upstreams
-                .record(report.index, outcome, report.started.elapsed());
-            if let Some(id) = report.log {
-                tracing::warn!(
-                    request_id = id.to_str().unwrap_or("-"),
-                    upstream = %report.upstreams.label(report.index),
-                    error = %error,
-                    "upstream failure: answer body aborted, client connection closed"
-                );
-            }
-        }
-        Poll::Ready(Some(Err(Box::new(error))))
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let watch = UpstreamWatch {
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            upstreams,
+            index,
+            started: Instant::now(),
+            log,
+        };
+        Watched::watch(inner, watch)
     }
 }
 
-impl hyper::body::Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
+impl Watch for UpstreamWatch {
+    type Inner = Incoming;
+    type Fault = UpstreamBodyError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if this.report.is_none() {
-            // Failed before: stay failed.
-            return Poll::Ready(Some(Err(Box::new(UpstreamBodyError::Timeout))));
-        }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Err(error))) => this.fail(UpstreamBodyError::Broken(chain(&error))),
-            Poll::Ready(other) => Poll::Ready(other.map(|frame| frame.map_err(Into::into))),
-            Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    return this.fail(UpstreamBodyError::Timeout);
-                }
-                Poll::Pending
-            }
-        }
+    fn broken(&mut self, error: &hyper::Error) -> UpstreamBodyError {
+        UpstreamBodyError::Broken(chain(error))
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Option<UpstreamBodyError> {
+        let due = self.deadline.as_mut().poll(cx).is_ready();
+        due.then_some(UpstreamBodyError::Timeout)
     }
 
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn failed(&mut self, fault: &UpstreamBodyError) {
+        let outcome = match fault {
+            UpstreamBodyError::Timeout => Outcome::Timeout { before_head: false },
+            UpstreamBodyError::Broken(_) => Outcome::Reset { before_head: false },
+        };
+        self.upstreams
+            .record(self.index, outcome, self.started.elapsed());
+        if let Some(id) = &self.log {
+            tracing::warn!(
+                request_id = id.to_str().unwrap_or("-"),
+                upstream = %self.upstreams.label(self.index),
+                error = %fault,
+                "upstream failure: answer body aborted, client connection closed"
+            );
+        }
     }
 }
 
@@ -348,14 +355,13 @@ impl hyper::body::Body for Prefixed {
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some(prefix) = this.prefix.take() {
-            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        match self.prefix.take() {
+            Some(prefix) => Poll::Ready(Some(Ok(Frame::data(prefix)))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
         }
-        Pin::new(&mut this.rest).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -1,16 +1,16 @@
 //! What an upstream attempt concluded ([`Outcome`]), which conclusions count toward
-//! ejection or allow a retry ([`FailureSet`]: `[upstream] eject_on` and `retry_on`), how
-//! a hyper client error is classified, and the retry budget.
+//! ejection or allow a retry ([`FailureSet`]: `[upstream] eject_on` and `retry_on`), the
+//! retry budget, and deadline arithmetic ([`later`]).
 //!
 //! Locking: `RetryBudget` holds a `std::sync::Mutex` for a few arithmetic operations and
 //! never across an `.await`.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use http::StatusCode;
 
-use super::body::ClientBodyError;
-use super::UpstreamError;
+use super::error::UpstreamError;
 
 /// What one attempt concluded, for health, retries and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,52 +139,11 @@ impl FailureSet {
     }
 }
 
-/// Turns a hyper client error into an [`UpstreamError`]: the client's own body failing
-/// (found anywhere in the source chain) first, then connect failures, then a connection
-/// that closed or reset before the answer head, else an invalid answer.
-pub fn classify(error: &(dyn std::error::Error + 'static)) -> UpstreamError {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    let mut reset = false;
-    while let Some(e) = current {
-        if let Some(client) = e.downcast_ref::<ClientBodyError>() {
-            return UpstreamError::ClientBody(client.clone());
-        }
-        if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            if e.is_connect() {
-                return UpstreamError::Connect(chain(error));
-            }
-        }
-        if let Some(e) = e.downcast_ref::<hyper::Error>() {
-            reset |= e.is_incomplete_message() || e.is_canceled() || e.is_closed();
-        }
-        if let Some(e) = e.downcast_ref::<std::io::Error>() {
-            reset |= matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            );
-        }
-        current = e.source();
-    }
-    if reset {
-        UpstreamError::Reset(chain(error))
-    } else {
-        UpstreamError::Invalid(chain(error))
-    }
-}
-
-/// An error and its sources, for logs.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+/// `at + by`, saturating at a far future instead of overflowing on an absurd setting.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+    at.checked_add(by.min(FAR))
+        .unwrap_or_else(|| at + Duration::from_secs(24 * 3600))
 }
 
 /// Finagle-style retry budget: every request deposits `ratio` of a token, every retry
