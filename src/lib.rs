@@ -28,7 +28,8 @@
 //! - [`error`]: gateway-made errors and the one place they become responses.
 //! - [`logging`]: tracing set-up and redaction of personal data.
 //! - [`trace`]: OpenTelemetry spans of the pipeline, exported over OTLP/HTTP.
-//! - [`httputil`]: body constructors, hop-by-hop headers, request ids.
+//! - [`httputil`]: the response body type and its constructors, list and hop-by-hop
+//!   headers, request ids.
 //! - [`identity`]: the typed tenant, contact key and service id.
 //! - [`tls`]: rustls on the public listener.
 //! - [`store`]: the reference Context Services store on SQLite (embedded by default).

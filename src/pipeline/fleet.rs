@@ -1,4 +1,4 @@
-//! The fleet's part of the lookup (issue 11), when `[cluster]` is on: a local miss
+//! The fleet's part of the lookup, when `[cluster]` is on: a local miss
 //! asks the shared tier (and the fleet lock) before the upstream. (A write's 2xx is
 //! made known fleet-wide by the `write` stage.) Without a cluster this is the
 //! single-instance behaviour.
@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::lookup::BroadError;
+use super::broad::BroadError;
 use super::Gateway;
 use crate::cache::{Fill, Key};
 use crate::cluster::{Coalesced, SharedTier};

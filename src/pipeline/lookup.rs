@@ -12,49 +12,16 @@ use http::header::HeaderMap;
 use http::request::Parts;
 use http::{Method, Response};
 
+use super::broad::BroadError;
 use super::fleet::fleet_fill;
 use super::forward::forward_detached;
 use super::{post_filter, respond, respond_json, Exchange, Gateway, Validated};
-use crate::cache::{self, Cache, CacheOutcome, CacheOwner, FetchError, Fill, Found, NoEntry};
+use crate::cache::{self, Cache, CacheOutcome, CacheOwner, Fill, Found, NoEntry};
 use crate::error::GatewayError;
 use crate::identity::{ContactKey, Tenant};
 use crate::server::Body;
 use crate::trace::{self, Kind, Span};
 use crate::upstream::Fetched;
-
-/// Why the broad fetch has no answer to store; shared with the requests waiting on it.
-#[derive(Debug, Clone)]
-pub(super) enum BroadError {
-    /// The upstream answered non-2xx: passed through unchanged.
-    Answered(Arc<Fetched>),
-    /// Connect error, timeout, invalid body, no healthy upstream.
-    Gateway(GatewayError),
-}
-
-impl FetchError for BroadError {
-    /// Connect errors, timeouts, 5xx.
-    fn is_upstream_failure(&self) -> bool {
-        match self {
-            BroadError::Answered(fetched) => fetched.status.is_server_error(),
-            BroadError::Gateway(e) => matches!(
-                e,
-                GatewayError::UpstreamUnavailable
-                    | GatewayError::UpstreamTimeout
-                    | GatewayError::NoHealthyUpstream
-            ),
-        }
-    }
-
-    fn wait_timed_out() -> Self {
-        BroadError::Gateway(GatewayError::UpstreamTimeout)
-    }
-
-    fn fetch_lost() -> Self {
-        BroadError::Gateway(GatewayError::Internal(
-            "cache fetch task ended without an answer".into(),
-        ))
-    }
-}
 
 /// What the cache stage made of an anonymous request.
 #[derive(Debug)]

@@ -11,6 +11,7 @@
 //! upstreams.
 
 mod admit;
+mod broad;
 mod fleet;
 mod forward;
 mod log;
