@@ -20,10 +20,10 @@ use crate::cache::{Cache, Clock, SystemClock};
 use crate::cluster::{self, Cluster, SharedPolicy};
 use crate::config::{defaults, Config, ConfigError, Overrides, Upstream};
 use crate::logging::LevelHandle;
-use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
 use crate::server::{self, Plain, ServeOptions};
 use crate::store::{self, Store, StoreConfig};
+use crate::telemetry::Metrics;
 use crate::tls::Tls;
 use crate::trace::Tracer;
 use crate::upstream::{AttemptObserver, Upstreams};
@@ -453,7 +453,7 @@ impl Control {
                 &config.cache,
                 config.upstream.cache_wait(),
                 config.service_types(),
-                metrics.clone(),
+                metrics.cache().clone(),
                 clock,
             )
         });
