@@ -68,18 +68,16 @@ impl Queue {
         } else {
             (Partition::default(), Scope::Everything)
         };
-        let low = self
+        // Every ticket the held messages stand for (the queue is not empty).
+        let (low, high) = self
             .pending
             .iter()
-            .map(|held| *held.tickets.start())
-            .min()
-            .unwrap_or(0);
-        let high = self
-            .pending
-            .iter()
-            .map(|held| *held.tickets.end())
-            .max()
-            .unwrap_or(0);
+            .fold((u64::MAX, 0), |(low, high), held| {
+                (
+                    low.min(*held.tickets.start()),
+                    high.max(*held.tickets.end()),
+                )
+            });
         let collapsed = Held {
             message: Message {
                 partition,
