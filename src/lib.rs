@@ -24,7 +24,8 @@
 //! - [`limits`]: fair share: rate limits (local and fleet-wide), the backend's bound
 //!   with per-tenant queues, the connection and stream limits' settings.
 //! - [`admin`]: health, readiness, metrics, cache administration on the admin listener.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: the Prometheus metrics core (registry, formats, the request and
+//!   upstream families); [`telemetry`]: the gateway's whole metric set.
 //! - [`error`]: gateway-made errors and the one place they become responses.
 //! - [`logging`]: tracing set-up and redaction of personal data.
 //! - [`trace`]: OpenTelemetry spans of the pipeline, exported over OTLP/HTTP.
@@ -67,6 +68,7 @@ pub mod routes;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod trace;
 pub mod upstream;

@@ -1181,7 +1181,12 @@ async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
     // A labelled family shows up only once it has a sample; the ones no traffic here
     // reaches (evictions, the fleet's) are taken from their registrations in the source,
     // name for name, with the suffixes their samples carry.
-    for source in ["src/metrics.rs", "src/cluster/metrics.rs"] {
+    for source in [
+        "src/metrics/requests.rs",
+        "src/cache/metrics.rs",
+        "src/trace/mod.rs",
+        "src/cluster/metrics.rs",
+    ] {
         let text = read(source);
         for literal in text.split('"').skip(1).step_by(2) {
             if literal.starts_with("csgate_") && !literal.contains(' ') {

@@ -11,7 +11,7 @@ use crate::cluster::{self, Cluster, SharedPolicy};
 use crate::config::Config;
 use crate::upstream::Upstream;
 use crate::logging::LevelHandle;
-use crate::metrics::Metrics;
+use crate::telemetry::Metrics;
 use crate::pipeline::Gateway;
 use crate::trace::Tracer;
 use crate::upstream::{AttemptObserver, Upstreams};
@@ -53,7 +53,7 @@ impl Control {
                 &config.cache,
                 config.upstream.cache_wait(),
                 config.service_types(),
-                metrics.clone(),
+                metrics.cache().clone(),
                 clock,
             )
         });

@@ -2,7 +2,7 @@
 //!
 //! One entry per [`Key`] holds the *broad* answer for a contact key (the "all" route,
 //! every include flag, the key's extension set) as the caller's fetch produced it — a
-//! [`Broad`]: the upstream bytes and their index of service spans — with the service ids
+//! [`Broad`](crate::query::raw::Broad): the upstream bytes and their index of service spans — with the service ids
 //! the invalidation index needs. The cache neither forwards nor parses (it names
 //! `Broad` only to hold it, weigh it and own its bytes): [`Cache::get_or_fetch`] runs the caller's fetch (the
 //! pipeline's `forward` of the broad query), and the pipeline's `post_filter` computes
@@ -25,17 +25,23 @@
 //! listener takes `index`).
 
 pub mod config;
+mod directives;
+mod entry;
 mod fetch;
 mod freshness;
 mod index;
 mod invalidate;
 mod key;
+mod metrics;
 mod stats;
 
+pub use directives::{request_directives, CacheDirectives};
+pub use entry::{Entry, Fill};
 pub use fetch::may_store;
 pub use freshness::{CacheOutcome, Clock, Freshness, ManualClock, Policy, SystemClock};
 pub use invalidate::Invalidation;
 pub use key::{drop_empty_tenant_headers, CacheOwner, Key};
+pub use metrics::CacheMetrics;
 
 use fetch::Shared;
 use index::Index;
@@ -48,12 +54,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, CACHE_CONTROL};
+use http::header::HeaderMap;
 use moka::notification::RemovalCause;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
-use crate::query::raw::Broad;
 use crate::query::{Extensions, TypeMap};
 pub use config::CacheConfig;
 
@@ -64,71 +68,6 @@ type KeyHasher = foldhash::fast::RandomState;
 
 /// How long a key whose answer was too large bypasses the cache (at most `ttl`).
 const UNCACHEABLE_FOR: Duration = Duration::from_secs(10);
-
-/// A cached broad answer: the upstream bytes with the index the fetch built, plus what
-/// the cache itself needs (the service ids for the invalidation index).
-#[derive(Debug)]
-pub struct Entry {
-    /// Unique per fetched answer; memoised variants are keyed by it, so replacing or
-    /// dropping the entry orphans its variants (and the byte-bounded LRU reclaims them).
-    id: u64,
-    broad: Broad,
-    service_ids: Vec<String>,
-    /// Where the answer came from and how long that took (the access log's fields).
-    source: Arc<str>,
-    fetch_time: Duration,
-    fetched_at: Instant,
-    /// Set by the stale hit that starts this entry's background refresh; cleared if
-    /// the refresh fails, so that a later stale hit tries again.
-    refreshing: AtomicBool,
-}
-
-impl Entry {
-    /// Identifies this answer among all the cache ever held (the memo key).
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The broad answer, as fetched.
-    pub fn body(&self) -> &Bytes {
-        self.broad.body()
-    }
-
-    /// The broad answer with its index, what every variant is rendered from.
-    pub fn broad(&self) -> &Broad {
-        &self.broad
-    }
-
-    pub fn service_ids(&self) -> &[String] {
-        &self.service_ids
-    }
-
-    /// The upstream (or tier) that produced the answer.
-    pub fn source(&self) -> &Arc<str> {
-        &self.source
-    }
-
-    pub fn fetch_time(&self) -> Duration {
-        self.fetch_time
-    }
-}
-
-/// What a fetch hands the cache: the answer and what the cache needs to store and
-/// invalidate it. Built by the caller's fetch (the pipeline parses; the cache does not).
-#[derive(Debug)]
-pub struct Fill {
-    /// The upstream answer, indexed.
-    pub broad: Broad,
-    /// Every service id the answer holds, as text (see [`crate::identity::ServiceId`]).
-    pub service_ids: Vec<String>,
-    /// False when the upstream forbade storing it (see [`may_store`]).
-    pub storable: bool,
-    pub source: Arc<str>,
-    pub fetch_time: Duration,
-    /// How old the answer already is: zero from the upstream, its age there from a
-    /// shared tier (the entry then expires when the shared one does).
-    pub age: Duration,
-}
 
 /// Decides whether a stored entry may still be served, beyond its freshness: a fleet
 /// that cannot hear invalidations serves local entries only briefly. Asked on every
@@ -208,7 +147,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Set once when the replica joins a fleet; `None` serves every fresh entry.
     gate: std::sync::OnceLock<Arc<dyn ServeGate>>,
-    metrics: Metrics,
+    metrics: CacheMetrics,
     stats: Arc<Stats>,
 }
 
@@ -248,7 +187,7 @@ impl Cache {
         config: &CacheConfig,
         wait_bound: Duration,
         types: TypeMap,
-        metrics: Metrics,
+        metrics: CacheMetrics,
         clock: Arc<dyn Clock>,
     ) -> Cache {
         let policy = Policy {
@@ -276,7 +215,7 @@ impl Cache {
                     RemovalCause::Replaced => (&listener_stats.evicted_replaced, "replaced"),
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
-                listener_metrics.cache_eviction(label);
+                listener_metrics.eviction(label);
                 // On `Replaced` too: the new entry is indexed already, and `remove`
                 // only drops mappings that still name the old entry's id, i.e. the
                 // services the new answer no longer holds.
@@ -502,7 +441,7 @@ impl Cache {
             _ => &stats.misses,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        self.inner.metrics.cache_result(outcome.label());
+        self.inner.metrics.result(outcome.label());
     }
 
     /// A memoised rendering of an entry (see [`Memo`]); `hash` is the caller's.
@@ -518,60 +457,5 @@ impl Cache {
             .variants
             .insert((entry.id, hash), Arc::new(memo))
             .await;
-    }
-}
-
-/// Request `Cache-Control` directives that steer the cache.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CacheDirectives {
-    /// `no-cache` (or `Pragma: no-cache`): revalidate, then store.
-    pub no_cache: bool,
-    /// `no-store`: bypass the cache entirely.
-    pub no_store: bool,
-}
-
-/// Reads the request directives that steer the cache.
-pub fn request_directives(headers: &HeaderMap) -> CacheDirectives {
-    let mut directives = CacheDirectives::default();
-    for directive in headers
-        .get_all(CACHE_CONTROL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-    {
-        match directive.trim().to_ascii_lowercase().as_str() {
-            "no-cache" => directives.no_cache = true,
-            "no-store" => directives.no_store = true,
-            _ => {}
-        }
-    }
-    if headers
-        .get(http::header::PRAGMA)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
-    {
-        directives.no_cache = true;
-    }
-    directives
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    #[test]
-    fn request_directives_are_read() {
-        let mut h = HeaderMap::new();
-        let d = |no_cache, no_store| CacheDirectives { no_cache, no_store };
-        assert_eq!(request_directives(&h), d(false, false));
-        h.insert(
-            CACHE_CONTROL,
-            HeaderValue::from_static("max-age=0, No-Cache"),
-        );
-        assert_eq!(request_directives(&h), d(true, false));
-        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        assert_eq!(request_directives(&h), d(false, true));
-        h.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
-        assert_eq!(request_directives(&h), d(true, true));
     }
 }

@@ -46,7 +46,7 @@ impl Cache {
         self.inner.variants.run_pending_tasks().await;
         let entries = self.inner.entries.entry_count();
         let bytes = self.inner.entries.weighted_size() + self.inner.variants.weighted_size();
-        self.inner.metrics.set_cache_size(entries, bytes);
+        self.inner.metrics.set_size(entries, bytes);
         (entries, bytes)
     }
 

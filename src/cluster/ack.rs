@@ -32,7 +32,7 @@ pub enum Applied {
     /// Another replica's message (origin, sequence number): acknowledge it.
     Message(ReplicaId, u64),
     /// A heartbeat, everything before it applied: it proves what it proves now.
-    Beat(super::liveness::Beat),
+    Beat(super::beat::Beat),
 }
 
 /// The applier's end: report each message once it is applied.
@@ -123,16 +123,7 @@ pub(super) async fn confirm_loop(
         let payload = encode(origin, seq, me);
         let (conn, channel) = (conn.clone(), channel.clone());
         tokio::spawn(async move {
-            let sent = conn
-                .run(|mut manager| async move {
-                    redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(payload)
-                        .query_async::<i64>(&mut manager)
-                        .await
-                })
-                .await;
-            if let Err(error) = sent {
+            if let Err(error) = conn.publish(channel, payload).await {
                 tracing::debug!(%error, %origin, seq, "apply acknowledgement not published");
             }
         });

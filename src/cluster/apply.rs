@@ -8,8 +8,8 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
 
 use super::ack::{Applied, AppliedSender};
+use super::beat::Beat;
 use super::bus::{Bus, BusEvent, EventSink};
-use super::liveness::Beat;
 use super::message::Scope;
 use super::metrics::ClusterMetrics;
 use crate::cache::{Cache, ServeGate};
@@ -22,7 +22,7 @@ impl ServeGate for Bus {
 
 /// The applier's queue: messages to apply, heartbeats to confirm after them.
 enum Work {
-    Apply(super::Message),
+    Apply(super::message::Message),
     Confirm(Beat),
 }
 

@@ -14,7 +14,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
 use super::metrics::OpOutcome;
-use super::Backoff;
 
 /// Why a Redis operation produced nothing.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +142,19 @@ impl Conn {
             .clone()
     }
 
+    /// `PUBLISH`es `payload` on `channel`, bounded by `op_timeout`; returns how many
+    /// subscribers took it.
+    pub async fn publish(&self, channel: String, payload: String) -> Result<i64, OpError> {
+        self.run(|mut manager| async move {
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(payload)
+                .query_async::<i64>(&mut manager)
+                .await
+        })
+        .await
+    }
+
     /// Runs `op` on the connection, bounded by `op_timeout`.
     pub async fn run<T, F, Fut>(&self, op: F) -> Result<T, OpError>
     where
@@ -263,5 +275,33 @@ async fn connect(weak: std::sync::Weak<Inner>) {
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
+    }
+}
+
+/// Reconnect delays: 25 ms doubling to 500 ms, so a returning Redis is found again
+/// within half a second (the fleet must be coherent within 1 s of Redis returning).
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(25);
+    const MAX: Duration = Duration::from_millis(500);
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
     }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::member::Cluster;
 use super::message::{Partition, Scope};
-use super::Cluster;
 use crate::identity::Tenant;
 
 /// How long `DELETE /cache` spends deleting shared entries (they are unservable from

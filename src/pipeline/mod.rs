@@ -44,12 +44,12 @@ use crate::httputil;
 use crate::identity::Tenant;
 use crate::limits::{BackendPass, StreamBudget, Ticket};
 use crate::logging::Redactor;
-use crate::metrics::Metrics;
 use crate::query::params::{self, Limits};
 use crate::query::{Lifecycle, TypeMap};
 use crate::routes::{self, PathOwner, Route};
 use crate::server::Body;
 use crate::settings::Cidr;
+use crate::telemetry::Metrics;
 use crate::trace::{self, Span, Tracer};
 use crate::upstream::Upstreams;
 

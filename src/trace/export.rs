@@ -26,7 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::proto;
 use super::{SpanData, TracingConfig, Value};
 
-/// The exporter's metrics, shared with [`crate::metrics::Metrics`].
+/// The exporter's metrics (`csgate_trace_spans_*`, registered by
+/// [`TraceCounters::register`]).
 #[derive(Clone, Debug, Default)]
 pub struct TraceCounters {
     /// Spans the collector accepted.

@@ -393,6 +393,46 @@ pub fn child(parent: Option<&Span>, name: &'static str, kind: Kind) -> Option<Sp
     parent.map(|p| p.child(name, kind))
 }
 
+/// The label of `csgate_trace_spans_dropped_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DropReason {
+    /// `queue_full` (`[tracing] max_queue` spans were waiting) or `export_failed`
+    /// (the collector refused the batch or did not answer in time).
+    reason: &'static str,
+}
+
+impl TraceCounters {
+    /// The exporter's families (`csgate_trace_spans_*`), registered in `registry`.
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> TraceCounters {
+        use prometheus_client::metrics::counter::Counter;
+        use prometheus_client::metrics::family::Family;
+
+        let dropped = Family::<DropReason, Counter>::default();
+        // Clones of the family's own counters: the exporter increments what is exposed.
+        let trace = TraceCounters {
+            exported: Counter::default(),
+            dropped_queue_full: dropped.get_or_create_owned(&DropReason {
+                reason: "queue_full",
+            }),
+            dropped_export_failed: dropped.get_or_create_owned(&DropReason {
+                reason: "export_failed",
+            }),
+        };
+        registry.register(
+            "csgate_trace_spans_exported",
+            "Spans the OTLP collector accepted",
+            trace.exported.clone(),
+        );
+        registry.register(
+            "csgate_trace_spans_dropped",
+            "Spans not exported: the queue was full, or the collector refused the batch or \
+             did not answer in time",
+            dropped,
+        );
+        trace
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
