@@ -87,26 +87,55 @@ fn the_set_up_block_has_the_two_commands() {
     );
 }
 
+/// The relative links of one Markdown file that name no file or directory.
+fn broken_links(path: &str) -> (usize, Vec<String>) {
+    let text = repo_file(path);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join(path).parent().expect("a directory").to_owned();
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for (i, _) in text.match_indices("](") {
+        let rest = &text[i + 2..];
+        let Some(end) = rest.find(')') else { continue };
+        let target = &rest[..end];
+        if target.starts_with("http") || target.starts_with('#') || target.contains(' ') {
+            continue;
+        }
+        let file = target.split('#').next().unwrap_or_default();
+        checked += 1;
+        if !dir.join(file).exists() {
+            broken.push(format!("{path} links to {target}, which does not exist"));
+        }
+    }
+    (checked, broken)
+}
+
 /// Every relative link of the README names a file or directory of the repository.
 #[test]
 fn the_readme_links_lead_somewhere() {
-    let readme = repo_file("README.md");
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut checked = 0;
-    for (i, _) in readme.match_indices("](") {
-        let rest = &readme[i + 2..];
-        let target = &rest[..rest.find(')').expect("a closing parenthesis")];
-        if target.starts_with("http") || target.starts_with('#') {
-            continue;
-        }
-        let path = target.split('#').next().unwrap_or_default();
-        assert!(
-            root.join(path).exists(),
-            "README links to {target}, which does not exist"
-        );
-        checked += 1;
-    }
+    let (checked, broken) = broken_links("README.md");
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
     assert!(checked >= 6, "only {checked} links into the repository");
+}
+
+/// And so does every relative link of the documents the README leads to.
+#[test]
+fn the_docs_links_lead_somewhere() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec!["deploy/README.md".to_owned()];
+    for entry in std::fs::read_dir(root.join("docs")).expect("docs/") {
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .into_string()
+            .expect("UTF-8");
+        if name.ends_with(".md") {
+            files.push(format!("docs/{name}"));
+        }
+    }
+    assert!(files.len() >= 8, "docs/ holds {files:?}");
+    let broken: Vec<String> = files.iter().flat_map(|f| broken_links(f).1).collect();
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
 
 // --- the session ---------------------------------------------------------------------
