@@ -9,11 +9,11 @@ use super::{ReloadError, Reloaded, CERT_POLL};
 use crate::cache::{Cache, Clock};
 use crate::cluster::{self, Cluster, SharedPolicy};
 use crate::config::Config;
-use crate::upstream::Upstream;
 use crate::logging::LevelHandle;
-use crate::telemetry::Metrics;
 use crate::pipeline::Gateway;
+use crate::telemetry::Metrics;
 use crate::trace::Tracer;
+use crate::upstream::Upstream;
 use crate::upstream::{AttemptObserver, Upstreams};
 
 /// The running gateway's control handle: which `Gateway` serves new requests, and

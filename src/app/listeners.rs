@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use super::Control;
 use crate::admin::{self, Draining};
 use crate::config::Config;
-use crate::settings::defaults;
 use crate::server::{self, Plain, ServeOptions};
+use crate::settings::defaults;
 use crate::tls::Tls;
 
 /// The listeners [`run`](super::run) serves on, bound by the caller (tests bind

@@ -33,8 +33,8 @@ pub use reload::{Reload, ReloadError, Reloaded, Sources, DEFAULT_CONFIG};
 
 use crate::admin::Draining;
 use crate::config::Config;
-use crate::upstream::Upstream;
 use crate::tls::{CertSlot, Tls};
+use crate::upstream::Upstream;
 use embedded::{start_embedded, Embedded};
 
 async fn bind(address: &str, what: &str) -> anyhow::Result<TcpListener> {

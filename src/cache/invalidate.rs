@@ -18,7 +18,7 @@ pub enum Invalidation {
     /// A write to one service: every entry holding it.
     Service { service_id: ServiceId },
     /// A write the gateway cannot attribute to keys (`POST /maintenance/...`): every
-    /// entry of the writer's tenant partition, and no other tenant's (issue 10.4).
+    /// entry of the writer's tenant partition, and no other tenant's.
     Tenant { tenant: Tenant },
     /// Every entry of every tenant (the admin purge, a fleet flush).
     Everything,

@@ -1,6 +1,6 @@
 //! Apply acknowledgements: how a writer knows the other replicas have applied its
-//! invalidation before it answers its client (fleet contract §2; issue 11's "B's very
-//! next lookup after A's 2xx").
+//! invalidation before it answers its client (fleet contract §2: B's very
+//! next lookup after A's 2xx).
 //!
 //! Publishing alone puts the message in Redis, not in B's cache: a client that reads
 //! through B the instant it holds A's 2xx can reach B before B's subscriber has applied

@@ -1,4 +1,4 @@
-//! A fleet of replicas sharing one Redis (issue 11; fleet contract in
+//! A fleet of replicas sharing one Redis (the fleet contract:
 //! `shared/spec/fleet.md`): the invalidation bus, the shared cache tier and the fleet
 //! lock. Optional: without `[cluster] redis_url` nothing here runs.
 //!

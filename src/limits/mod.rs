@@ -1,4 +1,4 @@
-//! Fair share (issue 25): no tenant, credential or client can starve the others or
+//! Fair share: no tenant, credential or client can starve the others or
 //! flood the backend.
 //!
 //! - [`config`]: `[limits]`, raw and validated, and its defaults.

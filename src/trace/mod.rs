@@ -1,4 +1,4 @@
-//! OpenTelemetry traces (issue 24): spans made by the pipeline's stages, exported over
+//! OpenTelemetry traces: spans made by the pipeline's stages, exported over
 //! OTLP/HTTP (protobuf) in batches.
 //!
 //! - [`config`]: `[tracing]` and the standard `OTEL_*` variables.

@@ -15,9 +15,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use url::Url;
 
+use super::config::{UpstreamConfig, UpstreamTls};
 use super::health::{Change, Health, State, TrialGuard};
 use super::policy::{Outcome, RetryBudget};
-use super::config::{UpstreamConfig, UpstreamTls};
 use crate::httputil::Body;
 
 /// Receives one call per attempt, and one more when an answer's body fails (metrics).
@@ -307,10 +307,7 @@ impl Upstreams {
 /// presenting its client certificate when one is configured. A certificate or name
 /// that does not verify fails the connect, which the attempt logic treats and logs
 /// like any connect failure (502, the cause in the log line).
-fn https_connector(
-    tls: &UpstreamTls,
-    http: HttpConnector,
-) -> HttpsConnector<HttpConnector> {
+fn https_connector(tls: &UpstreamTls, http: HttpConnector) -> HttpsConnector<HttpConnector> {
     let client = tls.client.as_deref().cloned().unwrap_or_else(|| {
         // No https:// upstream: a configuration that trusts nothing, never used.
         rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::provider()))
