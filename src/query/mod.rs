@@ -12,6 +12,7 @@ pub mod date;
 pub mod filter;
 pub mod params;
 pub mod raw;
+mod rules;
 
 use std::collections::HashMap;
 
@@ -259,25 +260,4 @@ impl TypeMap {
     pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
         self.by_name.iter().map(|(name, id)| (name.as_str(), *id))
     }
-}
-
-/// Every DB id and every name the query's `service_types` stand for: listed ids and the
-/// ids of listed names, listed names and the names of listed ids. One expansion for
-/// both post-filters.
-pub fn listed_types<'q>(q: &'q ServiceQuery, types: &'q TypeMap) -> (Vec<i64>, Vec<&'q str>) {
-    let mut type_ids = Vec::new();
-    let mut type_names = Vec::new();
-    for listed in &q.service_types {
-        match listed {
-            ServiceType::Id(id) => {
-                type_ids.push(*id);
-                type_names.extend(types.name_of(*id));
-            }
-            ServiceType::Name(name) => {
-                type_names.push(name.as_str());
-                type_ids.extend(types.id_of(name));
-            }
-        }
-    }
-    (type_ids, type_names)
 }

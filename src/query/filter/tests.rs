@@ -1,7 +1,7 @@
 //! Unit and property tests of the post-filter.
 
 use super::*;
-use crate::query::{ExtensionFilter, Extensions, ServiceType};
+use crate::query::{date, ExtensionFilter, Extensions, Lifecycle, ServiceType, Window};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::json;
@@ -567,7 +567,7 @@ fn refuses_bodies_that_are_not_service_arrays() {
 #[test]
 fn number_equality_is_exact() {
     let n = |v: Value| match v {
-        Value::Number(n) => n,
+        Value::Number(n) => crate::query::rules::Num::of(&n),
         other => panic!("not a number: {other}"),
     };
     let cases = [
