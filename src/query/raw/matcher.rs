@@ -7,7 +7,8 @@ use std::borrow::Cow;
 use serde_json::Value;
 
 use super::index::{ServiceIndex, Tables};
-use super::scan::{decode_string, Scanner};
+use super::respell::decode_string;
+use super::scan::Scanner;
 use crate::query::rules::Match;
 use crate::query::rules::{json_eq, number_shaped, numbers_eq, Facts, Num, Rules, TypeFact};
 use crate::query::{ExtensionFilter, ServiceQuery, TypeMap};
