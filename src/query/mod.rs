@@ -226,6 +226,36 @@ impl ServiceQuery {
     }
 }
 
+#[cfg(test)]
+impl ServiceQuery {
+    /// The query without criteria or sections, for tests to adjust.
+    pub(crate) fn plain() -> ServiceQuery {
+        ServiceQuery {
+            lifecycle: Lifecycle::All,
+            anonymous: false,
+            started: Window::default(),
+            completed: Window::default(),
+            service_types: Vec::new(),
+            include: Include::default(),
+            extensions: Extensions::None,
+            filters: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Include {
+    /// The four flags in [`Section::ALL`] order.
+    pub(crate) fn from_flags(flags: &[bool]) -> Include {
+        Include {
+            active_states: flags[0],
+            completed_states: flags[1],
+            active_tasks: flags[2],
+            completed_tasks: flags[3],
+        }
+    }
+}
+
 /// Business-attribute names ↔ DB IDs for one attribute (e.g. `service_type`),
 /// from `[business_attributes.service_type]` in the config. Names are case-sensitive.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

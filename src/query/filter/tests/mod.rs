@@ -1,7 +1,7 @@
 //! Unit and property tests of the post-filter.
 
 use super::*;
-use crate::query::{date, ExtensionFilter, Extensions, Lifecycle, ServiceType, Window};
+use crate::query::{date, ExtensionFilter, Lifecycle, ServiceType, Window};
 use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::json;
@@ -10,16 +10,7 @@ mod properties;
 mod shape;
 
 fn query() -> ServiceQuery {
-    ServiceQuery {
-        lifecycle: Lifecycle::All,
-        anonymous: false,
-        started: Window::default(),
-        completed: Window::default(),
-        service_types: Vec::new(),
-        include: Include::default(),
-        extensions: Extensions::None,
-        filters: Vec::new(),
-    }
+    ServiceQuery::plain()
 }
 
 fn at(text: &str) -> DateTime<Utc> {

@@ -144,14 +144,9 @@ fn query_strategy() -> impl Strategy<Value = ServiceQuery> {
                     started,
                     completed,
                     service_types,
-                    include: Include {
-                        active_states: inc[0],
-                        completed_states: inc[1],
-                        active_tasks: inc[2],
-                        completed_tasks: inc[3],
-                    },
-                    extensions: Extensions::None,
+                    include: Include::from_flags(&inc),
                     filters,
+                    ..ServiceQuery::plain()
                 }
             },
         )

@@ -10,24 +10,14 @@ use serde_json::{json, Value};
 use super::{trim_by_id, Broad, ScanError};
 use crate::query::filter::{self, InvalidBody};
 use crate::query::{
-    date, ExtensionFilter, Extensions, Include, Lifecycle, ServiceQuery, ServiceType, TypeMap,
-    Window,
+    date, ExtensionFilter, Include, Lifecycle, ServiceQuery, ServiceType, TypeMap, Window,
 };
 
 mod differential;
 mod generators;
 
 fn query() -> ServiceQuery {
-    ServiceQuery {
-        lifecycle: Lifecycle::All,
-        anonymous: false,
-        started: Window::default(),
-        completed: Window::default(),
-        service_types: Vec::new(),
-        include: Include::default(),
-        extensions: Extensions::None,
-        filters: Vec::new(),
-    }
+    ServiceQuery::plain()
 }
 
 /// The oracle's answer: rendered body and unparseable count, or its error.
