@@ -13,6 +13,8 @@ pub mod filter;
 pub mod params;
 pub mod raw;
 mod rules;
+#[cfg(test)]
+mod test_support;
 
 use std::collections::HashMap;
 

@@ -290,10 +290,4 @@ fn bad_timestamp_is_reported_only_when_it_decided() {
     assert!(verdicts[3].is_keep());
 }
 
-fn filter(key: &str, value: Value) -> ExtensionFilter {
-    ExtensionFilter {
-        key: key.to_owned(),
-        raw: value.to_string(),
-        value,
-    }
-}
+use crate::query::test_support::filter;

@@ -107,22 +107,13 @@ fn window_strategy() -> impl Strategy<Value = Window> {
 }
 
 fn query_strategy() -> impl Strategy<Value = ServiceQuery> {
-    let types = vec![
-        ServiceType::Id(8),
-        ServiceType::Id(5),
-        ServiceType::Id(3),
-        ServiceType::Name("DeliveringService".into()),
-        ServiceType::Name("Offering".into()),
-        ServiceType::Name("Other".into()),
-    ];
-    let filters = vec![
-        filter("score", json!(85)),
-        filter("score", json!("85")),
-        filter("score", json!("gold")),
+    let types = crate::query::test_support::listed_types();
+    let mut filters = crate::query::test_support::common_filters();
+    filters.extend([
         filter("tier", json!("gold")),
         filter("tier", json!(1)),
         filter("score", json!(9007199254740993_u64)),
-    ];
+    ]);
     (
         proptest::sample::select(vec![
             Lifecycle::All,

@@ -347,27 +347,12 @@ pub(super) fn window() -> impl Strategy<Value = Window> {
     })
 }
 
-pub(super) fn filter_of(key: &str, value: Value) -> ExtensionFilter {
-    ExtensionFilter {
-        key: key.into(),
-        raw: value.to_string(),
-        value,
-    }
-}
+pub(super) use crate::query::test_support::filter as filter_of;
 
 pub(super) fn query_strategy() -> impl Strategy<Value = ServiceQuery> {
-    let types = vec![
-        ServiceType::Id(8),
-        ServiceType::Id(5),
-        ServiceType::Id(3),
-        ServiceType::Name("DeliveringService".into()),
-        ServiceType::Name("Offering".into()),
-        ServiceType::Name("Other".into()),
-    ];
-    let filters = vec![
-        filter_of("score", json!(85)),
-        filter_of("score", json!("85")),
-        filter_of("score", json!("gold")),
+    let types = crate::query::test_support::listed_types();
+    let mut filters = crate::query::test_support::common_filters();
+    filters.extend([
         filter_of("score", json!(null)),
         filter_of("score", json!([1])),
         filter_of("score", json!({"a": 1.0})),
@@ -376,7 +361,7 @@ pub(super) fn query_strategy() -> impl Strategy<Value = ServiceQuery> {
         filter_of("score", json!(9007199254740993_u64)),
         filter_of("extra", json!(true)),
         filter_of("missing", json!(1)),
-    ];
+    ]);
     (
         proptest::sample::select(vec![
             Lifecycle::All,

@@ -9,9 +9,7 @@ use serde_json::{json, Value};
 
 use super::{trim_by_id, Broad, ScanError};
 use crate::query::filter::{self, InvalidBody};
-use crate::query::{
-    date, ExtensionFilter, Include, Lifecycle, ServiceQuery, ServiceType, TypeMap, Window,
-};
+use crate::query::{date, Include, Lifecycle, ServiceQuery, TypeMap, Window};
 
 mod differential;
 mod generators;
