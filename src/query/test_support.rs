@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{ExtensionFilter, ServiceType};
+use super::{ExtensionFilter, Include, Lifecycle, ServiceQuery, ServiceType, Window};
 
 /// A filter `key=value` whose value was written as `value`'s JSON.
 pub(crate) fn filter(key: &str, value: Value) -> ExtensionFilter {
@@ -33,4 +33,31 @@ pub(crate) fn common_filters() -> Vec<ExtensionFilter> {
         filter("score", json!("85")),
         filter("score", json!("gold")),
     ]
+}
+
+/// What a query generator draws: lifecycle, anonymous, the started and completed
+/// windows, listed types, the four include flags, and filters.
+pub(crate) type QueryParts = (
+    Lifecycle,
+    bool,
+    Window,
+    Window,
+    Vec<ServiceType>,
+    Vec<bool>,
+    Vec<ExtensionFilter>,
+);
+
+/// The query a generator's draw stands for.
+pub(crate) fn query_of(parts: QueryParts) -> ServiceQuery {
+    let (lifecycle, anonymous, started, completed, service_types, include, filters) = parts;
+    ServiceQuery {
+        lifecycle,
+        anonymous,
+        started,
+        completed,
+        service_types,
+        include: Include::from_flags(&include),
+        filters,
+        ..ServiceQuery::plain()
+    }
 }

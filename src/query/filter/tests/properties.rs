@@ -127,20 +127,7 @@ fn query_strategy() -> impl Strategy<Value = ServiceQuery> {
         proptest::collection::vec(any::<bool>(), 4),
         proptest::sample::subsequence(filters, 0..=2),
     )
-        .prop_map(
-            |(lifecycle, anonymous, started, completed, service_types, inc, filters)| {
-                ServiceQuery {
-                    lifecycle,
-                    anonymous,
-                    started,
-                    completed,
-                    service_types,
-                    include: Include::from_flags(&inc),
-                    filters,
-                    ..ServiceQuery::plain()
-                }
-            },
-        )
+        .prop_map(crate::query::test_support::query_of)
 }
 
 fn type_map() -> impl Strategy<Value = TypeMap> {

@@ -381,20 +381,7 @@ pub(super) fn query_strategy() -> impl Strategy<Value = ServiceQuery> {
             1 => proptest::sample::subsequence(filters, 1..=2),
         ],
     )
-        .prop_map(
-            |(lifecycle, anonymous, started, completed, service_types, inc, filters)| {
-                ServiceQuery {
-                    lifecycle,
-                    anonymous,
-                    started,
-                    completed,
-                    service_types,
-                    include: Include::from_flags(&inc),
-                    filters,
-                    ..ServiceQuery::plain()
-                }
-            },
-        )
+        .prop_map(crate::query::test_support::query_of)
 }
 
 pub(super) fn type_map() -> impl Strategy<Value = TypeMap> {
