@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::{ExtensionFilter, Include, Lifecycle, ServiceQuery, ServiceType, Window};
+use super::{ExtensionFilter, Include, Lifecycle, ServiceQuery, ServiceType, TypeMap, Window};
 
 /// A filter `key=value` whose value was written as `value`'s JSON.
 pub(crate) fn filter(key: &str, value: Value) -> ExtensionFilter {
@@ -59,5 +59,18 @@ pub(crate) fn query_of(parts: QueryParts) -> ServiceQuery {
         include: Include::from_flags(&include),
         filters,
         ..ServiceQuery::plain()
+    }
+}
+
+/// The type map of a generated case: two of the listed names mapped to their ids, or
+/// no map at all.
+pub(crate) fn type_map(mapped: bool) -> TypeMap {
+    if mapped {
+        TypeMap::new([
+            ("DeliveringService".to_owned(), 8),
+            ("Offering".to_owned(), 5),
+        ])
+    } else {
+        TypeMap::default()
     }
 }

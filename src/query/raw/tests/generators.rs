@@ -385,14 +385,5 @@ pub(super) fn query_strategy() -> impl Strategy<Value = ServiceQuery> {
 }
 
 pub(super) fn type_map() -> impl Strategy<Value = TypeMap> {
-    any::<bool>().prop_map(|mapped| {
-        if mapped {
-            TypeMap::new([
-                ("DeliveringService".to_owned(), 8),
-                ("Offering".to_owned(), 5),
-            ])
-        } else {
-            TypeMap::default()
-        }
-    })
+    any::<bool>().prop_map(crate::query::test_support::type_map)
 }
