@@ -13,6 +13,9 @@ pub mod date;
 pub mod filter;
 pub mod params;
 pub mod raw;
+mod rules;
+#[cfg(test)]
+mod test_support;
 
 use std::collections::HashMap;
 
@@ -226,6 +229,36 @@ impl ServiceQuery {
     }
 }
 
+#[cfg(test)]
+impl ServiceQuery {
+    /// The query without criteria or sections, for tests to adjust.
+    pub(crate) fn plain() -> ServiceQuery {
+        ServiceQuery {
+            lifecycle: Lifecycle::All,
+            anonymous: false,
+            started: Window::default(),
+            completed: Window::default(),
+            service_types: Vec::new(),
+            include: Include::default(),
+            extensions: Extensions::None,
+            filters: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+impl Include {
+    /// The four flags in [`Section::ALL`] order.
+    pub(crate) fn from_flags(flags: &[bool]) -> Include {
+        Include {
+            active_states: flags[0],
+            completed_states: flags[1],
+            active_tasks: flags[2],
+            completed_tasks: flags[3],
+        }
+    }
+}
+
 /// Business-attribute names ↔ DB IDs for one attribute (e.g. `service_type`),
 /// from `[business_attributes.service_type]` in the config. Names are case-sensitive.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -260,25 +293,4 @@ impl TypeMap {
     pub fn iter(&self) -> impl Iterator<Item = (&str, i64)> {
         self.by_name.iter().map(|(name, id)| (name.as_str(), *id))
     }
-}
-
-/// Every DB id and every name the query's `service_types` stand for: listed ids and the
-/// ids of listed names, listed names and the names of listed ids. One expansion for
-/// both post-filters.
-pub fn listed_types<'q>(q: &'q ServiceQuery, types: &'q TypeMap) -> (Vec<i64>, Vec<&'q str>) {
-    let mut type_ids = Vec::new();
-    let mut type_names = Vec::new();
-    for listed in &q.service_types {
-        match listed {
-            ServiceType::Id(id) => {
-                type_ids.push(*id);
-                type_names.extend(types.name_of(*id));
-            }
-            ServiceType::Name(name) => {
-                type_names.push(name.as_str());
-                type_ids.extend(types.id_of(name));
-            }
-        }
-    }
-    (type_ids, type_names)
 }

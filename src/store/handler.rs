@@ -2,10 +2,12 @@
 //! operation, each turning a parsed request into repository calls and a response.
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, CACHE_CONTROL, LOCATION};
 use hyper::{Request, Response, StatusCode};
+use rusqlite::Connection;
 use serde_json::{json, Value};
 
 use super::body::{self, ExtensionUpdate};
@@ -50,63 +52,30 @@ async fn dispatch(store: &Store, request: Request<Incoming>) -> Result<Response<
     let tenant = tenant(&parts.headers)?;
     let raw_query = parts.uri.query();
     let bytes = read_body(incoming, store.max_body_bytes()).await?;
-    let now = super::now();
+    let call = Call {
+        store,
+        tenant,
+        bytes,
+        now: super::now(),
+    };
     match route {
-        Route::StartService => {
-            let start = body::service_start(body::json(&bytes)?, store, now)?;
-            let id = store
-                .db()
-                .write(move |conn| services::start(conn, &tenant, start))
-                .await?;
-            Ok(created(
-                json!({ "service_id": id }),
-                format!("/services/{id}"),
-            ))
-        }
+        Route::StartService => start_service(call).await,
         Route::QueryServices { owner, lifecycle } => {
-            let answer = query::services(store, tenant, owner, lifecycle, raw_query).await?;
-            Ok(json_response(StatusCode::OK, &answer))
+            ok(query::services(store, call.tenant, owner, lifecycle, raw_query).await?)
         }
         Route::Associate {
             customer_id,
             service,
-        } => {
-            let customer_id = query::path_param("customer_id", &customer_id)?;
-            let id = service_id(&service)?;
-            store
-                .db()
-                .write(move |conn| services::associate(conn, &tenant, id, &customer_id))
-                .await?;
-            Ok(empty_response(StatusCode::NO_CONTENT))
-        }
-        Route::CompleteService { service } => {
-            let id = service_id(&service)?;
-            let end = body::end(body::json(&bytes)?, store, now)?;
-            store
-                .db()
-                .write(move |conn| services::complete(conn, &tenant, id, end))
-                .await?;
-            Ok(empty_response(StatusCode::NO_CONTENT))
-        }
+        } => associate(call, &customer_id, &service).await,
+        Route::CompleteService { service } => complete_service(call, &service).await,
         Route::GetService { service } => {
             let id = service_id(&service)?;
-            let answer = query::service_by_id(store, tenant, id, raw_query).await?;
-            Ok(json_response(StatusCode::OK, &answer))
+            ok(query::service_by_id(store, call.tenant, id, raw_query).await?)
         }
-        Route::UpdateService { service } => {
-            let id = service_id(&service)?;
-            let expiry = body::expiry_update(body::json(&bytes)?, store)?;
-            store
-                .db()
-                .write(move |conn| services::set_expiry(conn, &tenant, id, expiry, now))
-                .await?;
-            Ok(empty_response(StatusCode::NO_CONTENT))
-        }
+        Route::UpdateService { service } => update_service(call, &service).await,
         Route::DeleteService { service } => {
             let id = service_id(&service)?;
-            store
-                .db()
-                .write(move |conn| services::delete(conn, &tenant, id))
+            call.write(move |conn, tenant| services::delete(conn, tenant, id))
                 .await?;
             Ok(empty_response(StatusCode::OK))
         }
@@ -114,65 +83,21 @@ async fn dispatch(store: &Store, request: Request<Incoming>) -> Result<Response<
             service,
             name,
             merge,
-        } => {
-            let id = service_id(&service)?;
-            let update = extension_update(&name, &bytes, merge)?;
-            store
-                .db()
-                .write(move |conn| services::set_extension(conn, &tenant, id, update))
-                .await?;
-            Ok(empty_response(StatusCode::NO_CONTENT))
-        }
-        Route::StartItem { service, kind } => {
-            let id = service_id(&service)?;
-            let json = body::json(&bytes)?;
-            let start = match kind {
-                Kind::State => body::state_start(json, store, now)?,
-                Kind::Task => body::task_start(json, store, now)?,
-            };
-            let item = store
-                .db()
-                .write(move |conn| items::start(conn, &tenant, id, kind, start))
-                .await?;
-            Ok(created(
-                json!({ kind.id_column(): item }),
-                format!("/services/{id}/{}/{item}", kind.plural()),
-            ))
-        }
-        Route::Transition { service } => {
-            let id = service_id(&service)?;
-            let transition = body::transition(body::json(&bytes)?, store, now)?;
-            let state = store
-                .db()
-                .write(move |conn| items::transition(conn, &tenant, id, transition))
-                .await?;
-            Ok(created(
-                json!({ "state_id": state }),
-                format!("/services/{id}/states/{state}"),
-            ))
-        }
+        } => service_extension(call, &service, &name, merge).await,
+        Route::StartItem { service, kind } => start_item(call, &service, kind).await,
+        Route::Transition { service } => transition(call, &service).await,
         Route::EndItem {
             service,
             kind,
             item,
-        } => {
-            let id = service_id(&service)?;
-            let item = item_id(kind, &item)?;
-            let end = body::end(body::json(&bytes)?, store, now)?;
-            store
-                .db()
-                .write(move |conn| items::end(conn, &tenant, id, kind, item, end))
-                .await?;
-            Ok(empty_response(StatusCode::NO_CONTENT))
-        }
+        } => end_item(call, &service, kind, &item).await,
         Route::ListItems {
             service,
             kind,
             lifecycle,
         } => {
             let id = service_id(&service)?;
-            let answer = query::items(store, tenant, id, kind, lifecycle, raw_query).await?;
-            Ok(json_response(StatusCode::OK, &answer))
+            ok(query::items(store, call.tenant, id, kind, lifecycle, raw_query).await?)
         }
         Route::GetItem {
             service,
@@ -181,8 +106,7 @@ async fn dispatch(store: &Store, request: Request<Incoming>) -> Result<Response<
         } => {
             let id = service_id(&service)?;
             let item = item_id(kind, &item)?;
-            let answer = query::item_by_id(store, tenant, id, kind, item, raw_query).await?;
-            Ok(json_response(StatusCode::OK, &answer))
+            ok(query::item_by_id(store, call.tenant, id, kind, item, raw_query).await?)
         }
         Route::ItemExtension {
             service,
@@ -190,41 +114,181 @@ async fn dispatch(store: &Store, request: Request<Incoming>) -> Result<Response<
             item,
             name,
             merge,
-        } => {
-            let id = service_id(&service)?;
-            let item = item_id(kind, &item)?;
-            let update = extension_update(&name, &bytes, merge)?;
-            store
-                .db()
-                .write(move |conn| items::set_extension(conn, &tenant, id, kind, item, update))
-                .await?;
-            Ok(empty_response(StatusCode::NO_CONTENT))
-        }
-        Route::BusinessAttributes { name: None } => {
-            let all = store
-                .attributes()
-                .iter()
-                .map(|(name, map)| attribute_json(name, map))
-                .collect();
-            Ok(json_response(StatusCode::OK, &Value::Array(all)))
-        }
-        Route::BusinessAttributes { name: Some(raw) } => {
-            let name = query::path_param("name", &raw)?;
-            let map = store
-                .attributes()
-                .get(&name)
-                .ok_or_else(|| ApiError::not_found(Entity::BusinessAttribute, &name))?;
-            Ok(json_response(StatusCode::OK, &attribute_json(&name, map)))
-        }
-        Route::Purge => {
-            let before = body::purge_before(body::json(&bytes)?, store)?;
-            let purged = store
-                .db()
-                .write(move |conn| services::purge(conn, &tenant, before))
-                .await?;
-            Ok(json_response(StatusCode::OK, &json!({ "purged": purged })))
-        }
+        } => item_extension(call, &service, kind, &item, &name, merge).await,
+        Route::BusinessAttributes { name } => business_attributes(store, name.as_deref()),
+        Route::Purge => purge(call).await,
     }
+}
+
+/// One request as its operation sees it.
+struct Call<'a> {
+    store: &'a Store,
+    tenant: Tenant,
+    bytes: Bytes,
+    now: DateTime<Utc>,
+}
+
+impl Call<'_> {
+    /// The body as a JSON object (empty for a blank body).
+    fn json(&self) -> Result<Value, ApiError> {
+        body::json(&self.bytes)
+    }
+
+    /// Runs `f` on the writer connection for the caller's tenant.
+    async fn write<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Tenant) -> Result<T, ApiError> + Send + 'static,
+    {
+        let tenant = self.tenant.clone();
+        self.store.db().write(move |conn| f(conn, &tenant)).await
+    }
+}
+
+/// `200` with a JSON answer.
+fn ok(answer: Value) -> Result<Response<Body>, ApiError> {
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+fn no_content() -> Result<Response<Body>, ApiError> {
+    Ok(empty_response(StatusCode::NO_CONTENT))
+}
+
+async fn start_service(call: Call<'_>) -> Result<Response<Body>, ApiError> {
+    let start = body::service_start(call.json()?, call.store, call.now)?;
+    let id = call
+        .write(move |conn, tenant| services::start(conn, tenant, start))
+        .await?;
+    Ok(created(
+        json!({ "service_id": id }),
+        format!("/services/{id}"),
+    ))
+}
+
+async fn associate(
+    call: Call<'_>,
+    customer_id: &str,
+    service: &str,
+) -> Result<Response<Body>, ApiError> {
+    let customer_id = query::path_param("customer_id", customer_id)?;
+    let id = service_id(service)?;
+    call.write(move |conn, tenant| services::associate(conn, tenant, id, &customer_id))
+        .await?;
+    no_content()
+}
+
+async fn complete_service(call: Call<'_>, service: &str) -> Result<Response<Body>, ApiError> {
+    let id = service_id(service)?;
+    let end = body::end(call.json()?, call.store, call.now)?;
+    call.write(move |conn, tenant| services::complete(conn, tenant, id, end))
+        .await?;
+    no_content()
+}
+
+async fn update_service(call: Call<'_>, service: &str) -> Result<Response<Body>, ApiError> {
+    let id = service_id(service)?;
+    let expiry = body::expiry_update(call.json()?, call.store)?;
+    let now = call.now;
+    call.write(move |conn, tenant| services::set_expiry(conn, tenant, id, expiry, now))
+        .await?;
+    no_content()
+}
+
+async fn service_extension(
+    call: Call<'_>,
+    service: &str,
+    name: &str,
+    merge: bool,
+) -> Result<Response<Body>, ApiError> {
+    let id = service_id(service)?;
+    let update = extension_update(name, &call.bytes, merge)?;
+    call.write(move |conn, tenant| services::set_extension(conn, tenant, id, update))
+        .await?;
+    no_content()
+}
+
+async fn start_item(call: Call<'_>, service: &str, kind: Kind) -> Result<Response<Body>, ApiError> {
+    let id = service_id(service)?;
+    let json = call.json()?;
+    let start = match kind {
+        Kind::State => body::state_start(json, call.store, call.now)?,
+        Kind::Task => body::task_start(json, call.store, call.now)?,
+    };
+    let item = call
+        .write(move |conn, tenant| items::start(conn, tenant, id, kind, start))
+        .await?;
+    Ok(created(
+        json!({ kind.id_column(): item }),
+        format!("/services/{id}/{}/{item}", kind.plural()),
+    ))
+}
+
+async fn transition(call: Call<'_>, service: &str) -> Result<Response<Body>, ApiError> {
+    let id = service_id(service)?;
+    let transition = body::transition(call.json()?, call.store, call.now)?;
+    let state = call
+        .write(move |conn, tenant| items::transition(conn, tenant, id, transition))
+        .await?;
+    Ok(created(
+        json!({ "state_id": state }),
+        format!("/services/{id}/states/{state}"),
+    ))
+}
+
+async fn end_item(
+    call: Call<'_>,
+    service: &str,
+    kind: Kind,
+    item: &str,
+) -> Result<Response<Body>, ApiError> {
+    let id = service_id(service)?;
+    let item = item_id(kind, item)?;
+    let end = body::end(call.json()?, call.store, call.now)?;
+    call.write(move |conn, tenant| items::end(conn, tenant, id, kind, item, end))
+        .await?;
+    no_content()
+}
+
+async fn item_extension(
+    call: Call<'_>,
+    service: &str,
+    kind: Kind,
+    item: &str,
+    name: &str,
+    merge: bool,
+) -> Result<Response<Body>, ApiError> {
+    let id = service_id(service)?;
+    let item = item_id(kind, item)?;
+    let update = extension_update(name, &call.bytes, merge)?;
+    call.write(move |conn, tenant| items::set_extension(conn, tenant, id, kind, item, update))
+        .await?;
+    no_content()
+}
+
+/// Every business attribute, or the one `name` names.
+fn business_attributes(store: &Store, name: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let Some(raw) = name else {
+        let all = store
+            .attributes()
+            .iter()
+            .map(|(name, map)| attribute_json(name, map))
+            .collect();
+        return ok(Value::Array(all));
+    };
+    let name = query::path_param("name", raw)?;
+    let map = store
+        .attributes()
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(Entity::BusinessAttribute, &name))?;
+    ok(attribute_json(&name, map))
+}
+
+async fn purge(call: Call<'_>) -> Result<Response<Body>, ApiError> {
+    let before = body::purge_before(call.json()?, call.store)?;
+    let purged = call
+        .write(move |conn, tenant| services::purge(conn, tenant, before))
+        .await?;
+    ok(json!({ "purged": purged }))
 }
 
 /// `ContactCenterId` and `GroupId`; absent is "" (single tenant). A value that is not

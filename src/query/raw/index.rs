@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::scan::{decode_string, has_duplicate, write_normalised, Scanner, Span};
+use super::scan::{has_duplicate, Scanner, Span};
 use super::tape::{Reader, Tape};
 use super::{Broad, ScanError};
 
@@ -496,18 +496,4 @@ fn states<'a>(
         broad.elements.truncate(elements_start);
         Ok((span, SectionState::Copy))
     }
-}
-
-/// A `service_id` as the cache's invalidation index names it: [`ServiceId::normalise`]
-/// of its text, whether the JSON has it as a string or a number, so that the ids of a
-/// write's path and of an answer compare equal.
-///
-/// [`ServiceId::normalise`]: crate::identity::ServiceId::normalise
-pub(super) fn id_text(value: &[u8]) -> String {
-    if value.first() == Some(&b'"') {
-        return crate::identity::ServiceId::normalise(&decode_string(value)).into_string();
-    }
-    let mut out = Vec::with_capacity(value.len());
-    write_normalised(&mut out, value);
-    crate::identity::ServiceId::normalise(&String::from_utf8(out).unwrap_or_default()).into_string()
 }

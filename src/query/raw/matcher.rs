@@ -1,108 +1,74 @@
-//! The query criteria applied to a service's indexed facts. Each rule mirrors one in
-//! `filter.rs` (`Matcher::check`, `type_listed`, `extension_matches`, `numbers_eq`), read
-//! from bytes; the differential test in `tests.rs` holds the two together.
+//! A service's indexed facts as the query rules read them ([`crate::query::rules`]), and
+//! attached-data values compared from their bytes the way `filter.rs` compares them in
+//! a tree; the differential tests in `tests/` hold the two readers together.
 
-use serde_json::{Number, Value};
+use std::borrow::Cow;
+
+use serde_json::Value;
 
 use super::index::{ServiceIndex, Tables};
-use super::scan::{decode_string, Scanner, Span};
-use crate::query::filter::Match;
-use crate::query::{date, Lifecycle, ServiceQuery, TypeMap, Window};
+use super::respell::decode_string;
+use super::scan::Scanner;
+use crate::query::rules::Match;
+use crate::query::rules::{json_eq, number_shaped, numbers_eq, Facts, Num, Rules, TypeFact};
+use crate::query::{ExtensionFilter, ServiceQuery, TypeMap};
 
-/// A query with its service types resolved through the map, ready to test many services.
-pub(super) struct Matcher<'q> {
-    q: &'q ServiceQuery,
-    types: &'q TypeMap,
-    type_ids: Vec<i64>,
-    type_names: Vec<&'q str>,
-}
+/// The query's rules, ready to test the services of one indexed body.
+pub(super) struct Matcher<'q>(Rules<'q>);
 
 impl<'q> Matcher<'q> {
     pub fn new(q: &'q ServiceQuery, types: &'q TypeMap) -> Matcher<'q> {
-        let (type_ids, type_names) = crate::query::listed_types(q, types);
-        Matcher {
-            q,
-            types,
-            type_ids,
-            type_names,
-        }
+        Matcher(Rules::new(q, types))
     }
 
     pub fn check(&self, body: &[u8], tables: &Tables, service: &ServiceIndex) -> Match {
-        let q = self.q;
-        if q.anonymous && service.customer {
-            return Match::Drop;
-        }
-        let completed = service.completed;
-        let lifecycle_ok = match q.lifecycle {
-            Lifecycle::All => true,
-            Lifecycle::Active => !completed,
-            Lifecycle::Completed => completed,
-        };
-        if !lifecycle_ok || (!completed && !q.completed.is_unbounded()) {
-            return Match::Drop;
-        }
-        if !self.type_listed(service.service_type.map(|span| span.of(body))) {
-            return Match::Drop;
-        }
-        let (from, to) = service.members;
-        let members = &tables.members[from as usize..to as usize];
-        let extensions_ok = q.filters.iter().all(|f| {
-            members
-                .iter()
-                .find(|m| m.key.inner(body) == f.key.as_bytes())
-                .is_some_and(|m| extension_matches(&f.value, m.value.of(body)))
-        });
-        if !extensions_ok {
-            return Match::Drop;
-        }
-        let completed_at = service.completed_at.filter(|_| completed);
-        match (
-            in_window(&q.started, body, service.started_at),
-            in_window(&q.completed, body, completed_at),
-        ) {
-            (Some(false), _) | (_, Some(false)) => Match::Drop,
-            (None, _) | (_, None) => Match::DropBadTimestamp,
-            (Some(true), Some(true)) => Match::Keep,
-        }
-    }
-
-    fn type_listed(&self, service_type: Option<&[u8]>) -> bool {
-        if self.q.service_types.is_empty() {
-            return true;
-        }
-        match service_type {
-            Some(text @ [b'"', ..]) => {
-                let s = decode_string(text);
-                let id = type_id_text(&s).or_else(|| self.types.id_of(&s));
-                self.type_names.contains(&&*s) || id.is_some_and(|id| self.type_ids.contains(&id))
-            }
-            Some(text @ [b'-' | b'0'..=b'9', ..]) => {
-                let n = Num::text(text);
-                self.type_ids
-                    .iter()
-                    .any(|&id| number_eq_int(&n, i128::from(id)))
-            }
-            _ => false,
-        }
+        self.0.check(&Indexed {
+            body,
+            tables,
+            service,
+        })
     }
 }
 
-fn in_window(window: &Window, body: &[u8], at: Option<Span>) -> Option<bool> {
-    if window.is_unbounded() {
-        return Some(true);
-    }
-    let text = decode_string(at?.of(body));
-    let t = date::parse_lenient(&text)?;
-    Some(window.contains(t))
+/// One service of an indexed body.
+struct Indexed<'a> {
+    body: &'a [u8],
+    tables: &'a Tables,
+    service: &'a ServiceIndex,
 }
 
-fn type_id_text(s: &str) -> Option<i64> {
-    let digits = s.strip_prefix('-').unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+impl Facts for Indexed<'_> {
+    fn has_customer(&self) -> bool {
+        self.service.customer
     }
-    s.parse().ok()
+
+    fn is_completed(&self) -> bool {
+        self.service.completed
+    }
+
+    fn service_type(&self) -> TypeFact<'_> {
+        match self.service.service_type.map(|span| span.of(self.body)) {
+            Some(text @ [b'"', ..]) => TypeFact::Text(decode_string(text)),
+            Some(text @ [b'-' | b'0'..=b'9', ..]) => TypeFact::Number(Num::text(text)),
+            _ => TypeFact::Other,
+        }
+    }
+
+    fn has_extension(&self, filter: &ExtensionFilter) -> bool {
+        let (from, to) = self.service.members;
+        self.tables.members[from as usize..to as usize]
+            .iter()
+            .find(|m| m.key.inner(self.body) == filter.key.as_bytes())
+            .is_some_and(|m| extension_matches(&filter.value, m.value.of(self.body)))
+    }
+
+    fn started_at(&self) -> Option<Cow<'_, str>> {
+        Some(decode_string(self.service.started_at?.of(self.body)))
+    }
+
+    fn completed_at(&self) -> Option<Cow<'_, str>> {
+        Some(decode_string(self.service.completed_at?.of(self.body)))
+    }
 }
 
 fn extension_matches(want: &Value, have: &[u8]) -> bool {
@@ -147,79 +113,11 @@ fn json_eq_bytes(want: &Value, have: &[u8]) -> bool {
     }
 }
 
-fn json_eq(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => numbers_eq(&Num::of(x), &Num::of(y)),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_eq(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
-/// A number as serde_json's `as_i64`/`as_u64`/`as_f64` read it (with arbitrary_precision
-/// they parse the text), without allocating.
-struct Num {
-    int: Option<i128>,
-    float: Option<f64>,
-}
-
-impl Num {
-    fn text(text: &[u8]) -> Num {
-        let text = std::str::from_utf8(text).unwrap_or("");
-        Num {
-            int: text
-                .parse::<i64>()
-                .ok()
-                .map(i128::from)
-                .or_else(|| text.parse::<u64>().ok().map(i128::from)),
-            float: text.parse::<f64>().ok().filter(|f| f.is_finite()),
-        }
-    }
-
-    fn of(n: &Number) -> Num {
-        Num {
-            int: n
-                .as_i64()
-                .map(i128::from)
-                .or_else(|| n.as_u64().map(i128::from)),
-            float: n.as_f64(),
-        }
-    }
-}
-
 /// A string that is exactly a JSON number.
 fn number_text(s: &str) -> Option<Num> {
-    let b = s.as_bytes();
-    let starts = matches!(b.first(), Some(b'-' | b'0'..=b'9'));
-    let ends = b.last().is_some_and(u8::is_ascii_digit);
-    if !(starts && ends) {
+    if !number_shaped(s) {
         return None;
     }
-    let mut scan = Scanner::new(b);
-    (scan.number().is_ok() && scan.at_end()).then(|| Num::text(b))
-}
-
-fn numbers_eq(a: &Num, b: &Num) -> bool {
-    match (a.int, b.int) {
-        (Some(x), Some(y)) => x == y,
-        (Some(x), None) => number_eq_int(b, x),
-        (None, Some(y)) => number_eq_int(a, y),
-        (None, None) => a.float == b.float,
-    }
-}
-
-fn number_eq_int(n: &Num, i: i128) -> bool {
-    if let Some(x) = n.int {
-        return x == i;
-    }
-    const MIN: f64 = -9_223_372_036_854_775_808.0;
-    const MAX: f64 = 18_446_744_073_709_551_616.0;
-    n.float
-        .is_some_and(|f| f.fract() == 0.0 && (MIN..=MAX).contains(&f) && f as i128 == i)
+    let mut scan = Scanner::new(s.as_bytes());
+    (scan.number().is_ok() && scan.at_end()).then(|| Num::text(s.as_bytes()))
 }

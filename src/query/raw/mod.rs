@@ -48,6 +48,7 @@
 mod index;
 mod matcher;
 mod render;
+mod respell;
 mod scan;
 mod tape;
 #[cfg(test)]
@@ -125,7 +126,7 @@ impl Broad {
         self.services
             .iter()
             .filter_map(|s| s.service_id)
-            .map(|span| index::id_text(span.of(&self.body)))
+            .map(|span| respell::id_text(span.of(&self.body)))
             .collect()
     }
 

@@ -5,7 +5,8 @@ use serde_json::{Map, Value};
 
 use super::index::{self, Member, SectionState, ServiceIndex, Tables, SECTIONS};
 use super::matcher::Matcher;
-use super::scan::{write_normalised, Span};
+use super::respell::write_normalised;
+use super::scan::Span;
 use super::{Broad, ScanError};
 use crate::query::filter::{self, Match};
 use crate::query::{Include, ServiceQuery, TypeMap};
@@ -176,35 +177,7 @@ fn write_service(
             SectionState::Null | SectionState::Absent => out.extend_from_slice(b"[]"),
             SectionState::Copy => copy(out, member.value),
             SectionState::Rewrite { elements } => {
-                out.push(b'[');
-                let elements = &tables.elements[elements.0 as usize..elements.1 as usize];
-                for (i, element) in elements.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    match element.members {
-                        None => copy(out, element.span),
-                        Some((from, to)) => {
-                            out.push(b'{');
-                            let kept = tables.state_members[from as usize..to as usize]
-                                .iter()
-                                .filter(|m| {
-                                    !matches!(
-                                        m.key.inner(body),
-                                        b"active_tasks" | b"completed_tasks"
-                                    )
-                                });
-                            for (j, m) in kept.enumerate() {
-                                if j > 0 {
-                                    out.push(b',');
-                                }
-                                write_member(out, body, m, &copy);
-                            }
-                            out.push(b'}');
-                        }
-                    }
-                }
-                out.push(b']');
+                write_states(out, body, tables, elements, &copy);
             }
         }
     }
@@ -221,6 +194,40 @@ fn write_service(
         }
     }
     out.push(b'}');
+}
+
+/// A states section whose state objects lose their nested task arrays.
+fn write_states(
+    out: &mut Vec<u8>,
+    body: &[u8],
+    tables: &Tables,
+    elements: (u32, u32),
+    copy: &impl Fn(&mut Vec<u8>, Span),
+) {
+    out.push(b'[');
+    let elements = &tables.elements[elements.0 as usize..elements.1 as usize];
+    for (i, element) in elements.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match element.members {
+            None => copy(out, element.span),
+            Some((from, to)) => {
+                out.push(b'{');
+                let kept = tables.state_members[from as usize..to as usize]
+                    .iter()
+                    .filter(|m| !matches!(m.key.inner(body), b"active_tasks" | b"completed_tasks"));
+                for (j, m) in kept.enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    write_member(out, body, m, copy);
+                }
+                out.push(b'}');
+            }
+        }
+    }
+    out.push(b']');
 }
 
 /// Writes the run of whole members `run` (with the separator it needs) and empties it.

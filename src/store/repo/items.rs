@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::{check_end_time, merged_extensions, owned_service, parse_object, ServiceHead, Tenant};
+use super::{check_end_time, owned_service, parse_object, write_end, ServiceHead, Tenant};
 use crate::store::body::{self, End, ExtensionUpdate, ItemStart};
 use crate::store::error::{ApiError, Entity};
 use crate::store::model::{item_columns, to_text, ItemRow, Kind};
@@ -114,26 +114,15 @@ fn end_in(
         });
     }
     let completed_at = check_end_time(&end, item.record.started_at)?;
-    let extensions = merged_extensions(item.record.extensions, end.extensions);
-    let sql = format!(
-        "UPDATE {table} SET completed_at = ?3, completed = ?4,
-             disposition = coalesce(?5, disposition),
-             disposition_desc = coalesce(?6, disposition_desc),
-             extensions = ?7
-         WHERE service_id = ?1 AND {id_col} = ?2",
-        table = kind.table(),
-        id_col = kind.id_column(),
-    );
-    conn.prepare_cached(&sql)?.execute(params![
-        service_id,
-        item_id,
+    write_end(
+        conn,
+        kind.table(),
+        &format!("service_id = ?6 AND {} = ?7", kind.id_column()),
+        &[service_id, item_id],
         completed_at,
-        to_text(&Value::Object(end.event.fields)),
-        end.outcome.disposition.as_ref().map(to_text),
-        end.outcome.disposition_desc,
-        to_text(&Value::Object(extensions)),
-    ])?;
-    Ok(())
+        end,
+        item.record.extensions,
+    )
 }
 
 /// Ends `from_state_id` and starts a new state, atomically (one transaction).

@@ -12,11 +12,12 @@
 pub mod items;
 pub mod services;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
 use serde_json::Value;
 
 use super::body::{End, Object};
 use super::error::{ApiError, Entity, StoreError};
+use super::model::to_text;
 
 /// The tenant of a request: `ContactCenterId` and `GroupId` headers, "" when absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,6 +72,40 @@ pub fn check_end_time(end: &End, started_at: i64) -> Result<i64, ApiError> {
         ));
     }
     Ok(completed_at)
+}
+
+/// Writes an end onto one row of `table`: its time, event, outcome (a missing disposition
+/// keeps the row's) and its extensions merged over the row's `existing` ones. `row` picks the row with `?6` (and `?7`),
+/// bound to `keys` in order.
+pub fn write_end(
+    conn: &Connection,
+    table: &str,
+    row: &str,
+    keys: &[i64],
+    completed_at: i64,
+    end: End,
+    existing: Object,
+) -> Result<(), ApiError> {
+    let sql = format!(
+        "UPDATE {table} SET completed_at = ?1, completed = ?2,
+             disposition = coalesce(?3, disposition),
+             disposition_desc = coalesce(?4, disposition_desc),
+             extensions = ?5
+         WHERE {row}"
+    );
+    let event = to_text(&Value::Object(end.event.fields));
+    let disposition = end.outcome.disposition.as_ref().map(to_text);
+    let extensions = to_text(&Value::Object(merged_extensions(existing, end.extensions)));
+    let mut values: Vec<&dyn ToSql> = vec![
+        &completed_at,
+        &event,
+        &disposition,
+        &end.outcome.disposition_desc,
+        &extensions,
+    ];
+    values.extend(keys.iter().map(|key| key as &dyn ToSql));
+    conn.prepare_cached(&sql)?.execute(&values[..])?;
+    Ok(())
 }
 
 /// An extensions column read back: a JSON object, or the database is corrupt.

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-use super::{check_end_time, items, merged_extensions, owned_service, parse_object, Tenant};
+use super::{check_end_time, items, owned_service, parse_object, write_end, Tenant};
 use crate::query::Lifecycle;
 use crate::store::body::{End, Expiry, ExtensionUpdate, Object, ServiceStart};
 use crate::store::error::{ApiError, Entity};
@@ -65,23 +65,16 @@ pub fn complete(conn: &Connection, tenant: &Tenant, id: i64, end: End) -> Result
         });
     }
     let completed_at = check_end_time(&end, head.started_at)?;
-    let extensions = merged_extensions(load_extensions(conn, id)?, end.extensions);
-    conn.prepare_cached(
-        "UPDATE services SET completed_at = ?2, completed = ?3,
-             disposition = coalesce(?4, disposition),
-             disposition_desc = coalesce(?5, disposition_desc),
-             extensions = ?6
-         WHERE service_id = ?1",
-    )?
-    .execute(params![
-        id,
+    let existing = load_extensions(conn, id)?;
+    write_end(
+        conn,
+        "services",
+        "service_id = ?6",
+        &[id],
         completed_at,
-        to_text(&Value::Object(end.event.fields)),
-        end.outcome.disposition.as_ref().map(to_text),
-        end.outcome.disposition_desc,
-        to_text(&Value::Object(extensions)),
-    ])?;
-    Ok(())
+        end,
+        existing,
+    )
 }
 
 /// Last association wins; the service stops being anonymous.
