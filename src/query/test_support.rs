@@ -74,3 +74,30 @@ pub(crate) fn type_map(mapped: bool) -> TypeMap {
         TypeMap::default()
     }
 }
+
+/// A generated service's top-level fields, in the order both generators write them;
+/// `None` leaves a field out. `(customer, kind, score, tier, started, completed)`.
+pub(crate) type ServiceFields<T> = (
+    Option<T>,
+    Option<T>,
+    Option<T>,
+    Option<T>,
+    Option<T>,
+    Option<T>,
+);
+
+/// The named, present fields of a [`ServiceFields`].
+pub(crate) fn service_fields<T>(fields: ServiceFields<T>) -> Vec<(&'static str, T)> {
+    let (customer, kind, score, tier, started, completed) = fields;
+    [
+        ("customer_id", customer),
+        ("service_type", kind),
+        ("score", score),
+        ("tier", tier),
+        ("started", started),
+        ("completed", completed),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|v| (name, v)))
+    .collect()
+}

@@ -139,23 +139,14 @@ fn started_window_reads_non_canonical_timestamps() {
         "offset",
         "sub-milli",
     ];
+    // Without a window nothing is dropped, whatever its timestamp.
+    let every = [
+        &all_good[..],
+        &["garbage", "number", "no-timestamp", "no-started"],
+    ]
+    .concat();
     let cases: [(Window, &[&str], usize); 8] = [
-        (
-            Window::default(),
-            &[
-                "canonical",
-                "no-z",
-                "no-millis",
-                "space",
-                "offset",
-                "sub-milli",
-                "garbage",
-                "number",
-                "no-timestamp",
-                "no-started",
-            ],
-            0,
-        ),
+        (Window::default(), &every, 0),
         (window(Some("2000-01-01T00:00:00Z"), None), &all_good, 4),
         (window(None, Some("2030-01-01T00:00:00Z")), &all_good, 4),
         // from is inclusive, to exclusive, compared at full upstream precision.

@@ -72,18 +72,9 @@ fn service() -> impl Strategy<Value = Service> {
             |(customer, kind, score, tier, (started, completed), sections)| {
                 let mut s = Map::new();
                 s.insert("first".into(), json!(0));
-                let fields = [
-                    ("customer_id", customer),
-                    ("service_type", kind),
-                    ("score", score),
-                    ("tier", tier),
-                    ("started", started),
-                    ("completed", completed),
-                ];
-                for (key, value) in fields {
-                    if let Some(value) = value {
-                        s.insert(key.into(), value);
-                    }
+                let fields = (customer, kind, score, tier, started, completed);
+                for (key, value) in crate::query::test_support::service_fields(fields) {
+                    s.insert(key.into(), value);
                 }
                 for (i, present) in sections.into_iter().enumerate() {
                     if present {

@@ -135,50 +135,42 @@ fn model() -> impl Strategy<Value = Model> {
         "w[a-z]{0,4}".prop_map(FilterValue::Word),
     ];
     let flag = proptest::option::of((any::<bool>(), 0usize..4));
-    (
-        lifecycle(),
-        bounds(),
-        bounds(),
+    let window = (lifecycle(), bounds(), bounds());
+    let types = (
         proptest::collection::vec(any::<i64>(), 0..4),
         proptest::collection::vec("[A-Za-z]([A-Za-z _+]{0,5}[A-Za-z])?", 0..4),
         any::<bool>(),
+    );
+    let include = (
         [flag.clone(), flag.clone(), flag.clone(), flag],
         proptest::collection::vec("[a-z][a-z0-9_ ]{0,5}", 0..3),
         proptest::bool::weighted(0.2),
+    );
+    let rest = (
         proptest::collection::vec(("x[a-z0-9_]{0,5}", filter_value), 0..4),
         any::<bool>(),
-    )
-        .prop_map(
-            |(
-                lifecycle,
-                started,
-                completed,
-                ids,
-                names,
-                types_repeated,
-                flags,
-                extensions,
-                star,
-                filters,
-                reverse,
-            )| Model {
-                completed: if lifecycle == ACTIVE {
-                    (None, None)
-                } else {
-                    completed
-                },
-                lifecycle,
-                started,
-                ids,
-                names,
-                types_repeated,
-                flags,
-                extensions,
-                star,
-                filters,
-                reverse,
+    );
+    (window, types, include, rest).prop_map(|(window, types, include, rest)| {
+        let (lifecycle, started, completed) = window;
+        Model {
+            // An active query has no completion window.
+            completed: if lifecycle == ACTIVE {
+                (None, None)
+            } else {
+                completed
             },
-        )
+            lifecycle,
+            started,
+            ids: types.0,
+            names: types.1,
+            types_repeated: types.2,
+            flags: include.0,
+            extensions: include.1,
+            star: include.2,
+            filters: rest.0,
+            reverse: rest.1,
+        }
+    })
 }
 
 fn date_text((millis, offset_min): (i64, i32)) -> String {

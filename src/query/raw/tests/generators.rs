@@ -178,13 +178,8 @@ pub(super) fn service() -> impl Strategy<Value = J> {
         .prop_map(
             |((customer, kind, score, tier, (started, completed)), sections, extra, dup)| {
                 let (a, b, c, d) = sections;
-                let fields = [
-                    ("customer_id", customer),
-                    ("service_type", kind),
-                    ("score", score),
-                    ("tier", tier),
-                    ("started", started),
-                    ("completed", completed),
+                let top = (customer, kind, score, tier, started, completed);
+                let sections = [
                     ("active_states", a),
                     ("completed_states", b),
                     ("active_tasks", c),
@@ -193,9 +188,10 @@ pub(super) fn service() -> impl Strategy<Value = J> {
                 ];
                 let mut members: Vec<(String, J)> = vec![("service_id".into(), J::Num("1"))];
                 members.extend(
-                    fields
+                    crate::query::test_support::service_fields(top)
                         .into_iter()
-                        .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))),
+                        .chain(sections.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))))
+                        .map(|(k, v)| (k.to_owned(), v)),
                 );
                 // Now and then a duplicate key, which the oracle resolves its own way.
                 if dup < 8 && members.len() > 2 {
