@@ -72,6 +72,19 @@ pub struct Config {
 }
 
 impl Config {
+    /// The sections the request pipeline reads.
+    pub fn pipeline(&self) -> crate::pipeline::Sections<'_> {
+        crate::pipeline::Sections {
+            server: &self.server,
+            upstream: &self.upstream,
+            cache: &self.cache,
+            log: &self.log,
+            limits: &self.limits,
+            cluster: &self.cluster,
+            service_types: self.service_types(),
+        }
+    }
+
     /// Reads `path` (or no file: all defaults), applies `overrides`, validates.
     pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let text = match path {

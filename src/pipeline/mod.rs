@@ -38,20 +38,21 @@ use tokio::sync::Semaphore;
 
 use crate::cache::{Cache, CacheOutcome};
 use crate::cluster::Cluster;
-use crate::config::Config;
+use crate::cache::CacheConfig;
+use crate::cluster::ClusterConfig;
 use crate::error::GatewayError;
 use crate::httputil;
 use crate::identity::Tenant;
-use crate::limits::{BackendPass, StreamBudget, Ticket};
-use crate::logging::Redactor;
+use crate::limits::{BackendPass, LimitsConfig, StreamBudget, Ticket};
+use crate::logging::{LogConfig, Redactor};
 use crate::query::params::{self, Limits};
 use crate::query::{Lifecycle, TypeMap};
 use crate::routes::{self, PathOwner, Route};
-use crate::server::Body;
+use crate::server::{Body, ServerConfig};
 use crate::settings::Cidr;
 use crate::telemetry::Metrics;
 use crate::trace::{self, Span, Tracer};
-use crate::upstream::Upstreams;
+use crate::upstream::{UpstreamConfig, Upstreams};
 
 /// The gateway. Cheap to clone; every clone shares the same state.
 #[derive(Clone)]
@@ -75,7 +76,21 @@ struct Inner {
     scheme: &'static str,
 }
 
-/// The per-request settings derived from `Config` once.
+/// The sections of the configuration the pipeline reads, handed over by the loader
+/// (`Config::pipeline`), so that the pipeline does not depend on the loader.
+#[derive(Clone, Debug)]
+pub struct Sections<'a> {
+    pub server: &'a ServerConfig,
+    pub upstream: &'a UpstreamConfig,
+    pub cache: &'a CacheConfig,
+    pub log: &'a LogConfig,
+    pub limits: &'a LimitsConfig,
+    pub cluster: &'a ClusterConfig,
+    /// `[business_attributes.service_type]`.
+    pub service_types: TypeMap,
+}
+
+/// The per-request settings derived from the configuration once.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub service_types: TypeMap,
@@ -105,9 +120,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(config: &Config) -> Settings {
+    pub fn from_config(config: &Sections<'_>) -> Settings {
         Settings {
-            service_types: config.service_types(),
+            service_types: config.service_types.clone(),
             limits: Limits {
                 max_key_bytes: config.server.max_key_bytes,
                 ..Limits::default()
@@ -118,7 +133,7 @@ impl Settings {
             max_headers: config.server.max_headers,
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
-            redactor: Redactor::from_config(&config.log),
+            redactor: Redactor::from_config(config.log),
             downstream_cache_control: config.cache.downstream_cache_control.clone(),
             trusted_proxies: config.server.trusted_proxies.clone(),
             via: config.server.via.clone(),
@@ -183,7 +198,7 @@ impl Exchange {
 
 impl Gateway {
     pub fn new(
-        config: &Config,
+        config: Sections<'_>,
         upstreams: Upstreams,
         cache: Option<Cache>,
         metrics: Metrics,
@@ -194,7 +209,7 @@ impl Gateway {
     /// [`Gateway::new`] in a fleet: `cluster` is consulted on misses and writes; with a
     /// `tracer`, requests make spans.
     pub fn in_fleet(
-        config: &Config,
+        config: Sections<'_>,
         upstreams: Upstreams,
         cache: Option<Cache>,
         cluster: Option<Cluster>,
@@ -202,14 +217,14 @@ impl Gateway {
         metrics: Metrics,
     ) -> Gateway {
         let limits = crate::limits::Limits::new(
-            &config.limits,
+            config.limits,
             upstreams.targets().len(),
-            &config.cluster,
+            config.cluster,
             metrics.limits().clone(),
         );
         Gateway {
             inner: Arc::new(Inner {
-                settings: Settings::from_config(config),
+                settings: Settings::from_config(&config),
                 upstreams,
                 cache,
                 cluster,
