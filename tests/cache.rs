@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use common::*;
 use csgate::cache::ManualClock;
-use csgate::pipeline::{Cached, Validated};
+use csgate::identity::ContactKey;
+use csgate::pipeline::{Cached, Owner, Validated};
 use csgate::query::params::{self, Limits};
 use csgate::query::{Lifecycle, TypeMap};
 
@@ -60,7 +61,7 @@ fn anonymous(key: &str, query: &csgate::query::ServiceQuery) -> Validated {
     let owner_path = format!("/services/anonymous/{key}");
     Validated {
         query: query.clone(),
-        owner_id: key.to_owned(),
+        owner: Owner::Contact(ContactKey::new(key)),
         route_path: owner_path.clone(),
         owner_path,
     }

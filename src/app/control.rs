@@ -236,7 +236,14 @@ fn gateway(
         observer_metrics.observe_upstream(target, outcome.label(), elapsed);
     });
     let upstreams = Upstreams::new(&config.upstream, urls, Some(observer));
-    Gateway::in_fleet(config.pipeline(), upstreams, cache, cluster, tracer, metrics)
+    Gateway::in_fleet(
+        config.pipeline(),
+        upstreams,
+        cache,
+        cluster,
+        tracer,
+        metrics,
+    )
 }
 
 /// The keys whose change `new` makes that a reload leaves as they were at start:

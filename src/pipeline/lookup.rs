@@ -18,7 +18,7 @@ use super::forward::forward_detached;
 use super::{post_filter, respond, respond_json, Exchange, Gateway, Validated};
 use crate::cache::{self, Cache, CacheOutcome, CacheOwner, Fill, Found, NoEntry};
 use crate::error::GatewayError;
-use crate::identity::{ContactKey, Tenant};
+use crate::identity::Tenant;
 use crate::server::Body;
 use crate::trace::{self, Kind, Span};
 use crate::upstream::Fetched;
@@ -125,7 +125,11 @@ impl Gateway {
         exchange: &mut Exchange,
     ) -> Result<Cached, GatewayError> {
         let query = &validated.query;
-        let owner = CacheOwner::new(tenant.clone(), ContactKey::new(&validated.owner_id));
+        let Some(contact_key) = validated.contact_key() else {
+            // Only anonymous lookups are cached: a customer's goes upstream as asked.
+            return Ok(Cached::Uncacheable);
+        };
+        let owner = CacheOwner::new(tenant.clone(), contact_key.clone());
         let key = cache.key(headers, owner, &query.extensions);
         let mut span = trace::child(exchange.span.as_ref(), "cache", Kind::Internal);
         // Runs only when the lookup fetches (a miss or a refresh): a hit clones nothing.

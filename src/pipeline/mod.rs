@@ -24,7 +24,7 @@ mod write;
 
 pub use lookup::Cached;
 pub use respond::respond_json;
-pub use validate::Validated;
+pub use validate::{Owner, Validated};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,9 +36,9 @@ use http::{Method, Request, Response, Version};
 use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
+use crate::cache::CacheConfig;
 use crate::cache::{Cache, CacheOutcome};
 use crate::cluster::Cluster;
-use crate::cache::CacheConfig;
 use crate::cluster::ClusterConfig;
 use crate::error::GatewayError;
 use crate::httputil;

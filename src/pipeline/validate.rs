@@ -5,6 +5,7 @@ use http::request::Parts;
 
 use super::{Exchange, Gateway};
 use crate::error::GatewayError;
+use crate::identity::ContactKey;
 use crate::query::params;
 use crate::query::{Lifecycle, ServiceQuery};
 use crate::routes::PathOwner;
@@ -13,8 +14,8 @@ use crate::routes::PathOwner;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validated {
     pub query: ServiceQuery,
-    /// The decoded contact key (anonymous routes) or customer id.
-    pub owner_id: String,
+    /// Whose services: the decoded, typed owner of the path.
+    pub owner: Owner,
     /// The upstream path of the owner's "all" route, relative to the API prefix
     /// (`/services/anonymous/{key}`, `/customers/{id}/services`), canonically encoded.
     pub owner_path: String,
@@ -22,9 +23,27 @@ pub struct Validated {
     pub route_path: String,
 }
 
+/// The owner a Query Services path names, percent-decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Owner {
+    /// `/services/anonymous/{contact_key}`: the key as written, typed from here on
+    /// (the cache, the fleet's Redis keys and the invalidations all take it as is).
+    Contact(ContactKey),
+    /// `/customers/{customer_id}/...`: never cached.
+    Customer(String),
+}
+
 impl Validated {
     pub fn is_anonymous(&self) -> bool {
         self.query.anonymous
+    }
+
+    /// The contact key of an anonymous request.
+    pub fn contact_key(&self) -> Option<&ContactKey> {
+        match &self.owner {
+            Owner::Contact(key) => Some(key),
+            Owner::Customer(_) => None,
+        }
     }
 }
 
@@ -38,20 +57,22 @@ impl Gateway {
     ) -> Result<Validated, GatewayError> {
         let s = &self.inner.settings;
         let max = s.limits.max_key_bytes;
-        let (anonymous, owner_path, owner_id) = match owner {
+        let (anonymous, owner_path, owner) = match owner {
             PathOwner::Anonymous { contact_key } => {
                 let key = params::decode_path_param("contact_key", contact_key, max)
                     .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
                 path_safe("contact_key", &key)?;
                 exchange.owner = Some(key.clone());
-                (true, owner_path("/services/anonymous/", &key, ""), key)
+                let path = owner_path("/services/anonymous/", &key, "");
+                (true, path, Owner::Contact(ContactKey::new(&key)))
             }
             PathOwner::Customer { customer_id } => {
                 let id = params::decode_path_param("customer_id", customer_id, max)
                     .map_err(|e| GatewayError::InvalidParameter(e.to_string()))?;
                 path_safe("customer_id", &id)?;
                 exchange.owner = Some(id.clone());
-                (false, owner_path("/customers/", &id, "/services"), id)
+                let path = owner_path("/customers/", &id, "/services");
+                (false, path, Owner::Customer(id))
             }
         };
         let query = params::parse_service_query(
@@ -72,7 +93,7 @@ impl Gateway {
         route_path.push_str(suffix);
         Ok(Validated {
             query,
-            owner_id,
+            owner,
             owner_path,
             route_path,
         })
