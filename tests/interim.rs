@@ -1,6 +1,6 @@
 //! What the default build (stock hyper and h2) does with the upstream's `1xx` interim
-//! answers and with pseudo-headers in HTTP/2 trailers (issue 23; README "Proxying" and
-//! "Hostile input"). hyper's client reads past an interim answer to the final one and its
+//! answers and with pseudo-headers in HTTP/2 trailers (`docs/requests.md` "Proxying" and
+//! `docs/security.md` "Hostile input"). hyper's client reads past an interim answer to the final one and its
 //! server cannot send one, so a `102` or `103 Early Hints` is not forwarded: HTTP/1.1,
 //! HTTP/1.0 and HTTP/2 clients get the final answer alone, and a `101` after a `103`
 //! stays `502`. h2 drops pseudo-header fields from trailers, so such a request is

@@ -1,4 +1,4 @@
-//! The README's seed scenario, through the real binary with its embedded store: a
+//! The README's session scenario, through the real binary with its embedded store: a
 //! caller from 408-832-7799 gets an anonymous service and a "waiting for agent" state,
 //! rings back and is found by contact key, is identified as ABC1234, completes; then
 //! the process restarts on the same database file and finds everything again.

@@ -4,7 +4,7 @@
 //! and a successful write invalidating the cache entries it can change. A client body
 //! that fails is the client's: 413, 400 (unreadable) or 408 (`body_read_timeout`).
 //! The upstream's `1xx` interim answers are not forwarded: hyper's client reads past
-//! them to the final answer, and hyper's server cannot send one (README, "Proxying").
+//! them to the final answer, and hyper's server cannot send one (`docs/requests.md`, "Proxying").
 
 use std::net::SocketAddr;
 
