@@ -2,8 +2,9 @@
 //! readiness, Prometheus metrics and cache administration.
 //!
 //! - `GET /healthz` — 200 while the process serves.
-//! - `GET /readyz` — 200 when an upstream takes traffic and the gateway is not
-//!   draining; otherwise 503 with a JSON reason.
+//! - `GET /readyz` — 200 while an upstream is configured (panic mode keeps sending to
+//!   ejected ones, so a failing upstream does not make the gateway unready); 503 with a
+//!   JSON reason while draining.
 //! - `GET /metrics` — Prometheus text format 0.0.4, or OpenMetrics when `Accept` asks for it.
 //! - `GET /cache/stats`, `DELETE /cache`, `DELETE /cache/anonymous/{contact_key}`
 //!   (tenant from `ContactCenterId`/`GroupId`); with `[cluster]` the purges reach the
