@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use url::Url;
 
+use crate::settings::{self, ConfigError};
+
 /// Every default of `[cluster]`, once.
 pub mod defaults {
     use std::time::Duration;
@@ -69,19 +71,10 @@ pub struct ClusterConfig {
     pub shared_tenant_max_bytes: u64,
 }
 
-/// A `[cluster]` problem, naming the key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cluster.{key}: {message}")]
-pub struct ClusterConfigError {
-    pub key: &'static str,
-    pub message: String,
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> ClusterConfigError {
-    ClusterConfigError {
-        key,
-        message: message.into(),
-    }
+/// A `[cluster]` problem: the loader's [`ConfigError`], naming the key as
+/// `cluster.<key>`.
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    settings::invalid(&format!("cluster.{key}"), message)
 }
 
 impl Default for ClusterConfig {
@@ -91,9 +84,9 @@ impl Default for ClusterConfig {
 }
 
 impl TryFrom<RawCluster> for ClusterConfig {
-    type Error = ClusterConfigError;
+    type Error = ConfigError;
 
-    fn try_from(raw: RawCluster) -> Result<ClusterConfig, ClusterConfigError> {
+    fn try_from(raw: RawCluster) -> Result<ClusterConfig, ConfigError> {
         let redis_url = raw.redis_url.as_deref().map(redis_url).transpose()?;
         let namespace = raw
             .namespace
@@ -136,7 +129,7 @@ impl TryFrom<RawCluster> for ClusterConfig {
             };
             return Err(invalid(
                 key,
-                "must be more than 0 (shared_cache = false turns the tier off)",
+                "must be greater than zero (shared_cache = false turns the tier off)",
             ));
         }
         Ok(ClusterConfig {
@@ -156,19 +149,19 @@ fn duration(
     key: &'static str,
     text: Option<String>,
     default: Duration,
-) -> Result<Duration, ClusterConfigError> {
+) -> Result<Duration, ConfigError> {
     let Some(text) = text else {
         return Ok(default);
     };
     let value = crate::settings::parse_duration(&text).map_err(|e| invalid(key, e))?;
     if value.is_zero() {
-        return Err(invalid(key, "must be more than 0"));
+        return Err(invalid(key, "must be greater than zero"));
     }
     Ok(value)
 }
 
 /// Parses a Redis URL; the error never repeats the URL, which may hold a password.
-fn redis_url(text: &str) -> Result<Url, ClusterConfigError> {
+fn redis_url(text: &str) -> Result<Url, ConfigError> {
     let url =
         Url::parse(text.trim()).map_err(|e| invalid("redis_url", format!("not a URL ({e})")))?;
     match url.scheme() {

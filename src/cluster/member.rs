@@ -5,13 +5,14 @@ use std::sync::Arc;
 
 use super::ack::AppliedReceiver;
 use super::bus::{self, Bus, EventSink};
-use super::config::{self, ClusterConfig, ClusterConfigError};
+use super::config::{self, ClusterConfig};
 use super::conn::Conn;
 use super::keys::Names;
 use super::liveness::{Liveness, Timing};
 use super::message::ReplicaId;
 use super::metrics::ClusterMetrics;
 use super::shared::{SharedPolicy, SharedTier};
+use crate::settings::{self, ConfigError};
 
 /// A replica's cluster membership: the bus, and the shared tier when enabled.
 #[derive(Clone)]
@@ -36,7 +37,7 @@ impl Cluster {
         metrics: ClusterMetrics,
         on_event: EventSink,
         applied: Option<AppliedReceiver>,
-    ) -> Result<Option<Cluster>, ClusterConfigError> {
+    ) -> Result<Option<Cluster>, ConfigError> {
         let Some(url) = &config.redis_url else {
             return Ok(None);
         };
@@ -46,11 +47,13 @@ impl Cluster {
         let client = redis::IntoConnectionInfo::into_connection_info(url.as_str())
             .map(|info| info.set_tcp_settings(nodelay))
             .and_then(redis::Client::open)
-            .map_err(|e| ClusterConfigError {
-                key: "redis_url",
+            .map_err(|e| {
                 // The error names the kind of problem; the URL (with its password) is not
                 // repeated.
-                message: format!("not a usable Redis URL ({:?})", e.kind()),
+                settings::invalid(
+                    "cluster.redis_url",
+                    format!("not a usable Redis URL ({:?})", e.kind()),
+                )
             })?;
         let names = Names::new(&config.namespace);
         let id = ReplicaId::random();

@@ -53,7 +53,7 @@ pub mod shared;
 pub use ack::{applied_channel, AppliedReceiver, AppliedSender};
 pub use apply::apply_to;
 pub use bus::{Announced, Bus, BusEvent, BusState, EventSink, FlushReason, PublishError};
-pub use config::{ClusterConfig, ClusterConfigError, RawCluster};
+pub use config::{ClusterConfig, RawCluster};
 pub use conn::{Conn, OpError};
 pub use liveness::{Liveness, LivenessReport, Timing};
 pub use lock::{Coalesced, FleetLock, LockAttempt};

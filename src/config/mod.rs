@@ -147,8 +147,7 @@ impl RawConfig {
             admin,
             log: LogConfig::try_from(self.log)?,
             store: StoreConfig::try_from(self.store)?,
-            cluster: ClusterConfig::try_from(self.cluster)
-                .map_err(|e| invalid(&format!("cluster.{}", e.key), e.message))?,
+            cluster: ClusterConfig::try_from(self.cluster)?,
             tracing: TracingConfig::try_from(self.tracing)?,
             limits: LimitsConfig::try_from(self.limits)?,
             business_attributes: business_attributes(self.business_attributes)?,

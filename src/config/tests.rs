@@ -135,6 +135,31 @@ fn errors_name_the_key() {
 }
 
 #[test]
+fn a_zero_duration_is_refused_in_the_same_words_in_every_section() {
+    let cases = [
+        ("[server]\nidle_timeout = \"0s\"", "server.idle_timeout"),
+        ("[upstream]\ndeadline = \"0ms\"", "upstream.deadline"),
+        ("[store]\nsweep_interval = \"0s\"", "store.sweep_interval"),
+        (
+            "[cluster]\nredis_url = \"redis://127.0.0.1:1\"\nop_timeout = \"0s\"",
+            "cluster.op_timeout",
+        ),
+        (
+            "[limits.backend]\nqueue_deadline = \"0s\"",
+            "limits.backend.queue_deadline",
+        ),
+        (
+            "[tracing]\nexport_timeout = \"0s\"",
+            "tracing.export_timeout",
+        ),
+    ];
+    for (text, key) in cases {
+        let error = load(text).expect_err(text);
+        assert_eq!(error, format!("{key}: must be greater than zero"), "{text}");
+    }
+}
+
+#[test]
 fn precedence_is_cli_over_env_over_file() {
     let file = "[server]\nlisten = \"127.0.0.1:1000\"\n[upstream]\nurls = [\"http://file:1\"]";
     let env = Overrides::from_env([

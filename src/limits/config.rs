@@ -215,7 +215,7 @@ impl TryFrom<RawLimits> for LimitsConfig {
         if queue_deadline.is_zero() {
             return Err(invalid(
                 "limits.backend.queue_deadline",
-                "must be above zero",
+                "must be greater than zero",
             ));
         }
         Ok(LimitsConfig {

@@ -298,7 +298,7 @@ impl TryFrom<RawTracing> for TracingConfig {
             None => Ok(default),
             Some(text) => match parse_duration(&text) {
                 Ok(d) if !d.is_zero() => Ok(d),
-                Ok(_) => Err(invalid(key, "must be above zero")),
+                Ok(_) => Err(invalid(key, "must be greater than zero")),
                 Err(e) => Err(invalid(key, e)),
             },
         };
