@@ -31,6 +31,9 @@ pub struct Deployment {
     pub gateways: Vec<String>,
     /// Base URL of the store itself (no gateway in between): the oracle's source of truth.
     pub store: String,
+    /// Admin base URLs of the replicas, where a divergence's report reads their fleet
+    /// counters; empty when there are none to read.
+    pub admins: Vec<String>,
     stop: Option<Stop>,
 }
 
@@ -44,8 +47,15 @@ impl Deployment {
         Deployment {
             gateways,
             store,
+            admins: Vec::new(),
             stop: Some(stop),
         }
+    }
+
+    /// The replicas' admin base URLs (`http://127.0.0.1:PORT`).
+    pub fn with_admins(mut self, admins: Vec<String>) -> Deployment {
+        self.admins = admins;
+        self
     }
 
     /// The gateway replica an operation goes to.
@@ -164,6 +174,7 @@ impl Deploy for Fleet {
                 .iter()
                 .map(|g| format!("http://{}", g.addr))
                 .collect();
+            let admins = gateways.iter().map(|g| g.admin_url("")).collect();
             let store_url = store.url();
             let stop: Stop = Box::new(move || {
                 Box::pin(async move {
@@ -171,7 +182,7 @@ impl Deploy for Fleet {
                     drop(hops);
                 })
             });
-            Deployment::new(urls, store_url, stop)
+            Deployment::new(urls, store_url, stop).with_admins(admins)
         })
     }
 

@@ -105,12 +105,14 @@ impl Outcome {
             let _ = writeln!(out, "#   -> {}", entry.answer.show());
             if let Some((request, answer)) = &entry.store {
                 if let Some(divergence) = &entry.divergence {
+                    let divergence = divergence.replace('\n', "\n#   ");
                     let _ = writeln!(out, "# DIVERGENCE: {divergence}");
                     let _ = writeln!(out, "#   csgate: {}", entry.answer.show());
                     let _ = writeln!(out, "#   store:  {}", answer.show());
                     let _ = writeln!(out, "{}", curl(request));
                 }
             } else if let Some(divergence) = &entry.divergence {
+                let divergence = divergence.replace('\n', "\n#   ");
                 let _ = writeln!(out, "# DIVERGENCE: {divergence}");
             }
         }
@@ -224,6 +226,12 @@ pub async fn run_case(deployment: &Deployment, case: &Case, record: bool) -> Out
                 }
                 None
             };
+            let divergence = match divergence {
+                Some(why) if !deployment.admins.is_empty() => {
+                    Some(format!("{why}\n{}", fleet_counters(deployment).await))
+                }
+                other => other,
+            };
             if divergence.is_some() {
                 stats.divergences += 1;
             }
@@ -240,6 +248,31 @@ pub async fn run_case(deployment: &Deployment, case: &Case, record: bool) -> Out
         }
     }
     outcome
+}
+
+/// Each replica's fleet counters when a divergence is found, so that the report says
+/// whether a write answered without every acknowledgement (`csgate_cluster_apply_waits`
+/// with `outcome="timeout"`: a peer slower than `op_timeout`), whether a replica was
+/// degraded, or neither.
+async fn fleet_counters(deployment: &Deployment) -> String {
+    let mut out = String::new();
+    for (i, admin) in deployment.admins.iter().enumerate() {
+        let metrics = crate::common::try_get(&format!("{admin}/metrics"))
+            .await
+            .map(|a| a.text())
+            .unwrap_or_default();
+        let lines: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && (l.starts_with("csgate_cluster_apply_waits")
+                        || l.starts_with("csgate_cluster_degraded")
+                        || l.starts_with("csgate_cluster_resubscriptions"))
+            })
+            .collect();
+        let _ = writeln!(out, "replica {i}: {}", lines.join(", "));
+    }
+    out.trim_end().to_owned()
 }
 
 fn compare_answers(gateway: &Answer, store: &Answer) -> Option<String> {

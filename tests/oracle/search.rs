@@ -350,7 +350,8 @@ impl Report {
                 found.shrink_runs
             );
             for d in &found.divergences {
-                let _ = writeln!(out, "- {d}");
+                // A fleet's divergence carries one line of counters per replica.
+                let _ = writeln!(out, "- {}", d.replace('\n', "\n  - "));
             }
             let _ = writeln!(out, "\nMinimal case: `{:?}`\n", found.minimal);
             let _ = writeln!(out, "```sh\n{}```", found.script);
