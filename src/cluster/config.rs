@@ -145,19 +145,9 @@ impl TryFrom<RawCluster> for ClusterConfig {
     }
 }
 
-fn duration(
-    key: &'static str,
-    text: Option<String>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    let Some(text) = text else {
-        return Ok(default);
-    };
-    let value = crate::settings::parse_duration(&text).map_err(|e| invalid(key, e))?;
-    if value.is_zero() {
-        return Err(invalid(key, "must be greater than zero"));
-    }
-    Ok(value)
+/// A `[cluster]` duration above zero, or `default` when absent.
+fn duration(key: &str, text: Option<String>, default: Duration) -> Result<Duration, ConfigError> {
+    settings::positive(&format!("cluster.{key}"), text, default)
 }
 
 /// Parses a Redis URL; the error never repeats the URL, which may hold a password.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::settings::{at_least_one, invalid, parse_duration, ConfigError};
+use crate::settings::{at_least_one, invalid, positive, ConfigError};
 
 /// Every default of `[limits]`, each with why.
 pub mod defaults {
@@ -206,18 +206,11 @@ impl TryFrom<RawLimits> for LimitsConfig {
                 return Err(invalid(&key, "this tenant has an override already"));
             }
         }
-        let queue_deadline = match raw.backend.queue_deadline {
-            None => defaults::BACKEND_QUEUE_DEADLINE,
-            Some(text) => {
-                parse_duration(&text).map_err(|e| invalid("limits.backend.queue_deadline", e))?
-            }
-        };
-        if queue_deadline.is_zero() {
-            return Err(invalid(
-                "limits.backend.queue_deadline",
-                "must be greater than zero",
-            ));
-        }
+        let queue_deadline = positive(
+            "limits.backend.queue_deadline",
+            raw.backend.queue_deadline,
+            defaults::BACKEND_QUEUE_DEADLINE,
+        )?;
         Ok(LimitsConfig {
             tenant,
             credential,

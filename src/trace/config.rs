@@ -9,7 +9,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use url::Url;
 
-use crate::settings::{parse_duration, ConfigError};
+use crate::settings::{positive, ConfigError};
 
 /// Every default of `[tracing]`, once.
 pub mod defaults {
@@ -294,13 +294,8 @@ impl TryFrom<RawTracing> for TracingConfig {
                 format!("{batch} is larger than max_queue ({max_queue})"),
             ));
         }
-        let duration = |key: &str, text: Option<String>, default: Duration| match text {
-            None => Ok(default),
-            Some(text) => match parse_duration(&text) {
-                Ok(d) if !d.is_zero() => Ok(d),
-                Ok(_) => Err(invalid(key, "must be greater than zero")),
-                Err(e) => Err(invalid(key, e)),
-            },
+        let duration = |key: &str, text: Option<String>, default: Duration| {
+            positive(&format!("tracing.{key}"), text, default)
         };
         Ok(TracingConfig {
             enabled: raw.enabled.unwrap_or(defaults::ENABLED),
